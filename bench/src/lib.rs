@@ -1,0 +1,1 @@
+//! Benchmark support: the criterion benches are under `benches/`.

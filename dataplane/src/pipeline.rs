@@ -1,0 +1,498 @@
+//! The burst pipeline: what a worker core does with every burst it receives.
+//!
+//! In VPP's manner, a burst of up to [`BURST`] packets goes through a few stages, each
+//! stage looping over the whole burst before the next one runs, so each stage's code and
+//! tables stay hot in cache. A per-packet `Step` array carries each packet's decision from
+//! stage to stage; the last stage turns it into the caller's [`Next`] array:
+//!
+//! 1. **input** — parse, classify and handle what ends at once (proxy ARP, our own ARP and
+//!    ICMP echo, drops, the exception path); local-port frames get their VIP translation
+//!    and forwarding lookup; underlay packets are stripped to their UDP or ESP header;
+//! 2. **esp-decrypt** — SA lookup by SPI, anti-replay check, AES-GCM open;
+//! 3. **vxlan-decap** — VNI, encryption policy and inner destination checks;
+//! 4. **vxlan-encap** — outer headers (and ESP for encrypted networks);
+//! 5. **output** — next-hop decisions and counters.
+//!
+//! Nothing here allocates, locks or logs per packet: tables are read from an immutable
+//! snapshot, replay windows live in the worker and are created when a snapshot arrives,
+//! counters are single-writer.
+
+use core::net::Ipv4Addr;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::buf::PacketBuf;
+use crate::counters::{Counters, DropReason};
+use crate::esp::{self, ReplayWindow};
+use crate::hash::flow_hash_v4;
+use crate::nat::{self, Side};
+use crate::tables::{Network, PortId, Tables};
+use crate::vxlan;
+use crate::wire::checksum::update16;
+use crate::wire::icmp::{self, IcmpEchoRepr, IcmpPacket};
+use crate::wire::{
+    ethernet, get_u16, put_u16, ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress,
+    EthernetFrame, IpProtocol, Ipv4Packet, Spi, UdpPacket,
+};
+
+/// Packets per burst, as DPDK applications conventionally use.
+pub const BURST: usize = 32;
+
+/// What the caller does with a packet after the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Free it; counted under this reason.
+    Drop(DropReason),
+    /// Transmit it on this port.
+    Tx(PortId),
+    /// Hand it to the kernel through the exception path (control traffic, ARP replies,
+    /// anything not overlay data).
+    Exception,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Done(Next),
+    /// The inner frame is ready; encapsulate it for `vtep` on network index `net`.
+    Encap {
+        net: u16,
+        vtep: Ipv4Addr,
+    },
+    /// `buf` starts at an ESP header that arrived from `src`.
+    EspOpen {
+        src: Ipv4Addr,
+    },
+    /// `buf` starts at the UDP header of a VXLAN datagram.
+    Decap {
+        via_esp: bool,
+    },
+}
+
+/// One worker's pipeline state.
+#[derive(Debug)]
+pub struct Worker {
+    counters: Arc<Counters>,
+    replay: FxHashMap<Spi, ReplayWindow>,
+    generation: Option<u64>,
+}
+
+impl Worker {
+    /// A worker writing into `counters`.
+    pub fn new(counters: Arc<Counters>) -> Worker {
+        Worker {
+            counters,
+            replay: FxHashMap::default(),
+            generation: None,
+        }
+    }
+
+    /// This worker's counters.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Makes per-SA state match a newly seen snapshot: a replay window for every inbound
+    /// SA (created here, so the packet path never allocates), none for SAs that are gone.
+    fn adopt(&mut self, tables: &Tables) {
+        if self.generation == Some(tables.generation) {
+            return;
+        }
+        self.replay.retain(|spi, _| tables.esp.rx.contains_key(spi));
+        for spi in tables.esp.rx.keys() {
+            self.replay.entry(*spi).or_default();
+        }
+        self.generation = Some(tables.generation);
+    }
+
+    /// Runs the pipeline over `pkts`, all received on `rx_port`, and writes a decision for
+    /// each into `next` (which must be at least as long). Any number of packets is taken;
+    /// they are processed in bursts of [`BURST`].
+    pub fn process<B: PacketBuf>(
+        &mut self,
+        tables: &Tables,
+        rx_port: PortId,
+        pkts: &mut [B],
+        next: &mut [Next],
+    ) {
+        assert!(
+            next.len() >= pkts.len(),
+            "next array shorter than the burst"
+        );
+        self.adopt(tables);
+        for (p, n) in pkts.chunks_mut(BURST).zip(next.chunks_mut(BURST)) {
+            self.burst(tables, rx_port, p, n);
+        }
+    }
+
+    fn burst<B: PacketBuf>(
+        &mut self,
+        t: &Tables,
+        rx_port: PortId,
+        pkts: &mut [B],
+        next: &mut [Next],
+    ) {
+        let c = &*self.counters;
+        let n = pkts.len();
+        let mut steps = [Step::Done(Next::Exception); BURST];
+
+        // 1. input
+        let mut rx_bytes = 0u64;
+        if rx_port == t.underlay.port {
+            for i in 0..n {
+                rx_bytes += pkts[i].len() as u64;
+                steps[i] = input_underlay(t, &mut pkts[i]);
+            }
+        } else {
+            match t.network_index_by_port(rx_port) {
+                Some((ni, net)) => {
+                    for i in 0..n {
+                        rx_bytes += pkts[i].len() as u64;
+                        steps[i] = input_local(t, ni, net, &mut pkts[i]);
+                    }
+                }
+                None => {
+                    for i in 0..n {
+                        rx_bytes += pkts[i].len() as u64;
+                        steps[i] = Step::Done(Next::Drop(DropReason::UnknownPort));
+                    }
+                }
+            }
+        }
+        let pc = c.port(rx_port);
+        pc.rx_packets.add(n as u64);
+        pc.rx_bytes.add(rx_bytes);
+
+        // 2. esp-decrypt
+        for i in 0..n {
+            if let Step::EspOpen { src } = steps[i] {
+                steps[i] = match esp_open(&mut self.replay, t, src, &mut pkts[i]) {
+                    Ok(()) => Step::Decap { via_esp: true },
+                    Err(r) => Step::Done(Next::Drop(r)),
+                };
+            }
+        }
+
+        // 3. vxlan-decap
+        for i in 0..n {
+            if let Step::Decap { via_esp } = steps[i] {
+                steps[i] = match vxlan::decapsulate(&mut pkts[i], t, via_esp) {
+                    Ok(d) => {
+                        let net = &t.networks()[d.network];
+                        let nc = c.network(net.spec.slot);
+                        nc.decap_packets.add(1);
+                        nc.decap_bytes.add(d.inner_len as u64);
+                        Step::Done(Next::Tx(net.spec.local_port))
+                    }
+                    Err(r) => Step::Done(Next::Drop(r)),
+                };
+            }
+        }
+
+        // 4. vxlan-encap
+        for i in 0..n {
+            if let Step::Encap { net, vtep } = steps[i] {
+                steps[i] = Step::Done(
+                    match encap(t, &t.networks()[net as usize], vtep, &mut pkts[i], c) {
+                        Ok(()) => Next::Tx(t.underlay.port),
+                        Err(r) => Next::Drop(r),
+                    },
+                );
+            }
+        }
+
+        // 5. output
+        for i in 0..n {
+            let decision = match steps[i] {
+                Step::Done(x) => x,
+                // Every other step was resolved by its stage.
+                _ => Next::Drop(DropReason::Unsupported),
+            };
+            match decision {
+                Next::Tx(port) => {
+                    let pc = c.port(port);
+                    pc.tx_packets.add(1);
+                    pc.tx_bytes.add(pkts[i].len() as u64);
+                }
+                Next::Drop(r) => c.drop(r, 1),
+                Next::Exception => c.exception.add(1),
+            }
+            next[i] = decision;
+        }
+    }
+}
+
+fn esp_open<B: PacketBuf>(
+    replay: &mut FxHashMap<Spi, ReplayWindow>,
+    t: &Tables,
+    src: Ipv4Addr,
+    buf: &mut B,
+) -> Result<(), DropReason> {
+    {
+        let spi = crate::wire::EspPacket::new_checked(buf.data())?
+            .spi()
+            .map_err(|_| DropReason::UnknownSpi)?;
+        let sa = t.esp.rx.get(&spi).ok_or(DropReason::UnknownSpi)?;
+        if sa.src != src || sa.dst != t.underlay.ip {
+            return Err(DropReason::UnknownSpi);
+        }
+        let window = replay.get_mut(&spi).ok_or(DropReason::UnknownSpi)?;
+        let next_header = esp::open(buf, sa, window)?;
+        if next_header != IpProtocol::UDP.0 {
+            return Err(DropReason::EspNotVxlan);
+        }
+        Ok(())
+    }
+}
+
+fn encap<B: PacketBuf>(
+    t: &Tables,
+    net: &Network,
+    vtep: Ipv4Addr,
+    buf: &mut B,
+    c: &Counters,
+) -> Result<(), DropReason> {
+    let next_hop = *t.neighbours.get(&vtep).ok_or(DropReason::NoNeighbour)?;
+    let sa = if net.spec.encrypted {
+        Some(&**t.esp.tx.get(&vtep).ok_or(DropReason::NoOutboundSa)?)
+    } else {
+        None
+    };
+    let inner_len = buf.len() as u64;
+    vxlan::encapsulate(buf, &t.underlay, net.spec.vni, vtep, next_hop, sa)?;
+    let nc = c.network(net.spec.slot);
+    nc.encap_packets.add(1);
+    nc.encap_bytes.add(inner_len);
+    Ok(())
+}
+
+/// A frame from a network's local port (the node's bridge for that network).
+#[inline]
+fn input_local<B: PacketBuf>(_t: &Tables, ni: usize, net: &Network, buf: &mut B) -> Step {
+    let drop = |r: DropReason| Step::Done(Next::Drop(r));
+    let data = buf.data_mut();
+    let (hl, ethertype, mut dst) = match EthernetFrame::new_checked(&*data) {
+        Ok(f) => (f.header_len(), f.ethertype(), f.dst_addr()),
+        Err(e) => return drop(e.into()),
+    };
+    let tagged = hl != ethernet::HEADER_LEN;
+    if ethertype == EtherType::ARP && !tagged {
+        return match arp_reply(data, hl, |ip| net.arp.get(&ip).copied()) {
+            Ok(()) => Step::Done(Next::Tx(net.spec.local_port)),
+            Err(r) => drop(r),
+        };
+    }
+    if dst.is_multicast() {
+        // No flooding: broadcast and multicast stop here, as on Docker's vxlan devices.
+        return drop(DropReason::UnknownDestination);
+    }
+    if ethertype == EtherType::IPV4 && !tagged && !(net.vips.is_empty() && net.reverse.is_empty()) {
+        match translate(net, data, hl) {
+            Ok(Some(mac)) => {
+                EthernetFrame::new_unchecked(&mut *data).set_dst_addr(mac);
+                dst = mac;
+            }
+            Ok(None) => {}
+            Err(r) => return drop(r),
+        }
+    }
+    if net.local.contains(&dst) {
+        return Step::Done(Next::Tx(net.spec.local_port));
+    }
+    match net.fdb.get(&dst) {
+        Some(vtep) => {
+            if data.len() - hl > net.spec.mtu as usize {
+                return drop(DropReason::MtuExceeded);
+            }
+            Step::Encap {
+                net: ni as u16,
+                vtep: *vtep,
+            }
+        }
+        None => drop(DropReason::UnknownDestination),
+    }
+}
+
+/// VIP load balancing: a packet to a VIP service is DNATed to the backend Maglev picks,
+/// and a local backend's reply is translated back to the VIP. Returns the new destination
+/// MAC after a DNAT.
+#[inline]
+fn translate(
+    net: &Network,
+    data: &mut [u8],
+    hl: usize,
+) -> Result<Option<EthernetAddress>, DropReason> {
+    let ip = &mut data[hl..];
+    let (src, dst, proto, sport, dport) = match Ipv4Packet::new_checked(&*ip) {
+        Ok(p) => match nat::ports(&p) {
+            Some((s, d)) => (p.src_addr(), p.dst_addr(), p.protocol().0, s, d),
+            None => return Ok(None),
+        },
+        // Not ours to judge: forwarded by MAC like any other frame.
+        Err(_) => return Ok(None),
+    };
+    if let Some(svc) = net.vips.get(&(dst, proto, dport)) {
+        let h = flow_hash_v4(u32::from(src), u32::from(dst), proto, sport, dport);
+        let b = svc.pick(h).ok_or(DropReason::NoBackend)?;
+        nat::rewrite(ip, Side::Destination, b.ip, svc.target_port)?;
+        return Ok(Some(b.mac));
+    }
+    if let Some((vip, port)) = net.reverse.get(&(src, proto, sport)) {
+        nat::rewrite(ip, Side::Source, *vip, *port)?;
+    }
+    Ok(None)
+}
+
+/// Turns the ARP request in `data` (Ethernet header of `hl` bytes) into the reply, in
+/// place, if `answer` knows the target address.
+#[inline]
+fn arp_reply(
+    data: &mut [u8],
+    hl: usize,
+    answer: impl Fn(Ipv4Addr) -> Option<EthernetAddress>,
+) -> Result<(), DropReason> {
+    let req = ArpRepr::parse(&ArpPacket::new_checked(&data[hl..])?)?;
+    if req.operation != ArpOperation::Request {
+        return Err(DropReason::UnknownDestination);
+    }
+    let mac = answer(req.target_ip).ok_or(DropReason::ArpNotAnswered)?;
+    req.reply_from(mac).emit(&mut data[hl..]);
+    let mut f = EthernetFrame::new_unchecked(data);
+    f.set_dst_addr(req.sender_hw);
+    f.set_src_addr(mac);
+    Ok(())
+}
+
+/// A packet from the underlay port.
+#[inline]
+fn input_underlay<B: PacketBuf>(t: &Tables, buf: &mut B) -> Step {
+    let drop = |r: DropReason| Step::Done(Next::Drop(r));
+    let u = &t.underlay;
+    let data = buf.data_mut();
+    let (hl, ethertype, dst) = match EthernetFrame::new_checked(&*data) {
+        Ok(f) => (f.header_len(), f.ethertype(), f.dst_addr()),
+        Err(e) => return drop(e.into()),
+    };
+    if dst != u.mac && !dst.is_broadcast() {
+        return drop(DropReason::NotForUs);
+    }
+    if hl != ethernet::HEADER_LEN {
+        // The underlay is untagged; a tagged frame is somebody else's business.
+        return Step::Done(Next::Exception);
+    }
+    match ethertype {
+        EtherType::ARP => {
+            let req = match ArpPacket::new_checked(&data[hl..]).and_then(|p| ArpRepr::parse(&p)) {
+                Ok(r) => r,
+                Err(e) => return drop(e.into()),
+            };
+            match req.operation {
+                ArpOperation::Request if req.target_ip == u.ip => {
+                    match arp_reply(data, hl, |_| Some(u.mac)) {
+                        Ok(()) => Step::Done(Next::Tx(u.port)),
+                        Err(r) => drop(r),
+                    }
+                }
+                // Replies and announcements teach the control side our neighbours.
+                ArpOperation::Reply => Step::Done(Next::Exception),
+                _ => drop(DropReason::NotForUs),
+            }
+        }
+        EtherType::IPV4 => {
+            let (ip_hl, total, proto, src, ipdst, frag) = match Ipv4Packet::new_checked(&data[hl..])
+            {
+                Ok(p) => {
+                    if !p.verify_checksum() {
+                        return drop(DropReason::BadChecksum);
+                    }
+                    (
+                        p.header_len(),
+                        p.total_len() as usize,
+                        p.protocol(),
+                        p.src_addr(),
+                        p.dst_addr(),
+                        p.is_fragment(),
+                    )
+                }
+                Err(e) => return drop(e.into()),
+            };
+            if ipdst != u.ip {
+                return drop(DropReason::NotForUs);
+            }
+            if frag {
+                return drop(DropReason::IpFragment);
+            }
+            let l4 = hl + ip_hl;
+            let excess = data.len() - (hl + total);
+            match proto {
+                IpProtocol::UDP => {
+                    let udp = match UdpPacket::new_checked(&data[l4..hl + total]) {
+                        Ok(u) => u,
+                        Err(e) => return drop(e.into()),
+                    };
+                    if udp.dst_port() != u.vxlan_port {
+                        return Step::Done(Next::Exception);
+                    }
+                    if !udp.verify_checksum(src, ipdst) {
+                        return drop(DropReason::BadChecksum);
+                    }
+                    if !(buf.trim(excess) && buf.adj(l4)) {
+                        return drop(DropReason::Truncated);
+                    }
+                    Step::Decap { via_esp: false }
+                }
+                IpProtocol::ESP => {
+                    if !(buf.trim(excess) && buf.adj(l4)) {
+                        return drop(DropReason::Truncated);
+                    }
+                    Step::EspOpen { src }
+                }
+                IpProtocol::ICMP => match echo_reply(&mut data[..hl + total], hl, u.mac, u.ttl) {
+                    Ok(true) => {
+                        buf.trim(excess);
+                        Step::Done(Next::Tx(u.port))
+                    }
+                    Ok(false) => Step::Done(Next::Exception),
+                    Err(r) => drop(r),
+                },
+                _ => Step::Done(Next::Exception),
+            }
+        }
+        _ => Step::Done(Next::Exception),
+    }
+}
+
+/// Answers an ICMP echo request to our address in place. `Ok(false)` for other ICMP.
+fn echo_reply(
+    data: &mut [u8],
+    hl: usize,
+    our_mac: EthernetAddress,
+    ttl: u8,
+) -> Result<bool, DropReason> {
+    let ip_hl = Ipv4Packet::new_checked(&data[hl..])?.header_len();
+    let icmp_at = hl + ip_hl;
+    let req = match IcmpEchoRepr::parse(&IcmpPacket::new_checked(&data[icmp_at..])?) {
+        Ok(r) if r.request => r,
+        Ok(_) | Err(crate::wire::WireError::Unsupported) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let _ = req;
+    IcmpPacket::new_unchecked(&mut data[icmp_at..])
+        .set_msg_type_update_checksum(icmp::TYPE_ECHO_REPLY);
+    // Swap the addresses (the header checksum is unchanged by a swap) and reset the TTL.
+    let ip = &mut data[hl..];
+    let mut p = Ipv4Packet::new_unchecked(&mut *ip);
+    let (s, d) = (p.src_addr(), p.dst_addr());
+    p.set_src_addr(d);
+    p.set_dst_addr(s);
+    let old = get_u16(ip, 8);
+    ip[8] = ttl;
+    let new = get_u16(ip, 8);
+    let c = update16(get_u16(ip, 10), old, new);
+    put_u16(ip, 10, c);
+    let mut f = EthernetFrame::new_unchecked(data);
+    let src_mac = f.src_addr();
+    f.set_dst_addr(src_mac);
+    f.set_src_addr(our_mac);
+    Ok(true)
+}

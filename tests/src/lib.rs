@@ -1,0 +1,1 @@
+//! Shared helpers for swarmgate's integration tests live in each test file.
