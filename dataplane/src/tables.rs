@@ -46,10 +46,15 @@ pub struct Underlay {
     pub vxlan_port: u16,
     /// TTL of outer headers.
     pub ttl: u8,
+    /// Set DF on outer headers. On by default: the data plane never fragments or
+    /// reassembles, and the overlay MTU already leaves room for the encapsulation. The
+    /// Linux kernel's vxlan device sends DF clear unless configured with `df set`; both
+    /// forms are accepted by either side.
+    pub dont_fragment: bool,
 }
 
 impl Underlay {
-    /// An underlay with the default VXLAN port and TTL 64.
+    /// An underlay with the default VXLAN port, TTL 64 and DF set.
     pub fn new(port: PortId, mac: EthernetAddress, ip: Ipv4Addr) -> Underlay {
         Underlay {
             port,
@@ -57,6 +62,7 @@ impl Underlay {
             ip,
             vxlan_port: vxlan::DEFAULT_PORT,
             ttl: 64,
+            dont_fragment: true,
         }
     }
 }

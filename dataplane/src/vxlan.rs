@@ -3,7 +3,7 @@
 //!
 //! Encapsulation writes the outer headers into the buffer's headroom; the inner frame is
 //! never copied. The outer packet is what the kernel sends: Ethernet II, IPv4 without
-//! options (DF set, TTL 64), UDP with a zero checksum and a source port from a hash of
+//! options (TTL 64; DF set unless [`Underlay::dont_fragment`] is off), UDP with a zero checksum and a source port from a hash of
 //! the inner flow (RFC 7348 §5, in the kernel's 32768–60999 range), VXLAN with only the
 //! I flag set. For encrypted networks the UDP datagram is wrapped in ESP
 //! ([`crate::esp::seal`]) before the IPv4 header goes on.
@@ -117,7 +117,7 @@ pub fn encapsulate<B: PacketBuf>(
         ttl: underlay.ttl,
         dscp_ecn: 0,
         ident: 0,
-        dont_frag: true,
+        dont_frag: underlay.dont_fragment,
     }
     .emit(&mut d[ethernet::HEADER_LEN..]);
     Ok(())
