@@ -1,1 +1,208 @@
-//! Benchmark support: the criterion benches are under `benches/`.
+//! Workloads shared by the criterion benches (`benches/`) and the callgrind driver
+//! (`src/bin/dp-profile.rs`): each prepares bursts of real-shaped frames for one data-plane
+//! path, and runs them through a [`Worker`](swarmgate_dataplane::Worker) with buffer
+//! preparation kept apart from the measured processing.
+
+use std::net::Ipv4Addr;
+
+use swarmgate_dataplane::{HeapBuf, Next, PacketBuf, BURST};
+use swarmgate_tests::frames::{tcp, udp_of_len};
+use swarmgate_tests::*;
+
+/// The paths the benchmarks measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Local port → VXLAN → underlay.
+    Encap,
+    /// Underlay VXLAN → local port.
+    Decap,
+    /// Local port → VXLAN → ESP → underlay.
+    EncapEsp,
+    /// Underlay ESP → VXLAN → local port.
+    EspDecap,
+    /// Local port → Maglev → DNAT → VXLAN → underlay.
+    MaglevDnatEncap,
+}
+
+impl Path {
+    /// Every path.
+    pub const ALL: [Path; 5] = [
+        Path::Encap,
+        Path::Decap,
+        Path::EncapEsp,
+        Path::EspDecap,
+        Path::MaglevDnatEncap,
+    ];
+
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Encap => "vxlan_encap",
+            Path::Decap => "vxlan_decap",
+            Path::EncapEsp => "vxlan_encap_esp",
+            Path::EspDecap => "esp_vxlan_decap",
+            Path::MaglevDnatEncap => "maglev_dnat_encap",
+        }
+    }
+
+    /// Parses a name.
+    pub fn from_name(s: &str) -> Option<Path> {
+        Path::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+/// The VIP of the Maglev workload.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+
+/// A prepared workload: the receiving node, its receive port, and a pool of input frames
+/// (distinct ESP sequence numbers for the decrypt path, distinct source ports for Maglev).
+pub struct Workload {
+    /// The node whose worker is measured.
+    pub node: Node,
+    /// Port the frames arrive on.
+    pub port: u16,
+    /// Input frames, used round-robin.
+    pub pool: Vec<Vec<u8>>,
+    /// What the pipeline must decide for every frame.
+    pub expect: Next,
+    /// Inner frame length.
+    pub inner_len: usize,
+    next_frame: usize,
+}
+
+impl Workload {
+    /// Builds the workload for `path` with `inner_len`-byte inner frames (≥ 64).
+    pub fn new(path: Path, inner_len: usize) -> Workload {
+        let (k, _, _) = keys();
+        let plain = |from: u8, to: u8| {
+            udp_of_len(
+                mac_of(plain_ep(from)),
+                mac_of(plain_ep(to)),
+                plain_ep(from),
+                plain_ep(to),
+                inner_len,
+            )
+        };
+        let secure = |from: u8, to: u8| {
+            udp_of_len(
+                mac_of(secure_ep(from)),
+                mac_of(secure_ep(to)),
+                secure_ep(from),
+                secure_ep(to),
+                inner_len,
+            )
+        };
+        let mut a = Node::new(1, &[k.clone()]);
+        let (node, port, pool, expect) = match path {
+            Path::Encap => (a, PLAIN_PORT, vec![plain(1, 2)], Next::Tx(UNDERLAY_PORT)),
+            Path::EncapEsp => (a, SECURE_PORT, vec![secure(1, 2)], Next::Tx(UNDERLAY_PORT)),
+            Path::Decap => {
+                let (_, wire) = a.run1(PLAIN_PORT, &plain(1, 2));
+                (
+                    Node::new(2, &[k]),
+                    UNDERLAY_PORT,
+                    vec![wire],
+                    Next::Tx(PLAIN_PORT),
+                )
+            }
+            Path::EspDecap => {
+                // 64 bursts' worth of distinct sequence numbers; the measuring loop swaps in a
+                // fresh worker (fresh replay windows) each time the pool wraps.
+                let f = secure(1, 2);
+                let pool = (0..64 * BURST).map(|_| a.run1(SECURE_PORT, &f).1).collect();
+                (
+                    Node::new(2, &[k]),
+                    UNDERLAY_PORT,
+                    pool,
+                    Next::Tx(SECURE_PORT),
+                )
+            }
+            Path::MaglevDnatEncap => {
+                let backends: Vec<Ipv4Addr> = (2..=9).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+                a.publish(&[k], |t| {
+                    let vni = swarmgate_dataplane::wire::Vni::new(PLAIN_VNI).unwrap();
+                    for b in &backends[1..] {
+                        t.add_remote_endpoint(vni, *b, mac_of(*b), vtep(2)).unwrap();
+                    }
+                    t.add_vip(vni, vip_service(VIP, 80, 8080, &backends), mac_of(VIP))
+                        .unwrap();
+                });
+                let payload_len = inner_len.saturating_sub(14 + 20 + 20);
+                let pool = (0..BURST as u16)
+                    .map(|i| {
+                        tcp(
+                            mac_of(plain_ep(1)),
+                            mac_of(VIP),
+                            plain_ep(1),
+                            VIP,
+                            40000 + i,
+                            80,
+                            &vec![0x61; payload_len],
+                        )
+                    })
+                    .collect();
+                (a, PLAIN_PORT, pool, Next::Tx(UNDERLAY_PORT))
+            }
+        };
+        Workload {
+            node,
+            port,
+            pool,
+            expect,
+            inner_len,
+            next_frame: 0,
+        }
+    }
+
+    /// `n` buffers sized like DPDK mbufs (2048 bytes of data room after 128 of headroom).
+    pub fn buffers(n: usize) -> Vec<HeapBuf> {
+        (0..n).map(|_| HeapBuf::new(128 + 2048, 128)).collect()
+    }
+
+    /// Fills `bufs` with the next frames of the pool (not part of any measurement). When
+    /// the pool wraps, the worker is replaced so replay windows start fresh.
+    pub fn refill(&mut self, bufs: &mut [HeapBuf]) {
+        for b in bufs {
+            if self.next_frame == self.pool.len() {
+                self.next_frame = 0;
+                if self.port == UNDERLAY_PORT && self.pool.len() > 1 {
+                    self.node.worker =
+                        swarmgate_dataplane::Worker::new(self.node.worker.counters().clone());
+                }
+            }
+            assert!(b.reset(&self.pool[self.next_frame]));
+            self.next_frame += 1;
+        }
+    }
+
+    /// Runs the pipeline over `bufs` in bursts of [`BURST`] (the measured part). Never
+    /// inlined, so callgrind can count exactly this function.
+    #[inline(never)]
+    pub fn process(&mut self, bufs: &mut [HeapBuf], next: &mut [Next]) {
+        let n = &mut self.node;
+        for (b, x) in bufs.chunks_mut(BURST).zip(next.chunks_mut(BURST)) {
+            n.worker.process(&n.tables, self.port, b, x);
+        }
+    }
+
+    /// Panics unless every decision is the expected one.
+    pub fn check(&self, next: &[Next]) {
+        assert!(
+            next.iter().all(|n| *n == self.expect),
+            "unexpected decisions: {:?}",
+            &next[..4.min(next.len())]
+        );
+    }
+
+    /// Bytes the ESP path encrypts per packet for this inner length (UDP + VXLAN + inner
+    /// frame + padding + trailer), for the raw-seal comparison.
+    pub fn esp_plaintext_len(inner_len: usize) -> usize {
+        let l = 16 + inner_len;
+        l + (4 - (l + 2) % 4) % 4 + 2
+    }
+}
+
+/// Reads the data of a buffer (keeps the compiler from discarding work).
+pub fn touch(bufs: &[HeapBuf]) -> usize {
+    bufs.iter().map(|b| b.len()).sum()
+}
