@@ -25,9 +25,9 @@ use rustc_hash::FxHashMap;
 use crate::buf::PacketBuf;
 use crate::counters::{Counters, DropReason};
 use crate::esp::{self, ReplayWindow};
-use crate::hash::flow_hash_v4;
+use crate::hash::{flow_hash_v4, fmix64};
 use crate::nat::{self, Side};
-use crate::tables::{Network, PortId, Tables};
+use crate::tables::{FdbEntry, Network, PortId, ServiceKey, Tables};
 use crate::vxlan;
 use crate::wire::checksum::update16;
 use crate::wire::icmp::{self, IcmpEchoRepr, IcmpPacket};
@@ -54,10 +54,12 @@ pub enum Next {
 #[derive(Debug, Clone, Copy)]
 enum Step {
     Done(Next),
-    /// The inner frame is ready; encapsulate it for `vtep` on network index `net`.
+    /// The inner frame is ready; encapsulate it for `vtep` on network index `net`, with
+    /// outer UDP source port `sport`.
     Encap {
         net: u16,
         vtep: Ipv4Addr,
+        sport: u16,
     },
     /// `buf` starts at an ESP header that arrived from `src`.
     EspOpen {
@@ -189,19 +191,40 @@ impl Worker {
             }
         }
 
-        // 4. vxlan-encap
+        // 4. vxlan-encap, with a one-entry next-hop cache in front of the neighbour table
+        //    (consecutive packets mostly go to the same VTEP).
+        let mut last_hop: Option<(Ipv4Addr, EthernetAddress)> = None;
         for i in 0..n {
-            if let Step::Encap { net, vtep } = steps[i] {
-                steps[i] = Step::Done(
-                    match encap(t, &t.networks()[net as usize], vtep, &mut pkts[i], c) {
-                        Ok(()) => Next::Tx(t.underlay.port),
-                        Err(r) => Next::Drop(r),
-                    },
-                );
+            if let Step::Encap { net, vtep, sport } = steps[i] {
+                let next_hop = match last_hop {
+                    Some((ip, mac)) if ip == vtep => Some(mac),
+                    _ => t.neighbours.get(&vtep).copied(),
+                };
+                let decision = match next_hop {
+                    Some(mac) => {
+                        last_hop = Some((vtep, mac));
+                        let net = &t.networks()[net as usize];
+                        match encap(t, net, vtep, mac, sport, &mut pkts[i], c) {
+                            Ok(()) => Next::Tx(t.underlay.port),
+                            Err(r) => Next::Drop(r),
+                        }
+                    }
+                    None => Next::Drop(DropReason::NoNeighbour),
+                };
+                steps[i] = Step::Done(decision);
             }
         }
 
-        // 5. output
+        // 5. output: counters are summed per run of packets to the same port and written
+        //    once per run, not once per packet.
+        let mut run: Option<(PortId, u64, u64)> = None;
+        let flush = |run: Option<(PortId, u64, u64)>| {
+            if let Some((port, pkts, bytes)) = run {
+                let pc = c.port(port);
+                pc.tx_packets.add(pkts);
+                pc.tx_bytes.add(bytes);
+            }
+        };
         for i in 0..n {
             let decision = match steps[i] {
                 Step::Done(x) => x,
@@ -210,15 +233,21 @@ impl Worker {
             };
             match decision {
                 Next::Tx(port) => {
-                    let pc = c.port(port);
-                    pc.tx_packets.add(1);
-                    pc.tx_bytes.add(pkts[i].len() as u64);
+                    let len = pkts[i].len() as u64;
+                    run = match run {
+                        Some((p, k, b)) if p == port => Some((p, k + 1, b + len)),
+                        other => {
+                            flush(other);
+                            Some((port, 1, len))
+                        }
+                    };
                 }
                 Next::Drop(r) => c.drop(r, 1),
                 Next::Exception => c.exception.add(1),
             }
             next[i] = decision;
         }
+        flush(run);
     }
 }
 
@@ -245,21 +274,30 @@ fn esp_open<B: PacketBuf>(
     }
 }
 
+#[inline]
 fn encap<B: PacketBuf>(
     t: &Tables,
     net: &Network,
     vtep: Ipv4Addr,
+    next_hop: EthernetAddress,
+    src_port: u16,
     buf: &mut B,
     c: &Counters,
 ) -> Result<(), DropReason> {
-    let next_hop = *t.neighbours.get(&vtep).ok_or(DropReason::NoNeighbour)?;
     let sa = if net.spec.encrypted {
         Some(&**t.esp.tx.get(&vtep).ok_or(DropReason::NoOutboundSa)?)
     } else {
         None
     };
     let inner_len = buf.len() as u64;
-    vxlan::encapsulate(buf, &t.underlay, net.spec.vni, vtep, next_hop, sa)?;
+    let p = vxlan::EncapParams {
+        vni: net.spec.vni,
+        vtep,
+        next_hop,
+        src_port,
+        sa,
+    };
+    vxlan::encapsulate(buf, &t.underlay, &p)?;
     let nc = c.network(net.spec.slot);
     nc.encap_packets.add(1);
     nc.encap_bytes.add(inner_len);
@@ -271,8 +309,8 @@ fn encap<B: PacketBuf>(
 fn input_local<B: PacketBuf>(_t: &Tables, ni: usize, net: &Network, buf: &mut B) -> Step {
     let drop = |r: DropReason| Step::Done(Next::Drop(r));
     let data = buf.data_mut();
-    let (hl, ethertype, mut dst) = match EthernetFrame::new_checked(&*data) {
-        Ok(f) => (f.header_len(), f.ethertype(), f.dst_addr()),
+    let (hl, ethertype, src, mut dst) = match EthernetFrame::new_checked(&*data) {
+        Ok(f) => (f.header_len(), f.ethertype(), f.src_addr(), f.dst_addr()),
         Err(e) => return drop(e.into()),
     };
     let tagged = hl != ethernet::HEADER_LEN;
@@ -286,58 +324,83 @@ fn input_local<B: PacketBuf>(_t: &Tables, ni: usize, net: &Network, buf: &mut B)
         // No flooding: broadcast and multicast stop here, as on Docker's vxlan devices.
         return drop(DropReason::UnknownDestination);
     }
-    if ethertype == EtherType::IPV4 && !tagged && !(net.vips.is_empty() && net.reverse.is_empty()) {
-        match translate(net, data, hl) {
-            Ok(Some(mac)) => {
-                EthernetFrame::new_unchecked(&mut *data).set_dst_addr(mac);
-                dst = mac;
+    // One parse of the IPv4 5-tuple serves both VIP translation and the outer source port.
+    let mut hash = None;
+    if ethertype == EtherType::IPV4 && !tagged {
+        if let Ok(p) = Ipv4Packet::new_checked(&data[hl..]) {
+            let (sport, dport) = nat::ports(&p).unwrap_or((0, 0));
+            let flow = Flow {
+                src: p.src_addr(),
+                dst: p.dst_addr(),
+                proto: p.protocol().0,
+                sport,
+                dport,
+            };
+            let h = flow_hash_v4(
+                u32::from(flow.src),
+                u32::from(flow.dst),
+                flow.proto,
+                sport,
+                dport,
+            );
+            hash = Some(h);
+            if !(net.vips.is_empty() && net.reverse.is_empty()) && !p.is_fragment() {
+                match translate(net, &mut data[hl..], &flow, h) {
+                    Ok(Some(mac)) => {
+                        EthernetFrame::new_unchecked(&mut *data).set_dst_addr(mac);
+                        dst = mac;
+                    }
+                    Ok(None) => {}
+                    Err(r) => return drop(r),
+                }
             }
-            Ok(None) => {}
-            Err(r) => return drop(r),
         }
     }
-    if net.local.contains(&dst) {
-        return Step::Done(Next::Tx(net.spec.local_port));
-    }
+    let hash = hash.unwrap_or_else(|| {
+        fmix64(src.to_u64() ^ dst.to_u64().rotate_left(17) ^ ethertype.0 as u64)
+    });
     match net.fdb.get(&dst) {
-        Some(vtep) => {
+        Some(FdbEntry::Local) => Step::Done(Next::Tx(net.spec.local_port)),
+        Some(FdbEntry::Remote(vtep)) => {
             if data.len() - hl > net.spec.mtu as usize {
                 return drop(DropReason::MtuExceeded);
             }
             Step::Encap {
                 net: ni as u16,
                 vtep: *vtep,
+                sport: vxlan::port_from_hash(hash),
             }
         }
         None => drop(DropReason::UnknownDestination),
     }
 }
 
-/// VIP load balancing: a packet to a VIP service is DNATed to the backend Maglev picks,
-/// and a local backend's reply is translated back to the VIP. Returns the new destination
-/// MAC after a DNAT.
+/// An IPv4 TCP/UDP 5-tuple.
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+}
+
+/// VIP load balancing: a packet to a VIP service is DNATed to the backend Maglev picks for
+/// its flow hash, and a local backend's reply is translated back to the VIP. Returns the
+/// new destination MAC after a DNAT.
 #[inline]
 fn translate(
     net: &Network,
-    data: &mut [u8],
-    hl: usize,
+    ip: &mut [u8],
+    f: &Flow,
+    hash: u64,
 ) -> Result<Option<EthernetAddress>, DropReason> {
-    let ip = &mut data[hl..];
-    let (src, dst, proto, sport, dport) = match Ipv4Packet::new_checked(&*ip) {
-        Ok(p) => match nat::ports(&p) {
-            Some((s, d)) => (p.src_addr(), p.dst_addr(), p.protocol().0, s, d),
-            None => return Ok(None),
-        },
-        // Not ours to judge: forwarded by MAC like any other frame.
-        Err(_) => return Ok(None),
-    };
-    if let Some(svc) = net.vips.get(&(dst, proto, dport)) {
-        let h = flow_hash_v4(u32::from(src), u32::from(dst), proto, sport, dport);
-        let b = svc.pick(h).ok_or(DropReason::NoBackend)?;
+    if let Some(svc) = net.vips.get(&ServiceKey::new(f.dst, f.proto, f.dport)) {
+        let b = svc.pick(hash).ok_or(DropReason::NoBackend)?;
         nat::rewrite(ip, Side::Destination, b.ip, svc.target_port)?;
         return Ok(Some(b.mac));
     }
-    if let Some((vip, port)) = net.reverse.get(&(src, proto, sport)) {
+    if let Some((vip, port)) = net.reverse.get(&ServiceKey::new(f.src, f.proto, f.sport)) {
         nat::rewrite(ip, Side::Source, *vip, *port)?;
     }
     Ok(None)

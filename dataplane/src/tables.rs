@@ -8,7 +8,7 @@
 use core::net::Ipv4Addr;
 use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use crate::counters::{MAX_NETWORKS, MAX_PORTS};
 use crate::esp::{EspTables, DOCKER_ESP_OVERHEAD};
@@ -117,22 +117,51 @@ pub struct NetworkSpec {
     pub encrypted: bool,
 }
 
+/// An (IPv4 address, IP protocol, port) triple packed into one word: the key of VIP and
+/// reverse-translation lookups, hashed as a single `u64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServiceKey(u64);
+
+impl ServiceKey {
+    /// Packs the triple.
+    #[inline]
+    pub fn new(addr: Ipv4Addr, protocol: u8, port: u16) -> ServiceKey {
+        ServiceKey(((u32::from(addr) as u64) << 24) | ((protocol as u64) << 16) | port as u64)
+    }
+}
+
+/// Where an inner destination MAC lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdbEntry {
+    /// Behind this node's local port for the network.
+    Local,
+    /// Behind the remote VTEP with this address.
+    Remote(Ipv4Addr),
+}
+
 /// Forwarding state of one overlay network.
 #[derive(Debug, Clone)]
 pub struct Network {
     /// The settings.
     pub spec: NetworkSpec,
-    /// Remote endpoint MAC → its VTEP (Docker's FDB entries).
-    pub fdb: FxHashMap<EthernetAddress, Ipv4Addr>,
+    /// Endpoint MAC → where it lives: local, or the remote VTEP (Docker's FDB entries).
+    /// One map for both, so forwarding a frame is one lookup.
+    pub fdb: FxHashMap<EthernetAddress, FdbEntry>,
     /// Addresses answered by proxy ARP (remote endpoints and VIPs; Docker's static ARP).
     pub arp: FxHashMap<Ipv4Addr, EthernetAddress>,
-    /// MACs of endpoints behind the local port.
-    pub local: FxHashSet<EthernetAddress>,
     /// VIP services by (address, protocol, port).
-    pub vips: FxHashMap<(Ipv4Addr, u8, u16), Arc<VipService>>,
+    pub vips: FxHashMap<ServiceKey, Arc<VipService>>,
     /// Reverse translation for replies of local backends:
     /// (backend address, protocol, target port) → (VIP, published port).
-    pub reverse: FxHashMap<(Ipv4Addr, u8, u16), (Ipv4Addr, u16)>,
+    pub reverse: FxHashMap<ServiceKey, (Ipv4Addr, u16)>,
+}
+
+impl Network {
+    /// True when `mac` is an endpoint behind this node's local port.
+    #[inline]
+    pub fn is_local(&self, mac: &EthernetAddress) -> bool {
+        self.fdb.get(mac) == Some(&FdbEntry::Local)
+    }
 }
 
 /// One complete, immutable forwarding state.
@@ -188,7 +217,6 @@ impl Tables {
             spec,
             fdb: FxHashMap::default(),
             arp: FxHashMap::default(),
-            local: FxHashSet::default(),
             vips: FxHashMap::default(),
             reverse: FxHashMap::default(),
         });
@@ -213,16 +241,14 @@ impl Tables {
     ) -> Result<(), TableError> {
         let n = self.net_mut(vni)?;
         n.arp.insert(ip, mac);
-        n.fdb.insert(mac, vtep);
-        n.local.remove(&mac);
+        n.fdb.insert(mac, FdbEntry::Remote(vtep));
         Ok(())
     }
 
     /// Adds an endpoint behind this node's local port for the network.
     pub fn add_local_endpoint(&mut self, vni: Vni, mac: EthernetAddress) -> Result<(), TableError> {
         let n = self.net_mut(vni)?;
-        n.fdb.remove(&mac);
-        n.local.insert(mac);
+        n.fdb.insert(mac, FdbEntry::Local);
         Ok(())
     }
 
@@ -235,14 +261,16 @@ impl Tables {
         vip_mac: EthernetAddress,
     ) -> Result<(), TableError> {
         let n = self.net_mut(vni)?;
-        let key = (svc.vip, svc.protocol.0, svc.port);
+        let key = ServiceKey::new(svc.vip, svc.protocol.0, svc.port);
         if n.vips.contains_key(&key) {
             return Err(TableError::DuplicateVip(svc.vip, svc.port));
         }
         for b in svc.backends() {
-            if n.local.contains(&b.mac) {
-                n.reverse
-                    .insert((b.ip, svc.protocol.0, svc.target_port), (svc.vip, svc.port));
+            if n.is_local(&b.mac) {
+                n.reverse.insert(
+                    ServiceKey::new(b.ip, svc.protocol.0, svc.target_port),
+                    (svc.vip, svc.port),
+                );
             }
         }
         n.arp.insert(svc.vip, vip_mac);
@@ -289,7 +317,7 @@ impl Tables {
     /// True if `svc` would collide with a service already present.
     pub fn has_vip(&self, vni: Vni, vip: Ipv4Addr, protocol: IpProtocol, port: u16) -> bool {
         self.network_by_vni(vni)
-            .is_some_and(|n| n.vips.contains_key(&(vip, protocol.0, port)))
+            .is_some_and(|n| n.vips.contains_key(&ServiceKey::new(vip, protocol.0, port)))
     }
 }
 

@@ -56,21 +56,40 @@ pub fn entropy_port(inner: &[u8]) -> u16 {
         ),
         Err(_) => 0,
     };
+    port_from_hash(h)
+}
+
+/// Scales a flow hash into `SRC_PORT_MIN..SRC_PORT_MAX`.
+#[inline]
+pub fn port_from_hash(h: u64) -> u16 {
     let range = (SRC_PORT_MAX - SRC_PORT_MIN) as u64;
     SRC_PORT_MIN + (((h >> 32) * range) >> 32) as u16
 }
 
-/// Encapsulates the inner frame in `buf` for `vtep`, whose underlay next hop has MAC
-/// `next_hop`. With `sa`, the VXLAN datagram is protected with ESP first.
+/// Where and how to send one encapsulated frame.
+#[derive(Debug, Clone, Copy)]
+pub struct EncapParams<'a> {
+    /// The network's VNI.
+    pub vni: Vni,
+    /// The remote VTEP.
+    pub vtep: Ipv4Addr,
+    /// MAC of the underlay next hop toward `vtep`.
+    pub next_hop: EthernetAddress,
+    /// Outer UDP source port ([`entropy_port`] or [`port_from_hash`]).
+    pub src_port: u16,
+    /// The outbound SA, for encrypted networks.
+    pub sa: Option<&'a TxSa>,
+}
+
+/// Encapsulates the inner frame in `buf` as `p` says. With an SA, the VXLAN datagram is
+/// protected with ESP before the IPv4 header goes on.
 #[inline]
 pub fn encapsulate<B: PacketBuf>(
     buf: &mut B,
     underlay: &Underlay,
-    vni: Vni,
-    vtep: Ipv4Addr,
-    next_hop: EthernetAddress,
-    sa: Option<&TxSa>,
+    p: &EncapParams<'_>,
 ) -> Result<(), DropReason> {
+    let (vni, vtep, next_hop, src_port, sa) = (p.vni, p.vtep, p.next_hop, p.src_port, p.sa);
     let need = if sa.is_some() {
         ENCAP_HEADROOM_ESP
     } else {
@@ -79,7 +98,6 @@ pub fn encapsulate<B: PacketBuf>(
     if buf.headroom() < need {
         return Err(DropReason::NoBufferRoom);
     }
-    let src_port = entropy_port(buf.data());
     let inner_len = buf.len();
     let d = buf
         .prepend(udp::HEADER_LEN + vxlan_wire::HEADER_LEN)
@@ -162,7 +180,7 @@ pub fn decapsulate<B: PacketBuf>(
         return Err(DropReason::CleartextOnEncrypted);
     }
     let inner = EthernetFrame::new_checked(v.payload())?;
-    if !net.local.contains(&inner.dst_addr()) {
+    if !net.is_local(&inner.dst_addr()) {
         return Err(DropReason::UnknownDestination);
     }
     let excess = d.len() - udp_len;

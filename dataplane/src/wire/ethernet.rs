@@ -5,8 +5,17 @@ use core::fmt;
 use core::net::Ipv4Addr;
 
 /// A 48-bit Ethernet address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct EthernetAddress(pub [u8; 6]);
+
+impl core::hash::Hash for EthernetAddress {
+    /// One `u64` write instead of a length-prefixed byte slice: forwarding-table lookups
+    /// hash a MAC per packet.
+    #[inline]
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.to_u64())
+    }
+}
 
 impl EthernetAddress {
     /// ff:ff:ff:ff:ff:ff

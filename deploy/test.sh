@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's test command (README quick start, command 2; called by .ci/run):
+# installs what is missing, then runs every test, the benchmarks once in test mode so they
+# cannot rot, and a bounded fuzzing pass over every parser.
+#   FUZZ_SECONDS  seconds per fuzz target (default 15; 0 skips fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/install-deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== cargo test (workspace)"
+cargo test --workspace --locked 2>&1 | tee /tmp/swarmgate-test.log
+echo "== benchmarks, once each in test mode"
+cargo bench --workspace --locked -- --test
+if [ "${FUZZ_SECONDS:-15}" != "0" ]; then
+  echo "== fuzzing, ${FUZZ_SECONDS:-15}s per target"
+  bash dataplane/fuzz/run.sh "${FUZZ_SECONDS:-15}"
+fi
+# One summary line over all test binaries.
+passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' /tmp/swarmgate-test.log | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' /tmp/swarmgate-test.log | awk '{s+=$1} END {print s+0}')
+echo "$passed passed, $failed failed"
