@@ -186,7 +186,7 @@ impl Counters {
     }
     /// Counts `n` drops for `reason`.
     #[inline]
-    pub fn drop(&self, reason: DropReason, n: u64) {
+    pub fn count_drop(&self, reason: DropReason, n: u64) {
         self.drops[reason as usize].add(n)
     }
     /// Drops so far for `reason`.
@@ -216,7 +216,7 @@ mod tests {
         let c = Counters::default();
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
-            c.drop(*r, i as u64 + 1);
+            c.count_drop(*r, i as u64 + 1);
         }
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(c.drops(*r), i as u64 + 1);

@@ -140,7 +140,14 @@ impl Worker {
 
         // 1. input
         let mut rx_bytes = 0u64;
-        if rx_port == t.underlay.port {
+        if Some(rx_port) == t.underlay.exception_port {
+            // The kernel's own traffic (ARP, Raft, gossip, SSH replies) leaves through the
+            // underlay as it is.
+            for i in 0..n {
+                rx_bytes += pkts[i].len() as u64;
+                steps[i] = Step::Done(Next::Tx(t.underlay.port));
+            }
+        } else if rx_port == t.underlay.port {
             for i in 0..n {
                 rx_bytes += pkts[i].len() as u64;
                 steps[i] = input_underlay(t, &mut pkts[i]);
@@ -242,7 +249,7 @@ impl Worker {
                         }
                     };
                 }
-                Next::Drop(r) => c.drop(r, 1),
+                Next::Drop(r) => c.count_drop(r, 1),
                 Next::Exception => c.exception.add(1),
             }
             next[i] = decision;

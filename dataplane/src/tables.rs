@@ -51,6 +51,12 @@ pub struct Underlay {
     /// Linux kernel's vxlan device sends DF clear unless configured with `df set`; both
     /// forms are accepted by either side.
     pub dont_fragment: bool,
+    /// The port to the kernel (an exception TAP carrying this node's underlay address, as
+    /// VPP's linux-cp does): what the pipeline hands to [`Next::Exception`] goes there, and
+    /// what the kernel sends out of it is forwarded to the underlay unchanged.
+    ///
+    /// [`Next::Exception`]: crate::Next::Exception
+    pub exception_port: Option<PortId>,
 }
 
 impl Underlay {
@@ -63,6 +69,7 @@ impl Underlay {
             vxlan_port: vxlan::DEFAULT_PORT,
             ttl: 64,
             dont_fragment: true,
+            exception_port: None,
         }
     }
 }
@@ -205,7 +212,9 @@ impl Tables {
         if self.by_vni.contains_key(&spec.vni) {
             return Err(TableError::DuplicateVni(spec.vni));
         }
-        if spec.local_port == self.underlay.port || self.by_port[spec.local_port as usize].is_some()
+        if spec.local_port == self.underlay.port
+            || Some(spec.local_port) == self.underlay.exception_port
+            || self.by_port[spec.local_port as usize].is_some()
         {
             return Err(TableError::PortInUse(spec.local_port));
         }

@@ -1,0 +1,362 @@
+//! The DPDK gateway: the data-plane pipeline on real DPDK ports.
+//!
+//! One poll-mode worker per configured core, pinned; each polls one receive queue of every
+//! port (RSS spreads the underlay over the queues where the PMD offers it) and owns one
+//! transmit queue of every port, so no queue is shared. Ports:
+//!
+//! * the **underlay** NIC (on bare metal a vfio-pci NIC; in tests `net_af_packet` on a
+//!   veth), owned by DPDK together with this node's underlay address;
+//! * the **exception TAP**: the kernel's interface carrying the node's address and MAC.
+//!   Everything on the underlay that is not overlay data (Raft on 2377, gossip on 7946,
+//!   SSH, ARP replies) goes to the kernel through it, and what the kernel sends out of it
+//!   leaves through the underlay — VPP linux-cp's pattern;
+//! * per overlay network a **local TAP** (hot-plugged with `rte_dev_probe`) in the node's
+//!   bridge for that network, where local endpoints attach with veths — Docker's per-network
+//!   `br0`, with its `vxlan0` replaced by swarmgate.
+//!
+//! The control side (here: this crate's main thread, from a static TOML file) builds
+//! immutable [`Tables`] snapshots and publishes them through an `ArcSwap`; workers pick the
+//! current one up between bursts.
+
+pub mod config;
+pub mod kernel;
+pub mod stats;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use swarmgate_aead::IcvLen;
+use swarmgate_dataplane::esp::SaDatabase;
+use swarmgate_dataplane::tables::{NetworkSpec, Tables, Underlay};
+use swarmgate_dataplane::wire::{EthernetAddress, Vni};
+use swarmgate_dataplane::Counters;
+use swarmgate_ffi::{hotplug, Eal, Mempool, Port};
+
+use crate::config::Config;
+use crate::worker::{LoopConfig, WorkerQueues};
+
+/// A port and what it is for.
+#[derive(Debug, Clone)]
+pub struct PortInfo {
+    /// DPDK port id.
+    pub id: u16,
+    /// Its role: "underlay", "exception" or the network name.
+    pub role: String,
+    /// Kernel interface name, for TAPs.
+    pub iface: Option<String>,
+}
+
+/// A running gateway. Dropping it stops the workers, then the ports, then DPDK.
+pub struct Gateway {
+    workers: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    ports: Vec<Port>,
+    // Declared after `ports` so it is dropped after them: ports hold its mbufs.
+    _pool: Mempool,
+    _eal: Eal,
+    config: Config,
+    tables: Arc<ArcSwap<Tables>>,
+    counters: Vec<Arc<Counters>>,
+    sas: SaDatabase,
+    port_info: Vec<PortInfo>,
+    network_ports: Vec<u16>,
+    underlay_mac: EthernetAddress,
+    exception_port: u16,
+    last_resolve: HashMap<Ipv4Addr, Instant>,
+}
+
+fn vdev_name(devargs: &str) -> &str {
+    devargs.split(',').next().unwrap_or(devargs)
+}
+
+/// `devargs` with a queue-count argument for the PMDs that need one, when `queues > 1`.
+fn with_queues(devargs: &str, queues: usize) -> String {
+    let name = vdev_name(devargs);
+    if queues <= 1 || devargs.contains("qpairs=") || devargs.contains("queues=") {
+        return devargs.to_owned();
+    }
+    if name.starts_with("net_af_packet") {
+        format!("{devargs},qpairs={queues}")
+    } else if name.starts_with("net_tap") {
+        format!("{devargs},queues={queues}")
+    } else {
+        devargs.to_owned()
+    }
+}
+
+impl Gateway {
+    /// Initialises DPDK, creates and starts every port, configures the kernel side, publishes
+    /// the first tables and starts the workers.
+    pub fn start(config: Config, idle_sleep: Duration) -> anyhow::Result<Gateway> {
+        let nq = config.dpdk.cores.len();
+        let (addr, prefix) = config.address()?;
+        let keys = config.keys()?;
+
+        let mut args: Vec<String> = Vec::new();
+        if !config.dpdk.hugepages {
+            args.push("--no-huge".into());
+            args.push("--iova-mode=va".into());
+        }
+        args.extend(["-m".into(), config.dpdk.memory_mb.to_string()]);
+        args.extend(["--file-prefix".into(), config.dpdk.file_prefix.clone()]);
+        args.extend(["--log-level".into(), "lib.eal:warning".into()]);
+        // The main lcore is not a worker: workers are registered threads pinned to `cores`.
+        args.extend(["-l".into(), config.dpdk.cores[0].to_string()]);
+        let underlay_dev = &config.underlay.device;
+        let underlay_is_vdev = underlay_dev.starts_with("net_");
+        if underlay_is_vdev {
+            args.push(format!("--vdev={}", with_queues(underlay_dev, nq)));
+            args.push("--no-pci".into());
+        } else {
+            args.extend(["-a".into(), underlay_dev.clone()]);
+        }
+        let exc_dev = format!("net_tap_sgexc,iface={}", config.underlay.exception_iface);
+        args.push(format!("--vdev={}", with_queues(&exc_dev, nq)));
+        args.extend(config.dpdk.extra_args.iter().cloned());
+
+        if vdev_name(underlay_dev).starts_with("net_af_packet") {
+            let iface = kernel::devargs_iface(underlay_dev)
+                .ok_or_else(|| anyhow::anyhow!("underlay.device {underlay_dev:?} has no iface="))?;
+            kernel::isolate_from_kernel(iface)
+                .with_context(|| format!("taking {iface} from the kernel"))?;
+        }
+        let eal = Eal::init(&args).context("DPDK EAL initialisation")?;
+        let pool =
+            Mempool::new("sg-mbufs", config.dpdk.mbufs, 256, 2048 + 128).context("mbuf pool")?;
+
+        let mut ports = Vec::new();
+        let mut port_info = Vec::new();
+        let mut open = |name: &str, role: &str, iface: Option<String>| -> anyhow::Result<Port> {
+            let mut p = Port::by_name(name).with_context(|| format!("{role} port {name}"))?;
+            p.configure(nq as u16, 1024, &pool)
+                .with_context(|| format!("configuring {role} port {name}"))?;
+            port_info.push(PortInfo {
+                id: p.id(),
+                role: role.to_owned(),
+                iface,
+            });
+            Ok(p)
+        };
+
+        let underlay_name = if underlay_is_vdev {
+            vdev_name(underlay_dev).to_owned()
+        } else {
+            underlay_dev.clone()
+        };
+        let mut underlay = open(&underlay_name, "underlay", None)?;
+        underlay.start().context("starting the underlay port")?;
+        underlay
+            .promiscuous()
+            .context("promiscuous mode on the underlay")?;
+        let underlay_mac = underlay.mac()?;
+        let mut exception = open(
+            "net_tap_sgexc",
+            "exception",
+            Some(config.underlay.exception_iface.clone()),
+        )?;
+        exception.start().context("starting the exception TAP")?;
+        kernel::setup_exception(
+            &config.underlay.exception_iface,
+            underlay_mac,
+            addr,
+            prefix,
+            config.underlay.mtu,
+        )
+        .context("configuring the exception TAP")?;
+        let exception_port = exception.id();
+        let underlay_port = underlay.id();
+        ports.push(underlay);
+        ports.push(exception);
+
+        // One local TAP per network, hot-plugged while DPDK runs.
+        let mut network_ports = Vec::new();
+        for n in &config.networks {
+            let iface = format!("sg-{}", n.vni);
+            let name = format!("net_tap_sg{}", n.vni);
+            hotplug::probe(&with_queues(&format!("{name},iface={iface}"), nq))
+                .with_context(|| format!("creating the TAP for network {}", n.name))?;
+            let mut p = open(&name, &n.name, Some(iface.clone()))?;
+            p.start()
+                .with_context(|| format!("starting the TAP of network {}", n.name))?;
+            kernel::attach_to_bridge(&iface, &n.bridge, n.mtu(config.underlay.mtu))
+                .with_context(|| format!("attaching {iface} to bridge {}", n.bridge))?;
+            network_ports.push(p.id());
+            ports.push(p);
+        }
+
+        let icv = config
+            .encryption
+            .icv
+            .and_then(IcvLen::from_bytes)
+            .unwrap_or(IcvLen::Icv8);
+        let mut sas = SaDatabase::new(icv);
+        for p in &config.peers {
+            sas.set_peer_keys(addr, p.vtep, &keys)
+                .context("building SAs")?;
+        }
+
+        let counters: Vec<Arc<Counters>> = (0..nq).map(|_| Arc::new(Counters::default())).collect();
+        let mut gw = Gateway {
+            workers: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            ports,
+            _pool: pool,
+            _eal: eal,
+            config,
+            tables: Arc::new(ArcSwap::from_pointee(Tables::new(Underlay::new(
+                underlay_port,
+                underlay_mac,
+                addr,
+            )))),
+            counters,
+            sas,
+            port_info,
+            network_ports,
+            underlay_mac,
+            exception_port,
+            last_resolve: HashMap::new(),
+        };
+        gw.publish(HashMap::new())?;
+
+        // Hand every port's queue i to worker i.
+        let mut per_port: Vec<Vec<_>> = gw.ports.iter_mut().map(|p| p.queues()).collect();
+        let cfg = LoopConfig {
+            idle_polls: if idle_sleep.is_zero() { 0 } else { 64 },
+            idle_sleep,
+        };
+        for (i, core) in gw.config.dpdk.cores.clone().into_iter().enumerate() {
+            let mut q = WorkerQueues {
+                rx: Vec::new(),
+                tx: Vec::new(),
+            };
+            for pq in per_port.iter_mut() {
+                let (rx, tx) = pq.remove(0);
+                q.rx.push(rx);
+                q.tx.push(tx);
+            }
+            let (tables, counters, stop) =
+                (gw.tables.clone(), gw.counters[i].clone(), gw.stop.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("sg-worker-{i}"))
+                .spawn(move || {
+                    if let Err(e) = swarmgate_ffi::pin_current_thread(core) {
+                        eprintln!("swarmgate: worker {i}: cannot pin to CPU {core}: {e}");
+                    }
+                    if let Err(e) = swarmgate_ffi::register_thread() {
+                        eprintln!("swarmgate: worker {i}: {e}");
+                    }
+                    worker::run(q, tables, counters, stop, cfg);
+                })
+                .context("spawning a worker")?;
+            gw.workers.push(h);
+        }
+        Ok(gw)
+    }
+
+    /// Builds and publishes a snapshot from the configuration, the SAs and `neighbours`.
+    fn publish(&mut self, neighbours: HashMap<Ipv4Addr, EthernetAddress>) -> anyhow::Result<()> {
+        let old = self.tables.load();
+        let (addr, _) = self.config.address()?;
+        let mut u = Underlay::new(old.underlay.port, self.underlay_mac, addr);
+        u.vxlan_port = self.config.underlay.vxlan_port;
+        u.exception_port = Some(self.exception_port);
+        let mut t = Tables::new(u);
+        t.generation = old.generation + 1;
+        for (ip, mac) in neighbours {
+            t.set_neighbour(ip, mac);
+        }
+        let mut by_name = HashMap::new();
+        for (i, n) in self.config.networks.iter().enumerate() {
+            let vni = Vni::new(n.vni).expect("checked");
+            t.add_network(NetworkSpec {
+                vni,
+                slot: i as u16,
+                local_port: self.network_ports[i],
+                mtu: n.mtu(self.config.underlay.mtu),
+                encrypted: n.encrypted,
+            })?;
+            for e in &n.local {
+                t.add_local_endpoint(vni, e.mac()?)?;
+            }
+            by_name.insert(n.name.clone(), vni);
+        }
+        for p in &self.config.peers {
+            for e in &p.endpoints {
+                let vni = by_name[e.network.as_deref().expect("checked")];
+                t.add_remote_endpoint(vni, e.ip, e.mac()?, p.vtep)?;
+            }
+        }
+        t.esp = self.sas.tables();
+        self.tables.store(Arc::new(t));
+        Ok(())
+    }
+
+    /// One round of control work: learn underlay neighbours from the kernel, ask it to
+    /// resolve missing ones (at most once a second each), republish when they changed.
+    pub fn tick(&mut self) -> anyhow::Result<()> {
+        let iface = self.config.underlay.exception_iface.clone();
+        let learnt: HashMap<Ipv4Addr, EthernetAddress> =
+            kernel::arp_table(&iface).into_iter().collect();
+        let current = self.tables.load();
+        if learnt
+            != current
+                .neighbours
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect::<HashMap<_, _>>()
+        {
+            self.publish(learnt.clone())?;
+        }
+        let now = Instant::now();
+        for p in &self.config.peers {
+            if !learnt.contains_key(&p.vtep) {
+                let due = self
+                    .last_resolve
+                    .get(&p.vtep)
+                    .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(1));
+                if due {
+                    kernel::trigger_resolution(p.vtep);
+                    self.last_resolve.insert(p.vtep, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters and port statistics as JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        stats::collect(
+            &self.counters,
+            &self.ports,
+            &self.port_info,
+            &self.config,
+            &self.tables.load(),
+        )
+    }
+
+    /// The ports and their roles.
+    pub fn ports(&self) -> &[PortInfo] {
+        &self.port_info
+    }
+
+    /// Stops the workers and waits for them.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

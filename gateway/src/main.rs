@@ -1,0 +1,112 @@
+//! `swarmgate`: the gateway binary. For now one verb runs the DPDK gateway from a TOML file;
+//! the docker-style verbs arrive with the control plane.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use swarmgate_gateway::config::Config;
+use swarmgate_gateway::Gateway;
+
+#[derive(Parser)]
+#[command(
+    name = "swarmgate",
+    version,
+    about = "DPDK-accelerated overlay network gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the DPDK gateway from a configuration file until SIGINT/SIGTERM.
+    Gateway {
+        /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Write counters as JSON to this file every second (and at exit).
+        #[arg(long)]
+        stats: Option<PathBuf>,
+        /// Sleep this many microseconds when a worker finds nothing to do for a while
+        /// (0: pure polling, for dedicated cores).
+        #[arg(long, default_value_t = 0)]
+        idle_sleep_us: u64,
+    },
+    /// Check a configuration file and exit.
+    CheckConfig {
+        /// The TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("swarmgate: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn write_stats(path: &Option<PathBuf>, gw: &Gateway) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&gw.stats())?)?;
+        std::fs::rename(&tmp, p)?;
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::CheckConfig { config } => {
+            Config::load(&config)?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Cmd::Gateway {
+            config,
+            stats,
+            idle_sleep_us,
+        } => {
+            let cfg = Config::load(&config)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("installing signal handlers")?;
+            }
+            let mut gw = Gateway::start(cfg, Duration::from_micros(idle_sleep_us))?;
+            for p in gw.ports() {
+                println!(
+                    "swarmgate: port {} {}{}",
+                    p.id,
+                    p.role,
+                    p.iface
+                        .as_ref()
+                        .map(|i| format!(" ({i})"))
+                        .unwrap_or_default()
+                );
+            }
+            println!("swarmgate: gateway running");
+            let mut last_stats = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                gw.tick()?;
+                if last_stats.elapsed() >= Duration::from_secs(1) {
+                    write_stats(&stats, &gw)?;
+                    last_stats = Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            gw.stop();
+            write_stats(&stats, &gw)?;
+            println!("{}", serde_json::to_string(&gw.stats())?);
+            println!("swarmgate: stopped");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Counters of all workers, summed, with the drivers' own port statistics, as JSON.
+
+use serde_json::{json, Map, Value};
+use swarmgate_dataplane::tables::Tables;
+use swarmgate_dataplane::{Counters, DropReason};
+use swarmgate_ffi::Port;
+
+use crate::config::Config;
+use crate::PortInfo;
+
+/// Sums the per-worker counters (read while the workers run) and adds DPDK's port stats.
+pub fn collect(
+    counters: &[std::sync::Arc<Counters>],
+    ports: &[Port],
+    info: &[PortInfo],
+    config: &Config,
+    tables: &Tables,
+) -> Value {
+    let sum = |f: &dyn Fn(&Counters) -> u64| counters.iter().map(|c| f(c)).sum::<u64>();
+    let mut ps = Map::new();
+    for (p, i) in ports.iter().zip(info) {
+        let id = p.id();
+        let d = p.stats().unwrap_or_default();
+        ps.insert(
+            i.role.clone(),
+            json!({
+                "port": id,
+                "iface": i.iface,
+                "rx_packets": sum(&|c| c.port(id).rx_packets.get()),
+                "rx_bytes": sum(&|c| c.port(id).rx_bytes.get()),
+                "tx_packets": sum(&|c| c.port(id).tx_packets.get()),
+                "tx_bytes": sum(&|c| c.port(id).tx_bytes.get()),
+                "driver": {
+                    "ipackets": d.ipackets, "opackets": d.opackets, "ibytes": d.ibytes, "obytes": d.obytes,
+                    "imissed": d.imissed, "ierrors": d.ierrors, "oerrors": d.oerrors, "rx_nombuf": d.rx_nombuf,
+                },
+            }),
+        );
+    }
+    let mut nets = Map::new();
+    for (slot, n) in config.networks.iter().enumerate() {
+        let s = slot as u16;
+        nets.insert(
+            n.name.clone(),
+            json!({
+                "vni": n.vni,
+                "encrypted": n.encrypted,
+                "encap_packets": sum(&|c| c.network(s).encap_packets.get()),
+                "encap_bytes": sum(&|c| c.network(s).encap_bytes.get()),
+                "decap_packets": sum(&|c| c.network(s).decap_packets.get()),
+                "decap_bytes": sum(&|c| c.network(s).decap_bytes.get()),
+            }),
+        );
+    }
+    let mut drops = Map::new();
+    for r in DropReason::ALL {
+        let n = sum(&|c| c.drops(*r));
+        if n > 0 {
+            drops.insert(r.name().to_owned(), json!(n));
+        }
+    }
+    json!({
+        "generation": tables.generation,
+        "neighbours": tables.neighbours.iter().map(|(ip, mac)| (ip.to_string(), json!(mac.to_string()))).collect::<Map<_, _>>(),
+        "ports": ps,
+        "networks": nets,
+        "drops": drops,
+        "exception": sum(&|c| c.exception.get()),
+    })
+}
