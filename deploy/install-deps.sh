@@ -6,9 +6,11 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# System packages: a C toolchain for AWS-LC (aws-lc-sys), pkg-config, and the network tools
-# the tests and demos use (iproute2 for namespaces, ethtool, ping).
-pkgs=(build-essential pkg-config iproute2 ethtool iputils-ping)
+# System packages: a C toolchain for AWS-LC (aws-lc-sys); DPDK 22.11+ (headers, and the PMDs
+# that EAL loads as plugins) with libclang for bindgen; and what the namespace tests use:
+# iproute2, ethtool, ping, python3, tcpdump and tshark.
+pkgs=(build-essential pkg-config libdpdk-dev dpdk libclang-dev clang iproute2 ethtool iputils-ping
+      python3 tcpdump tshark)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,6 +18,8 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-deps: apt-get install ${missing[*]}"
   $SUDO apt-get update -qq
+  # tshark asks whether non-root users may capture; the default (no) is fine.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections 2>/dev/null || true
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 

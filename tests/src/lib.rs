@@ -1,5 +1,8 @@
-//! Fixtures for swarmgate's integration tests and benchmarks: real-shaped frames and a
-//! two-node overlay built from the data plane's public API.
+//! Fixtures for swarmgate's integration tests and benchmarks: real-shaped frames, a
+//! two-node overlay built from the data plane's public API, and namespace topologies
+//! ([`netns`]) for tests that run the gateway on real (virtual) devices.
+
+pub mod netns;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
