@@ -29,48 +29,74 @@ pub struct LoopConfig {
     pub idle_sleep: Duration,
 }
 
-/// Runs until `stop` is set. Tables are read from `tables` once per round of polls; a new
-/// snapshot is picked up between bursts without a lock, and arc-swap frees an old one only
-/// after every worker has let go of it.
-pub fn run(
-    mut q: WorkerQueues,
-    tables: Arc<ArcSwap<Tables>>,
+/// One worker's loop state: its queues, tx batches, and the pipeline.
+pub struct WorkerLoop {
+    rx: Vec<RxQueue>,
+    tx: Vec<(TxQueue, TxBatch)>,
+    slot: [u8; 256],
+    worker: Worker,
     counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-    cfg: LoopConfig,
-) {
-    let mut worker = Worker::new(counters.clone());
-    let mut slot = [NO_SLOT; 256];
-    let mut tx: Vec<(TxQueue, TxBatch)> = Vec::with_capacity(q.tx.len());
-    for t in q.tx.drain(..) {
-        slot[t.port() as usize] = tx.len() as u8;
-        tx.push((t, TxBatch::default()));
-    }
-    let mut burst = RxBurst::default();
-    let mut single = RxBurst::default();
-    let mut next = [Next::Exception; BURST];
-    let mut idle = 0u32;
+    burst: RxBurst,
+    single: RxBurst,
+    next: [Next; BURST],
+}
 
-    while !stop.load(Ordering::Relaxed) {
-        let t = tables.load();
+impl WorkerLoop {
+    /// A loop over `q`, counting into `counters`.
+    pub fn new(mut q: WorkerQueues, counters: Arc<Counters>) -> WorkerLoop {
+        let mut slot = [NO_SLOT; 256];
+        let mut tx = Vec::with_capacity(q.tx.len());
+        for t in q.tx.drain(..) {
+            slot[t.port() as usize] = tx.len() as u8;
+            tx.push((t, TxBatch::default()));
+        }
+        WorkerLoop {
+            rx: q.rx,
+            tx,
+            slot,
+            worker: Worker::new(counters.clone()),
+            counters,
+            burst: RxBurst::default(),
+            single: RxBurst::default(),
+            next: [Next::Exception; BURST],
+        }
+    }
+
+    /// Gives the queues back (dropping anything still batched for transmit).
+    pub fn into_queues(self) -> WorkerQueues {
+        WorkerQueues {
+            rx: self.rx,
+            tx: self.tx.into_iter().map(|(q, _)| q).collect(),
+        }
+    }
+
+    /// One round: a burst from every receive queue through the pipeline, then every
+    /// transmit batch flushed. Returns the packets received.
+    #[inline]
+    pub fn poll_once(&mut self, t: &Tables) -> usize {
         let exception = t.underlay.exception_port;
         let mut got = 0;
-        for rxq in q.rx.iter_mut() {
-            if rxq.rx(&mut burst) == 0 {
+        for rxq in self.rx.iter_mut() {
+            if rxq.rx(&mut self.burst) == 0 {
                 continue;
             }
             // The pipeline handles single-segment packets; chained mbufs are counted drops.
-            for m in burst.drain() {
+            for m in self.burst.drain() {
                 if m.segments() == 1 {
-                    let _ = single.push(m);
+                    let _ = self.single.push(m);
                 } else {
-                    counters.count_drop(DropReason::Unsupported, 1);
+                    self.counters.count_drop(DropReason::Unsupported, 1);
                 }
             }
-            let n = single.len();
+            let n = self.single.len();
             got += n;
-            worker.process(&t, rxq.port(), single.as_mut_slice(), &mut next[..n]);
-            for (m, d) in single.drain().zip(next[..n].iter()) {
+            self.worker.process(
+                t,
+                rxq.port(),
+                self.single.as_mut_slice(),
+                &mut self.next[..n],
+            );
+            for (m, d) in self.single.drain().zip(self.next[..n].iter()) {
                 let port = match *d {
                     Next::Tx(p) => p,
                     Next::Exception => match exception {
@@ -79,22 +105,40 @@ pub fn run(
                     },
                     Next::Drop(_) => continue,
                 };
-                let s = slot[port as usize];
+                let s = self.slot[port as usize];
                 if s == NO_SLOT {
-                    counters.count_drop(DropReason::UnknownPort, 1);
+                    self.counters.count_drop(DropReason::UnknownPort, 1);
                     continue;
                 }
-                let (txq, batch) = &mut tx[s as usize];
+                let (txq, batch) = &mut self.tx[s as usize];
                 if let Err(m) = batch.push(m) {
-                    flush(txq, batch, &counters);
+                    flush(txq, batch, &self.counters);
                     let _ = batch.push(m);
                 }
             }
         }
-        for (txq, batch) in tx.iter_mut() {
-            flush(txq, batch, &counters);
+        for (txq, batch) in self.tx.iter_mut() {
+            flush(txq, batch, &self.counters);
         }
-        if got == 0 {
+        got
+    }
+}
+
+/// Runs until `stop` is set. Tables are read from `tables` once per round of polls; a new
+/// snapshot is picked up between bursts without a lock, and arc-swap frees an old one only
+/// after every worker has let go of it.
+pub fn run(
+    q: WorkerQueues,
+    tables: Arc<ArcSwap<Tables>>,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    cfg: LoopConfig,
+) {
+    let mut w = WorkerLoop::new(q, counters);
+    let mut idle = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        let t = tables.load();
+        if w.poll_once(&t) == 0 {
             idle = idle.saturating_add(1);
             if cfg.idle_polls > 0 && idle >= cfg.idle_polls {
                 std::thread::sleep(cfg.idle_sleep);
