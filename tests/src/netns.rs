@@ -400,32 +400,52 @@ endpoints = [{{ network = "test-overlay", ip = "{pep}" }}]
     /// A TCP stream of `bytes` random bytes from endpoint `from` to endpoint `to`, checked by
     /// SHA-256 on the receiving side. Panics unless every byte arrived intact.
     pub fn tcp_stream(&self, from: usize, to: usize, bytes: usize) {
+        self.tcp_stream_between(
+            &self.endpoint(from),
+            &self.endpoint(to),
+            Self::ep(to),
+            5000 + from as u16,
+            bytes,
+        );
+    }
+
+    /// A TCP stream from namespace `from_ns` to `to_addr:port` served in namespace `to_ns`,
+    /// checked by SHA-256. Panics unless every byte arrived intact.
+    pub fn tcp_stream_between(
+        &self,
+        from_ns: &str,
+        to_ns: &str,
+        to_addr: Ipv4Addr,
+        port: u16,
+        bytes: usize,
+    ) {
         let script = self.script();
-        let port = 5000 + from as u16;
         let server = Command::new("ip")
-            .args(["netns", "exec", &self.endpoint(to), "python3"])
+            .args(["netns", "exec", to_ns, "python3"])
             .arg(&script)
-            .args(["tcp-server", &Self::ep(to).to_string(), &port.to_string()])
+            .args(["tcp-server", &to_addr.to_string(), &port.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let (ok, out) = self.exec(
-            &self.endpoint(from),
+            from_ns,
             &format!(
-                "python3 {} tcp-client {} {port} {bytes}",
-                script.display(),
-                Self::ep(to)
+                "python3 {} tcp-client {to_addr} {port} {bytes}",
+                script.display()
             ),
         );
         let server_out = server.wait_with_output().unwrap();
         assert!(
             ok,
-            "TCP {from}->{to}: {out}\nserver: {}",
+            "TCP {from_ns}->{to_ns}: {out}\nserver: {}",
             String::from_utf8_lossy(&server_out.stderr)
         );
-        assert!(out.contains("digest match True"), "TCP {from}->{to}: {out}");
+        assert!(
+            out.contains("digest match True"),
+            "TCP {from_ns}->{to_ns}: {out}"
+        );
     }
 
     /// `count` UDP datagrams of `size` bytes from endpoint `from`, each echoed back by
