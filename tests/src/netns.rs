@@ -26,9 +26,18 @@ pub fn swarmgate_bin() -> PathBuf {
     if let Ok(p) = std::env::var("SWARMGATE_BIN") {
         return p.into();
     }
+    // A test runs from target/<profile>/deps/, a binary from target/<profile>/.
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("swarmgate");
+    let dir = exe.parent().expect("exe dir");
+    let bin = [
+        dir.join("swarmgate"),
+        dir.parent()
+            .map(|d| d.join("swarmgate"))
+            .unwrap_or_default(),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .unwrap_or_else(|| dir.join("swarmgate"));
     assert!(bin.exists(), "{} missing: build it with `cargo build -p swarmgate-gateway` (cargo test --workspace does)", bin.display());
     bin
 }
