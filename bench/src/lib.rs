@@ -202,6 +202,27 @@ impl Workload {
     }
 }
 
+/// EAL arguments for a benchmark process: no hugepages, no PCI, one lcore, its own file
+/// prefix, and the given virtual devices.
+pub fn eal_args(prefix: &str, vdevs: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--no-huge",
+        "-m",
+        "512",
+        "--no-pci",
+        "--iova-mode=va",
+        "--log-level=lib.eal:error",
+        "-l",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(["--file-prefix".to_string(), prefix.to_string()]);
+    a.extend(vdevs.iter().map(|v| format!("--vdev={v}")));
+    a
+}
+
 /// Reads the data of a buffer (keeps the compiler from discarding work).
 pub fn touch(bufs: &[HeapBuf]) -> usize {
     bufs.iter().map(|b| b.len()).sum()

@@ -32,6 +32,32 @@ pub mod frames {
         .emit(out);
     }
 
+    /// An Ethernet/IPv4 frame with room for `l4_len` bytes of `protocol` after the headers
+    /// (at offset 34), IPv4 checksum filled.
+    fn ipv4_frame(
+        src_mac: EthernetAddress,
+        dst_mac: EthernetAddress,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        protocol: IpProtocol,
+        l4_len: usize,
+    ) -> Vec<u8> {
+        let mut v = vec![0u8; 14 + 20 + l4_len];
+        eth(src_mac, dst_mac, EtherType::IPV4, &mut v);
+        Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            protocol,
+            payload_len: l4_len,
+            ttl: 64,
+            dscp_ecn: 0,
+            ident: 0x1234,
+            dont_frag: true,
+        }
+        .emit(&mut v[14..]);
+        v
+    }
+
     /// Ethernet/IPv4/UDP with valid IPv4 and UDP checksums.
     #[allow(clippy::too_many_arguments)]
     pub fn udp(
@@ -43,19 +69,14 @@ pub mod frames {
         dport: u16,
         payload: &[u8],
     ) -> Vec<u8> {
-        let mut v = vec![0u8; 14 + 20 + 8 + payload.len()];
-        eth(src_mac, dst_mac, EtherType::IPV4, &mut v);
-        Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            protocol: IpProtocol::UDP,
-            payload_len: 8 + payload.len(),
-            ttl: 64,
-            dscp_ecn: 0,
-            ident: 0x1234,
-            dont_frag: true,
-        }
-        .emit(&mut v[14..]);
+        let mut v = ipv4_frame(
+            src_mac,
+            dst_mac,
+            src,
+            dst,
+            IpProtocol::UDP,
+            8 + payload.len(),
+        );
         UdpRepr {
             src_port: sport,
             dst_port: dport,
@@ -78,19 +99,14 @@ pub mod frames {
         dport: u16,
         payload: &[u8],
     ) -> Vec<u8> {
-        let mut v = vec![0u8; 14 + 20 + 20 + payload.len()];
-        eth(src_mac, dst_mac, EtherType::IPV4, &mut v);
-        Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            protocol: IpProtocol::TCP,
-            payload_len: 20 + payload.len(),
-            ttl: 64,
-            dscp_ecn: 0,
-            ident: 0x4321,
-            dont_frag: true,
-        }
-        .emit(&mut v[14..]);
+        let mut v = ipv4_frame(
+            src_mac,
+            dst_mac,
+            src,
+            dst,
+            IpProtocol::TCP,
+            20 + payload.len(),
+        );
         let t = &mut v[34..];
         t[0..2].copy_from_slice(&sport.to_be_bytes());
         t[2..4].copy_from_slice(&dport.to_be_bytes());

@@ -429,15 +429,10 @@ endpoints = [{{ network = "test-overlay", ip = "{pep}" }}]
         bytes: usize,
     ) {
         let script = self.script();
-        let server = Command::new("ip")
-            .args(["netns", "exec", to_ns, "python3"])
-            .arg(&script)
-            .args(["tcp-server", &to_addr.to_string(), &port.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        let server = self.serve(
+            to_ns,
+            &["tcp-server", &to_addr.to_string(), &port.to_string()],
+        );
         let (ok, out) = self.exec(
             from_ns,
             &format!(
@@ -489,6 +484,20 @@ endpoints = [{{ network = "test-overlay", ip = "{pep}" }}]
             ok && out.contains(&format!("echoed {count} of {count} intact")),
             "UDP {from}->{to}: {out}"
         );
+    }
+
+    /// Starts the traffic script as a server in `ns` and gives it time to bind.
+    fn serve(&self, ns: &str, args: &[&str]) -> Child {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3"])
+            .arg(self.script())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        std::thread::sleep(Duration::from_millis(300));
+        child
     }
 
     fn script(&self) -> PathBuf {

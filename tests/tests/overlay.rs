@@ -660,3 +660,26 @@ fn garbage_never_panics_and_is_always_accounted() {
     let tx: u64 = (0..3).map(|p| c.port(p).tx_packets.get()).sum();
     assert_eq!(rx, tx + c.total_drops() + c.exception.get());
 }
+
+#[test]
+fn the_kernels_own_traffic_leaves_through_the_underlay() {
+    let mut a = Node::new(1, &[]);
+    a.publish(&[], |_| {});
+    let mut t = (*a.tables).clone();
+    t.underlay.exception_port = Some(9);
+    t.generation += 1;
+    a.tables = std::sync::Arc::new(t);
+    // A TCP segment the kernel sends from the exception TAP goes out unchanged.
+    let seg = tcp(underlay_mac(1), underlay_mac(2), vtep(1), vtep(2), 2377, 50000, b"raft reply");
+    assert_eq!(a.run1(9, &seg), (Next::Tx(UNDERLAY_PORT), seg));
+    // And a network cannot take the exception port as its local port.
+    let mut t = (*a.tables).clone();
+    let spec = swarmgate_dataplane::NetworkSpec {
+        vni: swarmgate_dataplane::wire::Vni::new(4200).unwrap(),
+        slot: 7,
+        local_port: 9,
+        mtu: 1450,
+        encrypted: false,
+    };
+    assert_eq!(t.add_network(spec), Err(swarmgate_dataplane::tables::TableError::PortInUse(9)));
+}

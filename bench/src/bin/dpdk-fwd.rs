@@ -28,21 +28,10 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(2.0);
     let prefix = format!("sg-fwd-{}", std::process::id());
     // Port ids follow the fixtures: 0 underlay, 1 plain network, 2 encrypted network.
-    let eal = Eal::init(&[
-        "--no-huge",
-        "-m",
-        "512",
-        "--no-pci",
-        "--iova-mode=va",
-        "--log-level=lib.eal:error",
-        "-l",
-        "0",
-        "--file-prefix",
+    let eal = Eal::init(&swarmgate_bench::eal_args(
         &prefix,
-        "--vdev=net_ring0",
-        "--vdev=net_ring1",
-        "--vdev=net_ring2",
-    ])?;
+        &["net_ring0", "net_ring1", "net_ring2"],
+    ))?;
     let pool = Mempool::new("fwd-pool", 16383, 256, 2048 + 128)?;
     let mut ports = Vec::new();
     let mut queues: Vec<Q> = Vec::new();

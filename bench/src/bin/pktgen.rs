@@ -22,19 +22,7 @@ fn main() -> anyhow::Result<()> {
     let len: usize = a[7].parse()?;
     let secs: f64 = a[8].parse()?;
     anyhow::ensure!((60..=1514).contains(&len), "frame bytes must be 60..=1514");
-    let eal = Eal::init(&[
-        "--no-huge",
-        "-m",
-        "256",
-        "--no-pci",
-        "--iova-mode=va",
-        "--log-level=lib.eal:error",
-        "-l",
-        "0",
-        "--file-prefix",
-        prefix,
-        &format!("--vdev={devargs}"),
-    ])?;
+    let eal = Eal::init(&swarmgate_bench::eal_args(prefix, &[devargs]))?;
     let pool = Mempool::new("gen-pool", 8191, 256, 2048 + 128)?;
     let name = devargs.split(',').next().unwrap_or(devargs);
     let mut port = Port::by_name(name)?;
