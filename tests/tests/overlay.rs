@@ -670,7 +670,15 @@ fn the_kernels_own_traffic_leaves_through_the_underlay() {
     t.generation += 1;
     a.tables = std::sync::Arc::new(t);
     // A TCP segment the kernel sends from the exception TAP goes out unchanged.
-    let seg = tcp(underlay_mac(1), underlay_mac(2), vtep(1), vtep(2), 2377, 50000, b"raft reply");
+    let seg = tcp(
+        underlay_mac(1),
+        underlay_mac(2),
+        vtep(1),
+        vtep(2),
+        2377,
+        50000,
+        b"raft reply",
+    );
     assert_eq!(a.run1(9, &seg), (Next::Tx(UNDERLAY_PORT), seg));
     // And a network cannot take the exception port as its local port.
     let mut t = (*a.tables).clone();
@@ -681,5 +689,8 @@ fn the_kernels_own_traffic_leaves_through_the_underlay() {
         mtu: 1450,
         encrypted: false,
     };
-    assert_eq!(t.add_network(spec), Err(swarmgate_dataplane::tables::TableError::PortInUse(9)));
+    assert_eq!(
+        t.add_network(spec),
+        Err(swarmgate_dataplane::tables::TableError::PortInUse(9))
+    );
 }

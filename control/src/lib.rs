@@ -1,0 +1,15 @@
+//! swarmgate's control plane: it owns the cluster's state and programs the data plane
+//! through table snapshots. This crate grows with issue #4; what is here is the state
+//! model's foundation, pure logic with no I/O:
+//!
+//! * [`ipam`] — address pools and subnets as Docker allocates them (10.0.0.0/8 in /24s,
+//!   no overlap, gateway = first address, endpoints the next free ones);
+//! * [`network`] — `docker network create -d overlay` semantics: VNIs from 4096, options,
+//!   the ingress rules;
+//! * [`publish`] — docker's `--publish` syntax, short and long forms.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod ipam;
+pub mod network;
+pub mod publish;
