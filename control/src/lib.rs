@@ -6,10 +6,13 @@
 //!   no overlap, gateway = first address, endpoints the next free ones);
 //! * [`network`] — `docker network create -d overlay` semantics: VNIs from 4096, options,
 //!   the ingress rules;
-//! * [`publish`] — docker's `--publish` syntax, short and long forms.
+//! * [`publish`] — docker's `--publish` syntax, short and long forms;
+//! * [`service`] — `docker service create` validation as swarmkit does it, published-port
+//!   assignment and VIPs.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod ipam;
 pub mod network;
 pub mod publish;
+pub mod service;
