@@ -8,7 +8,8 @@
 //!   the ingress rules;
 //! * [`publish`] — docker's `--publish` syntax, short and long forms;
 //! * [`service`] — `docker service create` validation as swarmkit does it, published-port
-//!   assignment and VIPs.
+//!   assignment and VIPs;
+//! * [`task`] — tasks as processes in network namespaces attached to the node's bridges.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -16,3 +17,4 @@ pub mod ipam;
 pub mod network;
 pub mod publish;
 pub mod service;
+pub mod task;

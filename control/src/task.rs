@@ -1,0 +1,456 @@
+//! Tasks without container images: a task is a process (the service's command) in its own
+//! network namespace, with one veth per attached network into the node's bridge for that
+//! network, its address and MAC from IPAM, the network's MTU, and `/etc/resolv.conf`
+//! pointing at the embedded DNS (through `ip netns exec`'s `/etc/netns/<ns>/` overlay).
+//!
+//! Everything a task makes is removed when it is stopped or dropped, and a task that cannot
+//! be set up completely leaves nothing behind.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use swarmgate_dataplane::wire::EthernetAddress;
+
+/// One network a task is attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The node's bridge for the network.
+    pub bridge: String,
+    /// The task's address on it.
+    pub ip: Ipv4Addr,
+    /// The network's prefix length.
+    pub prefix: u8,
+    /// The task's MAC (Docker's `02:42` + address).
+    pub mac: EthernetAddress,
+    /// The network's MTU.
+    pub mtu: u16,
+}
+
+/// What to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSpec {
+    /// A short unique id (letters and digits, at most 8): names the namespace and veths.
+    pub id: String,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Networks, in order: `eth0`, `eth1`, ...
+    pub attachments: Vec<Attachment>,
+    /// The resolver written into the task's `/etc/resolv.conf` (127.0.0.11 for the
+    /// embedded DNS).
+    pub nameserver: Ipv4Addr,
+    /// The namespace holding the bridges (the node), or `None` for the current one.
+    pub host_ns: Option<String>,
+    /// Where the task's standard output and error go.
+    pub log: Option<PathBuf>,
+}
+
+/// Why a task could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The id cannot name kernel objects.
+    #[error("invalid task id {0:?}: 1-8 letters or digits")]
+    BadId(String),
+    /// No command.
+    #[error("a task needs a command")]
+    NoCommand,
+    /// A setup step failed; everything done before it was undone.
+    #[error("{step}: {detail}")]
+    Setup {
+        /// What was being done.
+        step: String,
+        /// What the tool said.
+        detail: String,
+    },
+}
+
+/// How a task is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    /// Still running.
+    Running,
+    /// Exited with this code (`None`: killed by a signal).
+    Exited(Option<i32>),
+}
+
+/// A running (or exited, not yet cleaned up) task.
+#[derive(Debug)]
+pub struct Task {
+    spec: TaskSpec,
+    ns: String,
+    child: Option<Child>,
+    cleaned: bool,
+}
+
+fn sh(args: &[&str]) -> Result<(), (String, String)> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| (args.join(" "), e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err((
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ))
+    }
+}
+
+impl Task {
+    /// The namespace name for a task id.
+    pub fn namespace_of(id: &str) -> String {
+        format!("sgt-{id}")
+    }
+
+    fn host_veth(&self, i: usize) -> String {
+        format!("sgv{}{}", self.spec.id, i)
+    }
+
+    /// Runs `ip ARGS` in the host namespace.
+    fn host_ip(&self, args: &[&str]) -> Result<(), (String, String)> {
+        let mut v = vec!["ip"];
+        if let Some(h) = &self.spec.host_ns {
+            v.extend(["-n", h.as_str()]);
+        }
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    fn resolv_dir(&self) -> PathBuf {
+        PathBuf::from("/etc/netns").join(&self.ns)
+    }
+
+    /// Creates the namespace and attachments and starts the command.
+    pub fn start(spec: TaskSpec) -> Result<Task, TaskError> {
+        if spec.id.is_empty()
+            || spec.id.len() > 8
+            || !spec.id.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(TaskError::BadId(spec.id));
+        }
+        if spec.command.is_empty() || spec.command[0].is_empty() {
+            return Err(TaskError::NoCommand);
+        }
+        let ns = Self::namespace_of(&spec.id);
+        let mut t = Task {
+            spec,
+            ns,
+            child: None,
+            cleaned: false,
+        };
+        match t.setup() {
+            Ok(()) => Ok(t),
+            Err((step, detail)) => {
+                t.cleanup();
+                Err(TaskError::Setup { step, detail })
+            }
+        }
+    }
+
+    fn setup(&mut self) -> Result<(), (String, String)> {
+        let ns = self.ns.clone();
+        sh(&["ip", "netns", "add", &ns])?;
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        for (i, a) in self.spec.attachments.clone().iter().enumerate() {
+            let (hv, inner) = (self.host_veth(i), format!("eth{i}"));
+            let mtu = a.mtu.to_string();
+            self.host_ip(&[
+                "link", "add", &hv, "mtu", &mtu, "type", "veth", "peer", "name", &inner, "netns",
+                &ns,
+            ])?;
+            self.host_ip(&["link", "set", &hv, "master", &a.bridge])?;
+            self.host_ip(&["link", "set", &hv, "up"])?;
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "link",
+                "set",
+                &inner,
+                "address",
+                &a.mac.to_string(),
+                "mtu",
+                &mtu,
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/{}", a.ip, a.prefix),
+                "dev",
+                &inner,
+            ])?;
+            sh(&["ip", "-n", &ns, "link", "set", &inner, "up"])?;
+        }
+        let dir = self.resolv_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| (format!("creating {}", dir.display()), e.to_string()))?;
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!("nameserver {}\noptions ndots:0\n", self.spec.nameserver),
+        )
+        .map_err(|e| ("writing resolv.conf".to_string(), e.to_string()))?;
+        let (out, err) = match &self.spec.log {
+            Some(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| (format!("opening {}", p.display()), e.to_string()))?;
+                let f2 = f
+                    .try_clone()
+                    .map_err(|e| ("log file".to_string(), e.to_string()))?;
+                (Stdio::from(f), Stdio::from(f2))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(&self.spec.command)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| (format!("starting {:?}", self.spec.command), e.to_string()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The task's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// The process id of the command.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Running or exited (with the exit code).
+    pub fn state(&mut self) -> TaskState {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => TaskState::Running,
+            Some(Ok(Some(s))) => TaskState::Exited(s.code()),
+            _ => TaskState::Exited(None),
+        }
+    }
+
+    /// Sends SIGTERM, waits up to `grace`, then SIGKILL; removes everything the task made.
+    pub fn stop(mut self, grace: Duration) -> TaskState {
+        let st = self.terminate(grace);
+        self.cleanup();
+        st
+    }
+
+    fn terminate(&mut self, grace: Duration) -> TaskState {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(None) = c.try_wait() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .status();
+                let end = Instant::now() + grace;
+                while Instant::now() < end {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.state()
+    }
+
+    fn cleanup(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        // Any process still inside the namespace goes with it.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        for i in 0..self.spec.attachments.len() {
+            let _ = self.host_ip(&["link", "del", &self.host_veth(i)]);
+        }
+        let _ = sh(&["ip", "netns", "del", &self.ns]);
+        let _ = std::fs::remove_dir_all(self.resolv_dir());
+        self.cleaned = true;
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        if !self.cleaned {
+            self.terminate(Duration::from_millis(500));
+            self.cleanup();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> bool {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false)
+    }
+
+    fn exists(ns: &str) -> bool {
+        std::path::Path::new("/run/netns").join(ns).exists()
+    }
+
+    fn att(bridge: &str, last: u8) -> Attachment {
+        let ip = Ipv4Addr::new(10, 9, 0, last);
+        Attachment {
+            bridge: bridge.into(),
+            ip,
+            prefix: 24,
+            mac: EthernetAddress::from_ipv4_docker(ip),
+            mtu: 1450,
+        }
+    }
+
+    fn spec(id: &str, host: &str, cmd: &[&str], atts: Vec<Attachment>) -> TaskSpec {
+        TaskSpec {
+            id: id.into(),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            attachments: atts,
+            nameserver: Ipv4Addr::new(127, 0, 0, 11),
+            host_ns: Some(host.into()),
+            log: None,
+        }
+    }
+
+    #[test]
+    fn bad_specs_are_refused_before_anything_is_made() {
+        let s = spec("", "h", &["sleep", "1"], vec![]);
+        assert!(matches!(Task::start(s), Err(TaskError::BadId(_))));
+        let s = spec("has-dash", "h", &["sleep", "1"], vec![]);
+        assert!(matches!(Task::start(s), Err(TaskError::BadId(_))));
+        let s = spec("ok1", "h", &[], vec![]);
+        assert!(matches!(Task::start(s), Err(TaskError::NoCommand)));
+    }
+
+    /// Needs root: two tasks on one bridge reach each other, see the embedded DNS in their
+    /// resolv.conf, exits are observed, and stopping removes everything.
+    #[test]
+    fn tasks_in_namespaces() {
+        if !root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let id = std::process::id() % 10000;
+        let host = format!("sgth{id}");
+        let _ = sh(&["ip", "netns", "del", &host]);
+        sh(&["ip", "netns", "add", &host]).unwrap();
+        sh(&["ip", "-n", &host, "link", "add", "br-t", "type", "bridge"]).unwrap();
+        sh(&["ip", "-n", &host, "link", "set", "br-t", "up"]).unwrap();
+
+        let a = Task::start(spec(
+            &format!("a{id}"),
+            &host,
+            &["sleep", "30"],
+            vec![att("br-t", 2)],
+        ))
+        .unwrap();
+        let mut b = Task::start(spec(
+            &format!("b{id}"),
+            &host,
+            &["sleep", "30"],
+            vec![att("br-t", 3)],
+        ))
+        .unwrap();
+        assert_eq!(b.state(), TaskState::Running);
+        let ping = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                a.namespace(),
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "10.9.0.3",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            ping.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ping.stdout)
+        );
+        let resolv = Command::new("ip")
+            .args(["netns", "exec", a.namespace(), "cat", "/etc/resolv.conf"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&resolv.stdout).contains("nameserver 127.0.0.11"));
+        let link = Command::new("ip")
+            .args(["-n", a.namespace(), "-o", "link", "show", "eth0"])
+            .output()
+            .unwrap();
+        let link = String::from_utf8_lossy(&link.stdout);
+        assert!(
+            link.contains("mtu 1450") && link.contains("02:42:0a:09:00:02"),
+            "{link}"
+        );
+
+        let mut c = Task::start(spec(
+            &format!("c{id}"),
+            &host,
+            &["sh", "-c", "exit 3"],
+            vec![att("br-t", 4)],
+        ))
+        .unwrap();
+        let end = Instant::now() + Duration::from_secs(5);
+        while c.state() == TaskState::Running && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(c.state(), TaskState::Exited(Some(3)));
+
+        // A failure half-way (no such bridge) leaves nothing behind.
+        let bad = Task::start(spec(
+            &format!("d{id}"),
+            &host,
+            &["sleep", "1"],
+            vec![att("no-such-br", 5)],
+        ));
+        assert!(matches!(bad, Err(TaskError::Setup { .. })), "{bad:?}");
+        assert!(!exists(&Task::namespace_of(&format!("d{id}"))));
+
+        let (na, nb, nc) = (
+            a.namespace().to_owned(),
+            b.namespace().to_owned(),
+            c.namespace().to_owned(),
+        );
+        assert_eq!(b.stop(Duration::from_secs(2)), TaskState::Exited(None));
+        drop(a);
+        drop(c);
+        for ns in [na, nb, nc] {
+            assert!(!exists(&ns), "{ns} left behind");
+        }
+        let links = Command::new("ip")
+            .args(["-n", &host, "-o", "link"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&links.stdout).contains("sgv"),
+            "veths left behind"
+        );
+        sh(&["ip", "netns", "del", &host]).unwrap();
+    }
+}
