@@ -135,6 +135,13 @@ impl Gateway {
         let mut port_info = Vec::new();
         let mut open = |name: &str, role: &str, iface: Option<String>| -> anyhow::Result<Port> {
             let mut p = Port::by_name(name).with_context(|| format!("{role} port {name}"))?;
+            if p.id() as usize >= swarmgate_dataplane::counters::MAX_PORTS {
+                anyhow::bail!(
+                    "{role} port {name} has DPDK port id {}, above the {} ports a worker handles",
+                    p.id(),
+                    swarmgate_dataplane::counters::MAX_PORTS
+                );
+            }
             p.configure(nq as u16, 1024, &pool)
                 .with_context(|| format!("configuring {role} port {name}"))?;
             port_info.push(PortInfo {

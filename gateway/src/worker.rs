@@ -47,8 +47,11 @@ impl WorkerLoop {
         let mut slot = [NO_SLOT; 256];
         let mut tx = Vec::with_capacity(q.tx.len());
         for t in q.tx.drain(..) {
-            slot[t.port() as usize] = tx.len() as u8;
-            tx.push((t, TxBatch::default()));
+            // Port ids are checked below MAX_PORTS (256) when the gateway opens its ports.
+            if let Some(s) = slot.get_mut(t.port() as usize) {
+                *s = tx.len() as u8;
+                tx.push((t, TxBatch::default()));
+            }
         }
         WorkerLoop {
             rx: q.rx,
@@ -105,7 +108,7 @@ impl WorkerLoop {
                     },
                     Next::Drop(_) => continue,
                 };
-                let s = self.slot[port as usize];
+                let s = self.slot.get(port as usize).copied().unwrap_or(NO_SLOT);
                 if s == NO_SLOT {
                     self.counters.count_drop(DropReason::UnknownPort, 1);
                     continue;
