@@ -157,7 +157,7 @@ impl Worker {
                 Some((ni, net)) => {
                     for i in 0..n {
                         rx_bytes += pkts[i].len() as u64;
-                        steps[i] = input_local(t, ni, net, &mut pkts[i]);
+                        steps[i] = input_local(ni, net, &mut pkts[i]);
                     }
                 }
                 None => {
@@ -313,7 +313,7 @@ fn encap<B: PacketBuf>(
 
 /// A frame from a network's local port (the node's bridge for that network).
 #[inline]
-fn input_local<B: PacketBuf>(_t: &Tables, ni: usize, net: &Network, buf: &mut B) -> Step {
+fn input_local<B: PacketBuf>(ni: usize, net: &Network, buf: &mut B) -> Step {
     let drop = |r: DropReason| Step::Done(Next::Drop(r));
     let data = buf.data_mut();
     let (hl, ethertype, src, mut dst) = match EthernetFrame::new_checked(&*data) {

@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 use crate::counters::{MAX_NETWORKS, MAX_PORTS};
 use crate::esp::{EspTables, DOCKER_ESP_OVERHEAD};
 use crate::maglev::VipService;
-use crate::wire::{vxlan, EthernetAddress, IpProtocol, Vni};
+use crate::wire::{vxlan, EthernetAddress, Vni};
 
 /// A port number as the driver numbers its ports (a DPDK port id).
 pub type PortId = u16;
@@ -292,19 +292,6 @@ impl Tables {
         self.neighbours.insert(ip, mac);
     }
 
-    /// The network with `vni`.
-    #[inline]
-    pub fn network_by_vni(&self, vni: Vni) -> Option<&Network> {
-        self.by_vni.get(&vni).map(|i| &self.networks[*i])
-    }
-
-    /// The network whose local port is `port`.
-    #[inline]
-    pub fn network_by_port(&self, port: PortId) -> Option<&Network> {
-        let i = (*self.by_port.get(port as usize)?)?;
-        Some(&self.networks[i as usize])
-    }
-
     /// The network with `vni` and its index in [`networks`](Self::networks).
     #[inline]
     pub fn network_index_by_vni(&self, vni: Vni) -> Option<(usize, &Network)> {
@@ -321,12 +308,6 @@ impl Tables {
     /// All networks.
     pub fn networks(&self) -> &[Network] {
         &self.networks
-    }
-
-    /// True if `svc` would collide with a service already present.
-    pub fn has_vip(&self, vni: Vni, vip: Ipv4Addr, protocol: IpProtocol, port: u16) -> bool {
-        self.network_by_vni(vni)
-            .is_some_and(|n| n.vips.contains_key(&ServiceKey::new(vip, protocol.0, port)))
     }
 }
 
@@ -388,7 +369,7 @@ mod tests {
             Err(TableError::BadMtu(20))
         );
         assert_eq!(t.networks().len(), 1);
-        assert!(t.network_by_port(2).is_none());
+        assert!(t.network_index_by_port(2).is_none());
         let unknown = Vni::new(5).unwrap();
         assert_eq!(
             t.add_remote_endpoint(

@@ -13,12 +13,10 @@ use core::net::Ipv4Addr;
 use crate::buf::PacketBuf;
 use crate::counters::DropReason;
 use crate::esp::{self, TxSa, ESP_PREFIX_LEN};
-use crate::hash::{flow_hash_v4, fmix64};
 use crate::tables::{Tables, Underlay};
 use crate::wire::{
     ethernet, ipv4, udp, vxlan as vxlan_wire, EtherType, EthernetAddress, EthernetFrame,
-    EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr, Vni, VxlanPacket,
-    VxlanRepr,
+    EthernetRepr, IpProtocol, Ipv4Repr, UdpPacket, UdpRepr, Vni, VxlanPacket, VxlanRepr,
 };
 
 /// Lowest outer UDP source port (the kernel's default `ip_local_port_range`).
@@ -32,34 +30,8 @@ pub const ENCAP_HEADROOM: usize =
 /// Headroom an encrypted encapsulation needs (adds SPI, sequence number and IV).
 pub const ENCAP_HEADROOM_ESP: usize = ENCAP_HEADROOM + ESP_PREFIX_LEN;
 
-/// Outer UDP source port for an inner frame: a hash of its IPv4 5-tuple when it has one,
-/// else of its addresses and EtherType, scaled into `SRC_PORT_MIN..SRC_PORT_MAX` as the
-/// kernel's `udp_flow_src_port` does.
-#[inline]
-pub fn entropy_port(inner: &[u8]) -> u16 {
-    let h = match EthernetFrame::new_checked(inner) {
-        Ok(f) if f.ethertype() == EtherType::IPV4 => match Ipv4Packet::new_checked(f.payload()) {
-            Ok(p) => {
-                let (sp, dp) = crate::nat::ports(&p).unwrap_or((0, 0));
-                flow_hash_v4(
-                    u32::from(p.src_addr()),
-                    u32::from(p.dst_addr()),
-                    p.protocol().0,
-                    sp,
-                    dp,
-                )
-            }
-            Err(_) => fmix64(f.src_addr().to_u64() ^ f.dst_addr().to_u64().rotate_left(17)),
-        },
-        Ok(f) => fmix64(
-            f.src_addr().to_u64() ^ f.dst_addr().to_u64().rotate_left(17) ^ f.ethertype().0 as u64,
-        ),
-        Err(_) => 0,
-    };
-    port_from_hash(h)
-}
-
-/// Scales a flow hash into `SRC_PORT_MIN..SRC_PORT_MAX`.
+/// The outer UDP source port for an inner flow's hash (RFC 7348 §5 entropy), scaled into
+/// `SRC_PORT_MIN..SRC_PORT_MAX` as the kernel's `udp_flow_src_port` does.
 #[inline]
 pub fn port_from_hash(h: u64) -> u16 {
     let range = (SRC_PORT_MAX - SRC_PORT_MIN) as u64;
@@ -75,7 +47,7 @@ pub struct EncapParams<'a> {
     pub vtep: Ipv4Addr,
     /// MAC of the underlay next hop toward `vtep`.
     pub next_hop: EthernetAddress,
-    /// Outer UDP source port ([`entropy_port`] or [`port_from_hash`]).
+    /// Outer UDP source port ([`port_from_hash`] of the inner flow).
     pub src_port: u16,
     /// The outbound SA, for encrypted networks.
     pub sa: Option<&'a TxSa>,
