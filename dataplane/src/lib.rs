@@ -10,7 +10,8 @@
 //! * [`vxlan`] — encapsulation and decapsulation, byte-compatible with Linux's vxlan.
 //! * [`esp`] — ESP transport mode with AES-128-GCM, Docker's SA and key-rotation scheme,
 //!   anti-replay.
-//! * [`maglev`], [`nat`] — VIP load balancing and address rewriting.
+//! * [`maglev`], [`nat`], [`flow`] — VIP load balancing, address rewriting, connection
+//!   tracking.
 //! * [`pipeline`] — the burst pipeline; [`counters`] — per-worker counters.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -18,6 +19,7 @@
 pub mod buf;
 pub mod counters;
 pub mod esp;
+pub mod flow;
 pub mod hash;
 pub mod maglev;
 pub mod nat;

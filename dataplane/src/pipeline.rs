@@ -25,9 +25,11 @@ use rustc_hash::FxHashMap;
 use crate::buf::PacketBuf;
 use crate::counters::{Counters, DropReason};
 use crate::esp::{self, ReplayWindow};
+use crate::flow::{FlowAction, FlowKey, FlowTable};
 use crate::hash::{flow_hash_v4, fmix64};
+use crate::maglev::VipService;
 use crate::nat::{self, Side};
-use crate::tables::{FdbEntry, Network, PortId, ServiceKey, Tables};
+use crate::tables::{FdbEntry, Network, PortId, Router, ServiceKey, Tables, Underlay};
 use crate::vxlan;
 use crate::wire::checksum::update16;
 use crate::wire::icmp::{self, IcmpEchoRepr, IcmpPacket};
@@ -77,16 +79,42 @@ pub struct Worker {
     counters: Arc<Counters>,
     replay: FxHashMap<Spi, ReplayWindow>,
     generation: Option<u64>,
+    flows: FlowTable,
+    now: u32,
 }
 
 impl Worker {
-    /// A worker writing into `counters`.
+    /// A worker writing into `counters`, with a flow table of the default size.
     pub fn new(counters: Arc<Counters>) -> Worker {
+        Worker::with_flow_table(
+            counters,
+            FlowTable::new(
+                crate::flow::DEFAULT_CAPACITY,
+                crate::flow::DEFAULT_IDLE_SECS,
+            ),
+        )
+    }
+
+    /// A worker with its own flow table.
+    pub fn with_flow_table(counters: Arc<Counters>, flows: FlowTable) -> Worker {
         Worker {
             counters,
             replay: FxHashMap::default(),
             generation: None,
+            flows,
+            now: 0,
         }
+    }
+
+    /// Sets the worker's clock (whole seconds, any origin) used to age tracked flows.
+    #[inline]
+    pub fn set_now(&mut self, secs: u32) {
+        self.now = secs;
+    }
+
+    /// The tracked flows (two entries per load-balanced connection).
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
     }
 
     /// This worker's counters.
@@ -150,14 +178,21 @@ impl Worker {
         } else if rx_port == t.underlay.port {
             for i in 0..n {
                 rx_bytes += pkts[i].len() as u64;
-                steps[i] = input_underlay(t, &mut pkts[i]);
+                steps[i] = input_underlay(t, &mut self.flows, self.now, &mut pkts[i]);
             }
         } else {
             match t.network_index_by_port(rx_port) {
                 Some((ni, net)) => {
                     for i in 0..n {
                         rx_bytes += pkts[i].len() as u64;
-                        steps[i] = input_local(ni, net, &mut pkts[i]);
+                        steps[i] = input_local(
+                            ni,
+                            net,
+                            &t.underlay,
+                            &mut self.flows,
+                            self.now,
+                            &mut pkts[i],
+                        );
                     }
                 }
                 None => {
@@ -313,7 +348,14 @@ fn encap<B: PacketBuf>(
 
 /// A frame from a network's local port (the node's bridge for that network).
 #[inline]
-fn input_local<B: PacketBuf>(ni: usize, net: &Network, buf: &mut B) -> Step {
+fn input_local<B: PacketBuf>(
+    ni: usize,
+    net: &Network,
+    u: &Underlay,
+    flows: &mut FlowTable,
+    now: u32,
+    buf: &mut B,
+) -> Step {
     let drop = |r: DropReason| Step::Done(Next::Drop(r));
     let data = buf.data_mut();
     let (hl, ethertype, src, mut dst) = match EthernetFrame::new_checked(&*data) {
@@ -330,6 +372,14 @@ fn input_local<B: PacketBuf>(ni: usize, net: &Network, buf: &mut B) -> Step {
     if dst.is_multicast() {
         // No flooding: broadcast and multicast stop here, as on Docker's vxlan devices.
         return drop(DropReason::UnknownDestination);
+    }
+    if let Some(r) = &net.router {
+        if dst == r.mac {
+            if ethertype != EtherType::IPV4 || tagged {
+                return drop(DropReason::Unsupported);
+            }
+            return route(ni, net, r, u, flows, now, data, hl);
+        }
     }
     // One parse of the IPv4 5-tuple serves both VIP translation and the outer source port.
     let mut hash = None;
@@ -380,6 +430,241 @@ fn input_local<B: PacketBuf>(ni: usize, net: &Network, buf: &mut B) -> Step {
         }
         None => drop(DropReason::UnknownDestination),
     }
+}
+
+/// A packet addressed to the router of a routed network: connection tracking and VIP
+/// translation, then delivery by destination address.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn route(
+    ni: usize,
+    net: &Network,
+    r: &Router,
+    u: &Underlay,
+    flows: &mut FlowTable,
+    now: u32,
+    data: &mut [u8],
+    hl: usize,
+) -> Step {
+    let drop = |r: DropReason| Step::Done(Next::Drop(r));
+    let (flow, frag) = match Ipv4Packet::new_checked(&data[hl..]) {
+        Ok(p) => {
+            let (sport, dport) = nat::ports(&p).unwrap_or((0, 0));
+            (
+                Flow {
+                    src: p.src_addr(),
+                    dst: p.dst_addr(),
+                    proto: p.protocol().0,
+                    sport,
+                    dport,
+                },
+                p.is_fragment(),
+            )
+        }
+        Err(e) => return drop(e.into()),
+    };
+    let hash = flow_hash_v4(
+        u32::from(flow.src),
+        u32::from(flow.dst),
+        flow.proto,
+        flow.sport,
+        flow.dport,
+    );
+    let mut dst_ip = flow.dst;
+    let l4 = flow.proto == IpProtocol::TCP.0 || flow.proto == IpProtocol::UDP.0;
+    if l4 && !frag {
+        let key = FlowKey::new(flow.proto, flow.src, flow.sport, flow.dst, flow.dport);
+        let svc = net
+            .vips
+            .get(&ServiceKey::new(flow.dst, flow.proto, flow.dport));
+        match tracked(flows, &key, now, svc.map(|s| &**s)) {
+            Some(FlowAction::Dnat { ip, port, .. }) => {
+                if let Err(e) = nat::rewrite(&mut data[hl..], Side::Destination, ip, port) {
+                    return drop(e);
+                }
+                dst_ip = ip;
+            }
+            Some(FlowAction::Snat { ip, port, via }) => {
+                if let Err(e) = nat::rewrite(&mut data[hl..], Side::Source, ip, port) {
+                    return drop(e);
+                }
+                if let Some(mac) = via {
+                    // A published port's reply: straight back to where the client's
+                    // packets came from.
+                    let mut f = EthernetFrame::new_unchecked(&mut *data);
+                    f.set_dst_addr(mac);
+                    f.set_src_addr(u.mac);
+                    return Step::Done(Next::Tx(u.port));
+                }
+            }
+            None => {
+                if let Some(svc) = svc {
+                    let b = match svc.pick(hash) {
+                        Some(b) => *b,
+                        None => return drop(DropReason::NoBackend),
+                    };
+                    if let Err(e) =
+                        nat::rewrite(&mut data[hl..], Side::Destination, b.ip, svc.target_port)
+                    {
+                        return drop(e);
+                    }
+                    track(flows, &flow, &b, svc.target_port, None, now);
+                    dst_ip = b.ip;
+                }
+            }
+        }
+    }
+    deliver(ni, net, r, data, dst_ip, hash)
+}
+
+/// The tracked action for `key`, unless it sends the flow to a backend `svc` no longer has
+/// (the task is gone: the connection is given a new one).
+#[inline]
+fn tracked(
+    flows: &mut FlowTable,
+    key: &FlowKey,
+    now: u32,
+    svc: Option<&VipService>,
+) -> Option<FlowAction> {
+    match flows.lookup(key, now) {
+        Some(FlowAction::Dnat { ip, .. })
+            if svc.is_some_and(|s| !s.backends().iter().any(|b| b.ip == ip)) =>
+        {
+            flows.remove(key);
+            None
+        }
+        other => other,
+    }
+}
+
+/// Tracks a new load-balanced connection `f` given to backend `b`: the forward entry and
+/// the reply entry.
+#[inline]
+fn track(
+    flows: &mut FlowTable,
+    f: &Flow,
+    b: &crate::maglev::Backend,
+    target_port: u16,
+    via: Option<EthernetAddress>,
+    now: u32,
+) {
+    flows.insert(
+        FlowKey::new(f.proto, f.src, f.sport, f.dst, f.dport),
+        FlowAction::Dnat {
+            ip: b.ip,
+            port: target_port,
+            mac: b.mac,
+        },
+        now,
+    );
+    flows.insert(
+        FlowKey::new(f.proto, b.ip, target_port, f.src, f.sport),
+        FlowAction::Snat {
+            ip: f.dst,
+            port: f.dport,
+            via,
+        },
+        now,
+    );
+}
+
+/// Delivers a routed packet to `dst_ip` on network `ni`: a local endpoint (through the
+/// local port, from the router's MAC) or a remote one (VXLAN to its VTEP).
+#[inline]
+fn deliver(
+    ni: usize,
+    net: &Network,
+    r: &Router,
+    data: &mut [u8],
+    dst_ip: Ipv4Addr,
+    hash: u64,
+) -> Step {
+    if let Some(mac) = net.local.get(&dst_ip) {
+        let mut f = EthernetFrame::new_unchecked(&mut *data);
+        f.set_dst_addr(*mac);
+        f.set_src_addr(r.mac);
+        return Step::Done(Next::Tx(net.spec.local_port));
+    }
+    let remote = net.arp.get(&dst_ip).and_then(|mac| match net.fdb.get(mac) {
+        Some(FdbEntry::Remote(vtep)) => Some((*mac, *vtep)),
+        _ => None,
+    });
+    match remote {
+        Some((mac, vtep)) => {
+            if data.len() - ethernet::HEADER_LEN > net.spec.mtu as usize {
+                return Step::Done(Next::Drop(DropReason::MtuExceeded));
+            }
+            let mut f = EthernetFrame::new_unchecked(&mut *data);
+            f.set_dst_addr(mac);
+            f.set_src_addr(r.mac);
+            Step::Encap {
+                net: ni as u16,
+                vtep,
+                sport: vxlan::port_from_hash(hash),
+            }
+        }
+        None => Step::Done(Next::Drop(DropReason::UnknownDestination)),
+    }
+}
+
+/// A TCP/UDP packet to this node's address: if it is for a published port, the Maglev
+/// choice (or the connection's tracked backend), the destination rewrite and delivery on the
+/// ingress network. `None`: not a published port.
+#[inline]
+fn ingress(
+    t: &Tables,
+    flows: &mut FlowTable,
+    now: u32,
+    data: &mut [u8],
+    hl: usize,
+) -> Option<Step> {
+    let drop = |r: DropReason| Some(Step::Done(Next::Drop(r)));
+    let (flow, frag) = {
+        let p = Ipv4Packet::new_checked(&data[hl..]).ok()?;
+        let (sport, dport) = nat::ports(&p)?;
+        (
+            Flow {
+                src: p.src_addr(),
+                dst: p.dst_addr(),
+                proto: p.protocol().0,
+                sport,
+                dport,
+            },
+            p.is_fragment(),
+        )
+    };
+    let (ni, svc) = t
+        .ingress
+        .get(&ServiceKey::new(flow.dst, flow.proto, flow.dport))?;
+    if frag {
+        return drop(DropReason::IpFragment);
+    }
+    let net = &t.networks()[*ni as usize];
+    let r = net.router.as_ref()?;
+    let hash = flow_hash_v4(
+        u32::from(flow.src),
+        u32::from(flow.dst),
+        flow.proto,
+        flow.sport,
+        flow.dport,
+    );
+    let key = FlowKey::new(flow.proto, flow.src, flow.sport, flow.dst, flow.dport);
+    let (ip, port) = match tracked(flows, &key, now, Some(svc)) {
+        Some(FlowAction::Dnat { ip, port, .. }) => (ip, port),
+        _ => {
+            let b = match svc.pick(hash) {
+                Some(b) => *b,
+                None => return drop(DropReason::NoBackend),
+            };
+            let client_mac = EthernetFrame::new_unchecked(&*data).src_addr();
+            track(flows, &flow, &b, svc.target_port, Some(client_mac), now);
+            (b.ip, svc.target_port)
+        }
+    };
+    if let Err(e) = nat::rewrite(&mut data[hl..], Side::Destination, ip, port) {
+        return drop(e);
+    }
+    Some(deliver(*ni as usize, net, r, data, ip, hash))
 }
 
 /// An IPv4 TCP/UDP 5-tuple.
@@ -435,7 +720,7 @@ fn arp_reply(
 
 /// A packet from the underlay port.
 #[inline]
-fn input_underlay<B: PacketBuf>(t: &Tables, buf: &mut B) -> Step {
+fn input_underlay<B: PacketBuf>(t: &Tables, flows: &mut FlowTable, now: u32, buf: &mut B) -> Step {
     let drop = |r: DropReason| Step::Done(Next::Drop(r));
     let u = &t.underlay;
     let data = buf.data_mut();
@@ -494,6 +779,12 @@ fn input_underlay<B: PacketBuf>(t: &Tables, buf: &mut B) -> Step {
             }
             let l4 = hl + ip_hl;
             let excess = data.len() - (hl + total);
+            if !t.ingress.is_empty() && (proto == IpProtocol::TCP || proto == IpProtocol::UDP) {
+                if let Some(step) = ingress(t, flows, now, &mut data[..hl + total], hl) {
+                    buf.trim(excess);
+                    return step;
+                }
+            }
             match proto {
                 IpProtocol::UDP => {
                     let udp = match UdpPacket::new_checked(&data[l4..hl + total]) {

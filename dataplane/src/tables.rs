@@ -91,6 +91,8 @@ pub enum TableError {
     DuplicateVip(Ipv4Addr, u16),
     /// MTU outside 68..=9000.
     BadMtu(u16),
+    /// The network has no router (routed mode needed).
+    NotRouted(Vni),
 }
 
 impl core::fmt::Display for TableError {
@@ -103,6 +105,7 @@ impl core::fmt::Display for TableError {
             TableError::UnknownVni(v) => write!(f, "no network with VNI {v}"),
             TableError::DuplicateVip(ip, p) => write!(f, "{ip}:{p} is already a service address"),
             TableError::BadMtu(m) => write!(f, "MTU {m} is outside 68..=9000"),
+            TableError::NotRouted(v) => write!(f, "network with VNI {v} is not in routed mode"),
         }
     }
 }
@@ -146,11 +149,31 @@ pub enum FdbEntry {
     Remote(Ipv4Addr),
 }
 
+/// This node's routing identity on a network whose local endpoints sit on isolated bridge
+/// ports, so that everything they send reaches the data plane (the control plane's mode;
+/// the static gateway's networks have none and stay plain L2).
+///
+/// Local endpoints resolve every local address and the gateway address to `mac`; the data
+/// plane then delivers by IP: to the local endpoint (source MAC rewritten to `mac`), to a
+/// remote endpoint over VXLAN, or — for a reply of a published port — out of the underlay.
+/// VIP translation and connection tracking happen on this path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Router {
+    /// The data plane's MAC on the network.
+    pub mac: EthernetAddress,
+    /// The network's gateway address, answered with `mac`.
+    pub gateway: Ipv4Addr,
+}
+
 /// Forwarding state of one overlay network.
 #[derive(Debug, Clone)]
 pub struct Network {
     /// The settings.
     pub spec: NetworkSpec,
+    /// Routed mode, see [`Router`].
+    pub router: Option<Router>,
+    /// Local endpoint address → MAC (routed mode).
+    pub local: FxHashMap<Ipv4Addr, EthernetAddress>,
     /// Endpoint MAC → where it lives: local, or the remote VTEP (Docker's FDB entries).
     /// One map for both, so forwarding a frame is one lookup.
     pub fdb: FxHashMap<EthernetAddress, FdbEntry>,
@@ -182,6 +205,9 @@ pub struct Tables {
     pub neighbours: FxHashMap<Ipv4Addr, EthernetAddress>,
     /// SAs for encrypted networks.
     pub esp: EspTables,
+    /// Published ports (ingress mode): (this node's address, protocol, published port) →
+    /// the ingress network's index and the service over its tasks there.
+    pub ingress: FxHashMap<ServiceKey, (u16, Arc<VipService>)>,
     networks: Vec<Network>,
     by_vni: FxHashMap<Vni, usize>,
     by_port: Vec<Option<u16>>,
@@ -195,6 +221,7 @@ impl Tables {
             underlay,
             neighbours: FxHashMap::default(),
             esp: EspTables::default(),
+            ingress: FxHashMap::default(),
             networks: Vec::new(),
             by_vni: FxHashMap::default(),
             by_port: vec![None; MAX_PORTS],
@@ -224,6 +251,8 @@ impl Tables {
         let idx = self.networks.len();
         self.networks.push(Network {
             spec,
+            router: None,
+            local: FxHashMap::default(),
             fdb: FxHashMap::default(),
             arp: FxHashMap::default(),
             vips: FxHashMap::default(),
@@ -258,6 +287,47 @@ impl Tables {
     pub fn add_local_endpoint(&mut self, vni: Vni, mac: EthernetAddress) -> Result<(), TableError> {
         let n = self.net_mut(vni)?;
         n.fdb.insert(mac, FdbEntry::Local);
+        Ok(())
+    }
+
+    /// Puts a network in routed mode (see [`Router`]); the gateway address is answered by
+    /// proxy ARP with the router's MAC. Call before adding local hosts.
+    pub fn set_router(&mut self, vni: Vni, router: Router) -> Result<(), TableError> {
+        let n = self.net_mut(vni)?;
+        n.arp.insert(router.gateway, router.mac);
+        n.router = Some(router);
+        Ok(())
+    }
+
+    /// Adds a local endpoint of a routed network: FDB entry, address → MAC for delivery,
+    /// and proxy ARP answering its address with the router's MAC.
+    pub fn add_local_host(
+        &mut self,
+        vni: Vni,
+        ip: Ipv4Addr,
+        mac: EthernetAddress,
+    ) -> Result<(), TableError> {
+        let n = self.net_mut(vni)?;
+        let router = n.router.ok_or(TableError::NotRouted(vni))?;
+        n.fdb.insert(mac, FdbEntry::Local);
+        n.local.insert(ip, mac);
+        n.arp.insert(ip, router.mac);
+        Ok(())
+    }
+
+    /// Publishes a port in ingress mode: `svc.vip` is this node's underlay address,
+    /// `svc.port` the published port, the backends the tasks' addresses on the (routed)
+    /// ingress network `vni`.
+    pub fn add_ingress(&mut self, vni: Vni, svc: VipService) -> Result<(), TableError> {
+        let i = *self.by_vni.get(&vni).ok_or(TableError::UnknownVni(vni))?;
+        if self.networks[i].router.is_none() {
+            return Err(TableError::NotRouted(vni));
+        }
+        let key = ServiceKey::new(svc.vip, svc.protocol.0, svc.port);
+        if self.ingress.contains_key(&key) {
+            return Err(TableError::DuplicateVip(svc.vip, svc.port));
+        }
+        self.ingress.insert(key, (i as u16, Arc::new(svc)));
         Ok(())
     }
 

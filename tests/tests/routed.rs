@@ -1,0 +1,235 @@
+//! Routed networks (the control plane's mode): local endpoints reach each other, VIPs and
+//! published ports through the data plane's router; connections are tracked so they keep
+//! their task when the backend set changes; published-port replies carry the service
+//! address and go back to the client's MAC; the task sees the client's own address.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use swarmgate_dataplane::tables::{docker_overlay_mtu, NetworkSpec, Router, Tables, Underlay};
+use swarmgate_dataplane::wire::{EthernetAddress, Ipv4Packet, Vni};
+use swarmgate_dataplane::{Counters, DropReason, HeapBuf, Next, PacketBuf, Worker};
+use swarmgate_tests::frames::{arp_request, l4_checksums_ok, tcp};
+use swarmgate_tests::{mac_of, underlay_mac, vip_service, vtep, PLAIN_PORT, UNDERLAY_PORT};
+
+const R: EthernetAddress = EthernetAddress([2, 0x42, 0xaa, 0, 0, 1]);
+const CLIENT_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0x99, 0x99]);
+
+fn ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, i)
+}
+fn vip() -> Ipv4Addr {
+    ip(100)
+}
+fn client() -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 50, 77)
+}
+
+/// Node 1 with one routed network: local hosts 10.0.0.2..=4, a VIP on port 80 and the
+/// published port 8080, both over `backends`.
+fn tables(generation: u64, backends: &[Ipv4Addr]) -> Arc<Tables> {
+    let mut t = Tables::new(Underlay::new(UNDERLAY_PORT, underlay_mac(1), vtep(1)));
+    t.generation = generation;
+    let vni = Vni::new(4097).unwrap();
+    t.add_network(NetworkSpec {
+        vni,
+        slot: 0,
+        local_port: PLAIN_PORT,
+        mtu: docker_overlay_mtu(1500, false),
+        encrypted: false,
+    })
+    .unwrap();
+    t.set_router(
+        vni,
+        Router {
+            mac: R,
+            gateway: ip(1),
+        },
+    )
+    .unwrap();
+    for i in 2..=5 {
+        t.add_local_host(vni, ip(i), mac_of(ip(i))).unwrap();
+    }
+    t.add_vip(vni, vip_service(vip(), 80, 80, backends), R)
+        .unwrap();
+    t.add_ingress(vni, vip_service(vtep(1), 8080, 80, backends))
+        .unwrap();
+    Arc::new(t)
+}
+
+fn run1(w: &mut Worker, t: &Tables, port: u16, frame: &[u8]) -> (Next, Vec<u8>) {
+    let mut b = [HeapBuf::from_frame(frame, 64)];
+    let mut n = [Next::Exception];
+    w.process(t, port, &mut b, &mut n);
+    (n[0], b[0].data().to_vec())
+}
+
+fn ipv4(frame: &[u8]) -> Ipv4Packet<&[u8]> {
+    Ipv4Packet::new_checked(&frame[14..]).unwrap()
+}
+
+fn ports(frame: &[u8]) -> (u16, u16) {
+    let ip = ipv4(frame);
+    let p = ip.payload();
+    (
+        u16::from_be_bytes([p[0], p[1]]),
+        u16::from_be_bytes([p[2], p[3]]),
+    )
+}
+
+#[test]
+fn arp_for_local_hosts_and_gateway_is_answered_by_the_router() {
+    let t = tables(1, &[ip(3)]);
+    let mut w = Worker::new(Arc::new(Counters::default()));
+    for target in [ip(1), ip(3), vip()] {
+        let (n, reply) = run1(
+            &mut w,
+            &t,
+            PLAIN_PORT,
+            &arp_request(mac_of(ip(2)), ip(2), target),
+        );
+        assert_eq!(n, Next::Tx(PLAIN_PORT));
+        assert_eq!(&reply[6..12], R.as_bytes(), "{target}");
+    }
+}
+
+#[test]
+fn local_hosts_talk_through_the_router_untranslated() {
+    let t = tables(1, &[ip(3)]);
+    let mut w = Worker::new(Arc::new(Counters::default()));
+    let f = tcp(mac_of(ip(2)), R, ip(2), ip(3), 40000, 80, b"direct");
+    let (n, out) = run1(&mut w, &t, PLAIN_PORT, &f);
+    assert_eq!(n, Next::Tx(PLAIN_PORT));
+    assert_eq!(&out[0..6], mac_of(ip(3)).as_bytes());
+    assert_eq!(&out[6..12], R.as_bytes());
+    assert_eq!(ipv4(&out).dst_addr(), ip(3));
+    // The reply of a direct connection is not mistaken for a VIP reply.
+    let r = tcp(mac_of(ip(3)), R, ip(3), ip(2), 80, 40000, b"reply");
+    let (n, out) = run1(&mut w, &t, PLAIN_PORT, &r);
+    assert_eq!(n, Next::Tx(PLAIN_PORT));
+    assert_eq!(ipv4(&out).src_addr(), ip(3));
+    assert_eq!(ports(&out), (80, 40000));
+    // Unknown destinations are counted drops.
+    let u = tcp(mac_of(ip(2)), R, ip(2), ip(77), 1, 2, b"");
+    assert_eq!(
+        run1(&mut w, &t, PLAIN_PORT, &u).0,
+        Next::Drop(DropReason::UnknownDestination)
+    );
+}
+
+#[test]
+fn vip_connections_are_translated_both_ways_and_keep_their_task() {
+    let mut t = tables(1, &[ip(3), ip(4)]);
+    let mut w = Worker::new(Arc::new(Counters::default()));
+    let mut chosen = Vec::new();
+    for sport in 30000..30100u16 {
+        let syn = tcp(mac_of(ip(2)), R, ip(2), vip(), sport, 80, b"GET /");
+        let (n, out) = run1(&mut w, &t, PLAIN_PORT, &syn);
+        assert_eq!(n, Next::Tx(PLAIN_PORT));
+        assert!(l4_checksums_ok(&out));
+        let b = ipv4(&out).dst_addr();
+        assert!(b == ip(3) || b == ip(4));
+        assert_eq!(ipv4(&out).src_addr(), ip(2), "the task sees the client");
+        assert_eq!(&out[0..6], mac_of(b).as_bytes());
+        // The backend's reply comes back from the VIP.
+        let reply = tcp(mac_of(b), R, b, ip(2), 80, sport, b"200 OK");
+        let (n, back) = run1(&mut w, &t, PLAIN_PORT, &reply);
+        assert_eq!(n, Next::Tx(PLAIN_PORT));
+        assert!(l4_checksums_ok(&back));
+        assert_eq!(ipv4(&back).src_addr(), vip());
+        assert_eq!(ports(&back), (80, sport));
+        assert_eq!(&back[0..6], mac_of(ip(2)).as_bytes());
+        chosen.push(b);
+    }
+    assert!(chosen.contains(&ip(3)) && chosen.contains(&ip(4)));
+
+    // A task is added: every existing connection stays where it was.
+    t = tables(2, &[ip(3), ip(4), ip(5)]);
+    for (k, sport) in (30000..30100u16).enumerate() {
+        let seg = tcp(mac_of(ip(2)), R, ip(2), vip(), sport, 80, b"more");
+        let (_, out) = run1(&mut w, &t, PLAIN_PORT, &seg);
+        assert_eq!(ipv4(&out).dst_addr(), chosen[k], "connection {sport} moved");
+    }
+    // A task is removed: its connections go elsewhere, the others stay.
+    t = tables(3, &[ip(4), ip(5)]);
+    for (k, sport) in (30000..30100u16).enumerate() {
+        let seg = tcp(mac_of(ip(2)), R, ip(2), vip(), sport, 80, b"more");
+        let (_, out) = run1(&mut w, &t, PLAIN_PORT, &seg);
+        let now = ipv4(&out).dst_addr();
+        if chosen[k] == ip(4) {
+            assert_eq!(now, ip(4));
+        } else {
+            assert_ne!(now, ip(3));
+        }
+    }
+}
+
+#[test]
+fn published_port_keeps_the_client_address_and_replies_go_back_to_its_mac() {
+    let t = tables(1, &[ip(3), ip(4)]);
+    let mut w = Worker::new(Arc::new(Counters::default()));
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 50000..50050u16 {
+        let syn = tcp(
+            CLIENT_MAC,
+            underlay_mac(1),
+            client(),
+            vtep(1),
+            sport,
+            8080,
+            b"GET /",
+        );
+        let (n, out) = run1(&mut w, &t, UNDERLAY_PORT, &syn);
+        assert_eq!(n, Next::Tx(PLAIN_PORT));
+        assert!(l4_checksums_ok(&out));
+        let p = ipv4(&out);
+        let b = p.dst_addr();
+        assert_eq!(p.src_addr(), client(), "client address kept");
+        assert_eq!(ports(&out), (sport, 80));
+        assert_eq!(&out[0..6], mac_of(b).as_bytes());
+        assert_eq!(&out[6..12], R.as_bytes());
+        seen.insert(b);
+
+        // The task replies to the client through its gateway (the router).
+        let reply = tcp(mac_of(b), R, b, client(), 80, sport, b"200 OK");
+        let (n, back) = run1(&mut w, &t, PLAIN_PORT, &reply);
+        assert_eq!(n, Next::Tx(UNDERLAY_PORT));
+        assert!(l4_checksums_ok(&back));
+        assert_eq!(&back[0..6], CLIENT_MAC.as_bytes());
+        assert_eq!(&back[6..12], underlay_mac(1).as_bytes());
+        assert_eq!(ipv4(&back).src_addr(), vtep(1));
+        assert_eq!(ipv4(&back).dst_addr(), client());
+        assert_eq!(ports(&back), (8080, sport));
+    }
+    assert_eq!(seen.len(), 2, "both tasks answer");
+    // Other ports to this node still go to the kernel.
+    let ssh = tcp(
+        CLIENT_MAC,
+        underlay_mac(1),
+        client(),
+        vtep(1),
+        5000,
+        22,
+        b"",
+    );
+    assert_eq!(run1(&mut w, &t, UNDERLAY_PORT, &ssh).0, Next::Exception);
+}
+
+#[test]
+fn tracked_flows_expire_when_idle() {
+    let t = tables(1, &[ip(3), ip(4)]);
+    let mut w = Worker::new(Arc::new(Counters::default()));
+    w.set_now(10);
+    let syn = tcp(mac_of(ip(2)), R, ip(2), vip(), 1234, 80, b"");
+    run1(&mut w, &t, PLAIN_PORT, &syn);
+    assert_eq!(w.flows().len(), 2);
+    // Long after the idle timeout, the reply entry no longer translates.
+    w.set_now(10 + swarmgate_dataplane::flow::DEFAULT_IDLE_SECS + 1);
+    let (_, out) = run1(
+        &mut w,
+        &t,
+        PLAIN_PORT,
+        &tcp(mac_of(ip(3)), R, ip(3), ip(2), 80, 1234, b""),
+    );
+    assert_eq!(ipv4(&out).src_addr(), ip(3));
+}
