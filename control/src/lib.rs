@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod dataplane;
 pub mod ipam;
 pub mod network;
 pub mod publish;

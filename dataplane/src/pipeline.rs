@@ -474,9 +474,12 @@ fn route(
     let l4 = flow.proto == IpProtocol::TCP.0 || flow.proto == IpProtocol::UDP.0;
     if l4 && !frag {
         let key = FlowKey::new(flow.proto, flow.src, flow.sport, flow.dst, flow.dport);
+        // A VIP of a service with a published port, else the VIP's any-port entry (port
+        // 0, Docker's VIPs forward every port).
         let svc = net
             .vips
-            .get(&ServiceKey::new(flow.dst, flow.proto, flow.dport));
+            .get(&ServiceKey::new(flow.dst, flow.proto, flow.dport))
+            .or_else(|| net.vips.get(&ServiceKey::new(flow.dst, flow.proto, 0)));
         match tracked(flows, &key, now, svc.map(|s| &**s)) {
             Some(FlowAction::Dnat { ip, port, .. }) => {
                 if let Err(e) = nat::rewrite(&mut data[hl..], Side::Destination, ip, port) {
@@ -503,12 +506,14 @@ fn route(
                         Some(b) => *b,
                         None => return drop(DropReason::NoBackend),
                     };
-                    if let Err(e) =
-                        nat::rewrite(&mut data[hl..], Side::Destination, b.ip, svc.target_port)
-                    {
+                    let target = match svc.target_port {
+                        0 => flow.dport,
+                        p => p,
+                    };
+                    if let Err(e) = nat::rewrite(&mut data[hl..], Side::Destination, b.ip, target) {
                         return drop(e);
                     }
-                    track(flows, &flow, &b, svc.target_port, None, now);
+                    track(flows, &flow, &b, target, None, now);
                     dst_ip = b.ip;
                 }
             }

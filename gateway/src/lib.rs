@@ -14,16 +14,19 @@
 //!   bridge for that network, where local endpoints attach with veths — Docker's per-network
 //!   `br0`, with its `vxlan0` replaced by swarmgate.
 //!
-//! The control side (here: this crate's main thread, from a static TOML file) builds
-//! immutable [`Tables`] snapshots and publishes them through an `ArcSwap`; workers pick the
-//! current one up between bursts.
+//! The control side builds immutable [`Tables`] snapshots and publishes them through an
+//! `ArcSwap`; workers pick the current one up between bursts. Two sources feed it: the
+//! control plane's [`NodeState`] through [`Gateway::apply`] (the daemon: routed networks
+//! whose ports and bridges come and go while the workers run), and, for the standalone
+//! `swarmgate gateway -c FILE` mode used by the interop tests, static networks and peers
+//! from the TOML file.
 
 pub mod config;
 pub mod kernel;
 pub mod stats;
 pub mod worker;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,13 +37,16 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use swarmgate_aead::IcvLen;
 use swarmgate_dataplane::esp::SaDatabase;
-use swarmgate_dataplane::tables::{NetworkSpec, Tables, Underlay};
-use swarmgate_dataplane::wire::{EthernetAddress, Vni};
+use swarmgate_control::dataplane::{Host, NetState, NodeState};
+use swarmgate_control::publish::Protocol;
+use swarmgate_dataplane::maglev::{Backend, VipService};
+use swarmgate_dataplane::tables::{NetworkSpec, Router, Tables, Underlay};
+use swarmgate_dataplane::wire::{EthernetAddress, IpProtocol, Vni};
 use swarmgate_dataplane::Counters;
 use swarmgate_ffi::{hotplug, Eal, Mempool, Port};
 
 use crate::config::Config;
-use crate::worker::{LoopConfig, WorkerQueues};
+use crate::worker::{LoopConfig, WorkerLoop, WorkerQueues};
 
 /// A port and what it is for.
 #[derive(Debug, Clone)]
@@ -55,8 +61,14 @@ pub struct PortInfo {
 
 /// A running gateway. Dropping it stops the workers, then the ports, then DPDK.
 pub struct Gateway {
-    workers: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<WorkerLoop>>,
     stop: Arc<AtomicBool>,
+    loop_cfg: LoopConfig,
+    epoch: Instant,
+    /// Networks programmed by the control plane, by VNI.
+    dynamic: BTreeMap<u32, DynNet>,
+    /// What the control plane last asked for.
+    state: NodeState,
     ports: Vec<Port>,
     // Declared after `ports` so it is dropped after them: ports hold its mbufs.
     _pool: Mempool,
@@ -70,6 +82,15 @@ pub struct Gateway {
     underlay_mac: EthernetAddress,
     exception_port: u16,
     last_resolve: HashMap<Ipv4Addr, Instant>,
+}
+
+/// A network port the control plane asked for.
+#[derive(Debug, Clone)]
+struct DynNet {
+    port_name: String,
+    port_id: u16,
+    bridge: String,
+    slot: u16,
 }
 
 fn vdev_name(devargs: &str) -> &str {
@@ -133,23 +154,8 @@ impl Gateway {
 
         let mut ports = Vec::new();
         let mut port_info = Vec::new();
-        let mut open = |name: &str, role: &str, iface: Option<String>| -> anyhow::Result<Port> {
-            let mut p = Port::by_name(name).with_context(|| format!("{role} port {name}"))?;
-            if p.id() as usize >= swarmgate_dataplane::counters::MAX_PORTS {
-                anyhow::bail!(
-                    "{role} port {name} has DPDK port id {}, above the {} ports a worker handles",
-                    p.id(),
-                    swarmgate_dataplane::counters::MAX_PORTS
-                );
-            }
-            p.configure(nq as u16, 1024, &pool)
-                .with_context(|| format!("configuring {role} port {name}"))?;
-            port_info.push(PortInfo {
-                id: p.id(),
-                role: role.to_owned(),
-                iface,
-            });
-            Ok(p)
+        let mut open = |name: &str, role: &str, iface: Option<String>| {
+            open_port(&pool, nq, name, role, iface, &mut port_info)
         };
 
         let underlay_name = if underlay_is_vdev {
@@ -213,6 +219,13 @@ impl Gateway {
         let mut gw = Gateway {
             workers: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
+            loop_cfg: LoopConfig {
+                idle_polls: if idle_sleep.is_zero() { 0 } else { 64 },
+                idle_sleep,
+            },
+            epoch: Instant::now(),
+            dynamic: BTreeMap::new(),
+            state: NodeState::default(),
             ports,
             _pool: pool,
             _eal: eal,
@@ -234,11 +247,8 @@ impl Gateway {
 
         // Hand every port's queue i to worker i.
         let mut per_port: Vec<Vec<_>> = gw.ports.iter_mut().map(|p| p.queues()).collect();
-        let cfg = LoopConfig {
-            idle_polls: if idle_sleep.is_zero() { 0 } else { 64 },
-            idle_sleep,
-        };
-        for (i, core) in gw.config.dpdk.cores.clone().into_iter().enumerate() {
+        let mut loops = Vec::new();
+        for i in 0..nq {
             let mut q = WorkerQueues {
                 rx: Vec::new(),
                 tx: Vec::new(),
@@ -248,8 +258,26 @@ impl Gateway {
                 q.rx.push(rx);
                 q.tx.push(tx);
             }
-            let (tables, counters, stop) =
-                (gw.tables.clone(), gw.counters[i].clone(), gw.stop.clone());
+            loops.push(WorkerLoop::new(q, gw.counters[i].clone()));
+        }
+        gw.resume(loops)?;
+        Ok(gw)
+    }
+
+    /// Starts one pinned, registered worker thread per core over `loops`.
+    fn resume(&mut self, loops: Vec<WorkerLoop>) -> anyhow::Result<()> {
+        self.stop = Arc::new(AtomicBool::new(false));
+        for (i, (core, w)) in self
+            .config
+            .dpdk
+            .cores
+            .clone()
+            .into_iter()
+            .zip(loops)
+            .enumerate()
+        {
+            let (tables, stop, cfg, epoch) =
+                (self.tables.clone(), self.stop.clone(), self.loop_cfg, self.epoch);
             let h = std::thread::Builder::new()
                 .name(format!("sg-worker-{i}"))
                 .spawn(move || {
@@ -259,12 +287,114 @@ impl Gateway {
                     if let Err(e) = swarmgate_ffi::register_thread() {
                         eprintln!("swarmgate: worker {i}: {e}");
                     }
-                    worker::run(q, tables, counters, stop, cfg);
+                    worker::run(w, tables, stop, cfg, epoch)
                 })
                 .context("spawning a worker")?;
-            gw.workers.push(h);
+            self.workers.push(h);
         }
-        Ok(gw)
+        Ok(())
+    }
+
+    /// Stops the workers and takes their loops back (queues and flow tables intact).
+    fn pause(&mut self) -> Vec<WorkerLoop> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.workers
+            .drain(..)
+            .filter_map(|h| h.join().ok())
+            .collect()
+    }
+
+    /// Makes the ports, bridges and tables match what the control plane asks for. Ports
+    /// are added and removed with the workers paused for the moment it takes (their
+    /// loops, flow tables included, are kept); then a new snapshot is published.
+    pub fn apply(&mut self, state: &NodeState) -> anyhow::Result<()> {
+        let want: BTreeMap<u32, &NetState> = state.networks.iter().map(|n| (n.vni, n)).collect();
+        let remove: Vec<u32> = self
+            .dynamic
+            .iter()
+            .filter(|(vni, d)| want.get(vni).is_none_or(|n| n.bridge != d.bridge))
+            .map(|(vni, _)| *vni)
+            .collect();
+        let add: Vec<&NetState> = want
+            .values()
+            .filter(|n| !self.dynamic.contains_key(&n.vni) || remove.contains(&n.vni))
+            .copied()
+            .collect();
+        let mut result = Ok(());
+        if !remove.is_empty() || !add.is_empty() {
+            let mut loops = self.pause();
+            for vni in remove {
+                let d = self.dynamic.remove(&vni).expect("listed");
+                for l in loops.iter_mut() {
+                    l.remove_port(d.port_id);
+                }
+                self.ports.retain(|p| p.id() != d.port_id); // drop: stop + close
+                self.port_info.retain(|p| p.id != d.port_id);
+                if let Err(e) = hotplug::remove(&d.port_name) {
+                    eprintln!("swarmgate: removing {}: {e}", d.port_name);
+                }
+                let _ = kernel::ip(&["link", "del", &d.bridge]);
+            }
+            for n in add {
+                if let Err(e) = self.add_network_port(n, &mut loops) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            self.resume(loops)?;
+        }
+        self.state = state.clone();
+        self.state
+            .networks
+            .retain(|n| self.dynamic.contains_key(&n.vni));
+        let neighbours = self.tables.load().neighbours.iter().map(|(k, v)| (*k, *v)).collect();
+        self.publish(neighbours)?;
+        result
+    }
+
+    fn add_network_port(&mut self, n: &NetState, loops: &mut [WorkerLoop]) -> anyhow::Result<()> {
+        let nq = self.config.dpdk.cores.len();
+        let iface = format!("sg-{}", n.vni);
+        let name = format!("net_tap_sg{}", n.vni);
+        let slot = (self.config.networks.len() as u16..)
+            .find(|s| self.dynamic.values().all(|d| d.slot != *s))
+            .expect("slots");
+        hotplug::probe(&with_queues(&format!("{name},iface={iface}"), nq))
+            .with_context(|| format!("creating the TAP for network {}", n.name))?;
+        let mut p = match open_port(&self._pool, nq, &name, &n.name, Some(iface.clone()), &mut self.port_info) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = hotplug::remove(&name);
+                return Err(e);
+            }
+        };
+        let setup = p
+            .start()
+            .with_context(|| format!("starting the TAP of network {}", n.name))
+            .and_then(|_| {
+                kernel::attach_to_bridge(&iface, &n.bridge, n.mtu)
+                    .with_context(|| format!("attaching {iface} to bridge {}", n.bridge))
+            });
+        if let Err(e) = setup {
+            self.port_info.retain(|i| i.id != p.id());
+            drop(p);
+            let _ = hotplug::remove(&name);
+            return Err(e);
+        }
+        for (l, (rx, tx)) in loops.iter_mut().zip(p.queues()) {
+            l.add_queues(rx, tx);
+        }
+        self.dynamic.insert(
+            n.vni,
+            DynNet {
+                port_name: name,
+                port_id: p.id(),
+                bridge: n.bridge.clone(),
+                slot,
+            },
+        );
+        self.ports.push(p);
+        Ok(())
     }
 
     /// Builds and publishes a snapshot from the configuration, the SAs and `neighbours`.
@@ -299,6 +429,44 @@ impl Gateway {
                 let vni = by_name[e.network.as_deref().expect("checked")];
                 t.add_remote_endpoint(vni, e.ip, e.mac()?, p.vtep)?;
             }
+        }
+        for n in &self.state.networks {
+            let Some(d) = self.dynamic.get(&n.vni) else {
+                continue;
+            };
+            let vni = Vni::new(n.vni).context("VNI")?;
+            t.add_network(NetworkSpec {
+                vni,
+                slot: d.slot,
+                local_port: d.port_id,
+                mtu: n.mtu,
+                encrypted: n.encrypted,
+            })?;
+            let router = Router {
+                mac: EthernetAddress::from_ipv4_docker(n.gateway),
+                gateway: n.gateway,
+            };
+            t.set_router(vni, router)?;
+            for h in &n.hosts {
+                t.add_local_host(vni, h.ip, h.mac)?;
+            }
+            for v in &n.vips {
+                t.add_vip(
+                    vni,
+                    vip_service(v.ip, v.protocol, v.port, v.target, &v.backends)?,
+                    router.mac,
+                )?;
+            }
+        }
+        for p in &self.state.published {
+            let vni = Vni::new(p.vni).context("VNI")?;
+            if !self.dynamic.contains_key(&p.vni) {
+                continue;
+            }
+            t.add_ingress(
+                vni,
+                vip_service(addr, p.protocol, p.port, p.target, &p.backends)?,
+            )?;
         }
         t.esp = self.sas.tables();
         self.tables.store(Arc::new(t));
@@ -355,15 +523,74 @@ impl Gateway {
 
     /// Stops the workers and waits for them.
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for h in self.workers.drain(..) {
-            let _ = h.join();
-        }
+        drop(self.pause());
     }
+}
+
+impl swarmgate_control::dataplane::DataPlane for Gateway {
+    fn apply(&mut self, state: &NodeState) -> anyhow::Result<()> {
+        Gateway::apply(self, state)
+    }
+    fn tick(&mut self) -> anyhow::Result<()> {
+        Gateway::tick(self)
+    }
+    fn stats(&self) -> serde_json::Value {
+        Gateway::stats(self)
+    }
+    fn address(&self) -> Ipv4Addr {
+        self.config.address().map(|(a, _)| a).unwrap_or(Ipv4Addr::UNSPECIFIED)
+    }
+}
+
+fn vip_service(
+    ip: Ipv4Addr,
+    protocol: Protocol,
+    port: u16,
+    target: u16,
+    backends: &[Host],
+) -> anyhow::Result<VipService> {
+    let proto = match protocol {
+        Protocol::Tcp => IpProtocol::TCP,
+        Protocol::Udp => IpProtocol::UDP,
+    };
+    let b = backends
+        .iter()
+        .map(|h| Backend { ip: h.ip, mac: h.mac })
+        .collect();
+    VipService::new(ip, proto, port, target, b).map_err(|e| anyhow::anyhow!("{ip}:{port}: {e:?}"))
+}
+
+/// Opens, checks and configures port `name` with `nq` queue pairs.
+fn open_port(
+    pool: &Mempool,
+    nq: usize,
+    name: &str,
+    role: &str,
+    iface: Option<String>,
+    port_info: &mut Vec<PortInfo>,
+) -> anyhow::Result<Port> {
+    let mut p = Port::by_name(name).with_context(|| format!("{role} port {name}"))?;
+    if p.id() as usize >= swarmgate_dataplane::counters::MAX_PORTS {
+        anyhow::bail!(
+            "{role} port {name} has DPDK port id {}, above the {} ports a worker handles",
+            p.id(),
+            swarmgate_dataplane::counters::MAX_PORTS
+        );
+    }
+    p.configure(nq as u16, 1024, pool)
+        .with_context(|| format!("configuring {role} port {name}"))?;
+    port_info.push(PortInfo {
+        id: p.id(),
+        role: role.to_owned(),
+        iface,
+    });
+    Ok(p)
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        // Bridges stay: endpoints stay attached to them across a daemon restart, and the
+        // next start re-attaches a new TAP (Docker's live-restore).
         self.stop();
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use swarmgate_dataplane::tables::Tables;
@@ -63,6 +63,33 @@ impl WorkerLoop {
             single: RxBurst::default(),
             next: [Next::Exception; BURST],
         }
+    }
+
+    /// Adds the queues of a newly created port (the loop must not be running).
+    pub fn add_queues(&mut self, rx: RxQueue, tx: TxQueue) {
+        if let Some(s) = self.slot.get_mut(tx.port() as usize) {
+            *s = self.tx.len() as u8;
+            self.tx.push((tx, TxBatch::default()));
+            self.rx.push(rx);
+        }
+    }
+
+    /// Drops the queues of `port`, which is about to be closed.
+    pub fn remove_port(&mut self, port: u16) {
+        self.rx.retain(|q| q.port() != port);
+        if let Some(i) = self.tx.iter().position(|(q, _)| q.port() == port) {
+            self.tx.remove(i);
+        }
+        self.slot = [NO_SLOT; 256];
+        for (i, (q, _)) in self.tx.iter().enumerate() {
+            self.slot[q.port() as usize] = i as u8;
+        }
+    }
+
+    /// Sets the pipeline's clock (seconds since the gateway started).
+    #[inline]
+    pub fn set_now(&mut self, secs: u32) {
+        self.worker.set_now(secs);
     }
 
     /// Gives the queues back (dropping anything still batched for transmit).
@@ -127,19 +154,21 @@ impl WorkerLoop {
     }
 }
 
-/// Runs until `stop` is set. Tables are read from `tables` once per round of polls; a new
-/// snapshot is picked up between bursts without a lock, and arc-swap frees an old one only
-/// after every worker has let go of it.
+/// Runs `w` until `stop` is set, then hands it back (queues, flow table and all, so the
+/// gateway can add or remove ports and start it again). Tables are read from `tables` once
+/// per round of polls; a new snapshot is picked up between bursts without a lock, and
+/// arc-swap frees an old one only after every worker has let go of it. `epoch` is the
+/// origin of the pipeline's clock.
 pub fn run(
-    q: WorkerQueues,
+    mut w: WorkerLoop,
     tables: Arc<ArcSwap<Tables>>,
-    counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     cfg: LoopConfig,
-) {
-    let mut w = WorkerLoop::new(q, counters);
+    epoch: Instant,
+) -> WorkerLoop {
     let mut idle = 0u32;
     while !stop.load(Ordering::Relaxed) {
+        w.set_now(epoch.elapsed().as_secs() as u32);
         let t = tables.load();
         if w.poll_once(&t) == 0 {
             idle = idle.saturating_add(1);
@@ -150,6 +179,7 @@ pub fn run(
             idle = 0;
         }
     }
+    w
 }
 
 #[inline]

@@ -142,6 +142,18 @@ fn vip_connections_are_translated_both_ways_and_keep_their_task() {
         chosen.push(b);
     }
     assert!(chosen.contains(&ip(3)) && chosen.contains(&ip(4)));
+    // Another port of the VIP: same port on a task, and back.
+    let syn = tcp(mac_of(ip(2)), R, ip(2), vip(), 999, 5432, b"");
+    let (_, out) = run1(&mut w, &t, PLAIN_PORT, &syn);
+    let b = ipv4(&out).dst_addr();
+    assert_eq!(ports(&out), (999, 5432));
+    let (_, back) = run1(
+        &mut w,
+        &t,
+        PLAIN_PORT,
+        &tcp(mac_of(b), R, b, ip(2), 5432, 999, b""),
+    );
+    assert_eq!(ipv4(&back).src_addr(), vip());
 
     // A task is added: every existing connection stays where it was.
     t = tables(2, &[ip(3), ip(4), ip(5)]);

@@ -1,0 +1,93 @@
+//! What this node's data plane must do: the one interface through which the control plane
+//! programs the gateway. The daemon computes a complete [`NodeState`] from the cluster state
+//! after every change and hands it to [`DataPlane::apply`]; the gateway turns it into ports,
+//! bridges and an immutable table snapshot. Nothing else crosses from control to data plane.
+
+use std::net::Ipv4Addr;
+
+use swarmgate_dataplane::wire::EthernetAddress;
+
+use crate::publish::Protocol;
+
+/// An endpoint on a network: address and MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Host {
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its MAC.
+    pub mac: EthernetAddress,
+}
+
+/// A load-balanced address inside a network (a service's VIP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipState {
+    /// The VIP.
+    pub ip: Ipv4Addr,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The port clients use (0: every port, forwarded to the same port on a task).
+    pub port: u16,
+    /// The port tasks listen on (0 with `port` 0).
+    pub target: u16,
+    /// The tasks.
+    pub backends: Vec<Host>,
+}
+
+/// One overlay network on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetState {
+    /// Its name (for port roles and errors).
+    pub name: String,
+    /// VNI.
+    pub vni: u32,
+    /// The node's bridge for it, where endpoints attach.
+    pub bridge: String,
+    /// Overlay MTU.
+    pub mtu: u16,
+    /// `--opt encrypted`.
+    pub encrypted: bool,
+    /// The network's gateway address, answered by the data plane.
+    pub gateway: Ipv4Addr,
+    /// Endpoints on this node.
+    pub hosts: Vec<Host>,
+    /// VIPs.
+    pub vips: Vec<VipState>,
+}
+
+/// A port published in ingress mode on this node's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The ingress network's VNI.
+    pub vni: u32,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The published port.
+    pub port: u16,
+    /// The target port.
+    pub target: u16,
+    /// The tasks' addresses on the ingress network.
+    pub backends: Vec<Host>,
+}
+
+/// Everything the data plane needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeState {
+    /// Networks present on this node.
+    pub networks: Vec<NetState>,
+    /// Published ports.
+    pub published: Vec<Published>,
+}
+
+/// The data plane as the daemon drives it.
+pub trait DataPlane: Send {
+    /// Makes the data plane match `state`: creates and removes network ports and bridges,
+    /// publishes new tables. Returns an error (and leaves the previous state working)
+    /// when a port cannot be created.
+    fn apply(&mut self, state: &NodeState) -> anyhow::Result<()>;
+    /// Periodic housekeeping (neighbour learning).
+    fn tick(&mut self) -> anyhow::Result<()>;
+    /// Counters as JSON.
+    fn stats(&self) -> serde_json::Value;
+    /// This node's underlay address.
+    fn address(&self) -> Ipv4Addr;
+}
