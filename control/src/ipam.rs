@@ -3,13 +3,14 @@
 //! `--subnet`; subnets never overlap; the gateway is the subnet's first address unless given
 //! with `--gateway`; endpoints get the next free addresses.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 /// An IPv4 subnet in CIDR form, normalised (host bits zero).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Subnet {
     base: u32,
     prefix: u8,
@@ -128,7 +129,7 @@ impl FromStr for Subnet {
 }
 
 /// The addresses of one network: its subnet, gateway and allocated endpoint addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkAddressing {
     /// The subnet.
     pub subnet: Subnet,
@@ -184,7 +185,7 @@ impl NetworkAddressing {
 }
 
 /// The cluster's address space: the default pool and every subnet in use.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ipam {
     pool: Subnet,
     size: u8,

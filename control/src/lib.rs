@@ -13,9 +13,20 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cli;
+pub mod cluster;
+pub mod daemon;
 pub mod dataplane;
+pub mod dns;
 pub mod ipam;
 pub mod network;
 pub mod publish;
 pub mod service;
+pub mod store;
 pub mod task;
+
+/// The daemon API (gRPC, generated from `proto/swarmgate.proto`).
+#[allow(missing_docs, clippy::all)]
+pub mod api {
+    tonic::include_proto!("swarmgate.v1");
+}

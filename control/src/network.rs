@@ -4,6 +4,7 @@
 //! cannot be attachable) and one clear error for everything else. A refused request changes
 //! nothing.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -32,11 +33,12 @@ pub struct CreateNetwork {
 }
 
 /// A network as the cluster stores it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     /// Name.
     pub name: String,
     /// Its VNI.
+    #[serde(with = "vni_serde")]
     pub vni: Vni,
     /// Subnet, gateway and allocated addresses.
     pub addressing: NetworkAddressing,
@@ -94,7 +96,7 @@ pub enum NetworkError {
 }
 
 /// Every network of the cluster, with the address space and VNIs they use.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Networks {
     ipam: Ipam,
     by_name: BTreeMap<String, Network>,
@@ -369,5 +371,19 @@ mod tests {
             ns.remove("nope").unwrap_err(),
             NetworkError::NotFound("nope".into())
         );
+    }
+}
+
+mod vni_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use swarmgate_dataplane::wire::Vni;
+
+    pub fn serialize<S: Serializer>(v: &Vni, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(v.get())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vni, D::Error> {
+        let n = u32::deserialize(d)?;
+        Vni::new(n).ok_or_else(|| serde::de::Error::custom(format!("VNI {n} out of range")))
     }
 }

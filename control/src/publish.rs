@@ -7,10 +7,11 @@
 //!
 //! SCTP, which Docker accepts, is refused: swarmgate's load balancer translates TCP and UDP.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Protocol {
     /// TCP (the default).
     Tcp,
@@ -19,7 +20,7 @@ pub enum Protocol {
 }
 
 /// Where a port is published (Docker's `mode=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PublishMode {
     /// Routing mesh: on every node, load-balanced to any task (the default).
     Ingress,
@@ -28,7 +29,7 @@ pub enum PublishMode {
 }
 
 /// One published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PortConfig {
     /// Port on the nodes; `None`: to be assigned from the dynamic range.
     pub published: Option<u16>,

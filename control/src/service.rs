@@ -3,6 +3,7 @@
 //! published port is given), VIP or DNS round-robin endpoints, and a command to run. A
 //! refused request changes nothing: no VIP, port or name is taken.
 
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -15,7 +16,7 @@ pub const DYNAMIC_PORT_FIRST: u16 = 30000;
 pub const DYNAMIC_PORT_LAST: u16 = 32767;
 
 /// How a service's tasks are placed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServiceMode {
     /// A fixed number of tasks.
     Replicated(u32),
@@ -24,7 +25,7 @@ pub enum ServiceMode {
 }
 
 /// How clients find the tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum EndpointMode {
     /// A virtual IP per network, load-balanced by the data plane (the default).
     #[default]
@@ -53,7 +54,7 @@ pub struct CreateService {
 }
 
 /// A service as the cluster stores it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
     /// Name.
     pub name: String,
@@ -122,7 +123,7 @@ fn valid_name(n: &str) -> bool {
 }
 
 /// Every service of the cluster.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Services {
     by_name: BTreeMap<String, Service>,
 }

@@ -6,6 +6,7 @@
 //! Everything a task makes is removed when it is stopped or dropped, and a task that cannot
 //! be set up completely leaves nothing behind.
 
+use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use swarmgate_dataplane::wire::EthernetAddress;
 
 /// One network a task is attached to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     /// The node's bridge for the network.
     pub bridge: String,
@@ -23,13 +24,18 @@ pub struct Attachment {
     /// The network's prefix length.
     pub prefix: u8,
     /// The task's MAC (Docker's `02:42` + address).
+    #[serde(with = "mac_serde")]
     pub mac: EthernetAddress,
     /// The network's MTU.
     pub mtu: u16,
+    /// Put the bridge port in isolated mode: the endpoint reaches only the data plane's
+    /// port on the bridge (overlay networks, whose traffic the data plane routes).
+    #[serde(default)]
+    pub isolated: bool,
 }
 
 /// What to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// A short unique id (letters and digits, at most 8): names the namespace and veths.
     pub id: String,
@@ -44,6 +50,16 @@ pub struct TaskSpec {
     pub host_ns: Option<String>,
     /// Where the task's standard output and error go.
     pub log: Option<PathBuf>,
+    /// Environment variables for the command.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory of the command (created if missing).
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+    /// Extra `ip` commands run in the task's namespace once its interfaces are up (routes,
+    /// policy rules), each as its argument list after `ip -n NS`.
+    #[serde(default)]
+    pub routes: Vec<Vec<String>>,
 }
 
 /// Why a task could not be started or stopped.
@@ -80,7 +96,21 @@ pub struct Task {
     spec: TaskSpec,
     ns: String,
     child: Option<Child>,
+    /// A process this daemon did not start (adopted after a restart): pid and start time.
+    adopted: Option<(u32, u64)>,
     cleaned: bool,
+}
+
+/// The start time of process `pid` (clock ticks since boot, `/proc/PID/stat` field 22) and
+/// whether it is still alive (not a zombie). `None`: no such process.
+pub fn process_start_time(pid: u32) -> Option<(u64, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: fields start after ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let state = *f.first()?;
+    let start = f.get(19)?.parse().ok()?;
+    Some((start, state != "Z" && state != "X"))
 }
 
 fn sh(args: &[&str]) -> Result<(), (String, String)> {
@@ -122,7 +152,41 @@ impl Task {
         PathBuf::from("/etc/netns").join(&self.ns)
     }
 
-    /// Creates the namespace and attachments and starts the command.
+    /// Takes over a task a previous daemon started (after a restart): the process with
+    /// this pid and start time. Nothing is changed; the task is watched through `/proc`.
+    /// `process` is `None` for an endpoint without a command.
+    pub fn adopt(spec: TaskSpec, process: Option<(u32, u64)>) -> Task {
+        let ns = Self::namespace_of(&spec.id);
+        Task {
+            spec,
+            ns,
+            child: None,
+            adopted: process,
+            cleaned: false,
+        }
+    }
+
+    /// Leaves the task running when this handle goes (the daemon stops but its tasks do
+    /// not, as with Docker's live-restore). Returns the process id and start time to adopt
+    /// it by later.
+    pub fn detach(mut self) -> Option<(u32, u64)> {
+        self.cleaned = true;
+        let pid = self.pid()?;
+        let start = process_start_time(pid).map(|(s, _)| s);
+        // The child is not waited for: the next daemon adopts it, init reaps it.
+        if let Some(c) = self.child.take() {
+            std::mem::forget(c);
+        }
+        start.map(|s| (pid, s))
+    }
+
+    /// The spec it was started with.
+    pub fn spec(&self) -> &TaskSpec {
+        &self.spec
+    }
+
+    /// Creates the namespace and attachments and starts the command (none for an empty
+    /// command: an endpoint whose processes are started with `exec`).
     pub fn start(spec: TaskSpec) -> Result<Task, TaskError> {
         if spec.id.is_empty()
             || spec.id.len() > 8
@@ -130,7 +194,7 @@ impl Task {
         {
             return Err(TaskError::BadId(spec.id));
         }
-        if spec.command.is_empty() || spec.command[0].is_empty() {
+        if spec.command.first().is_some_and(|c| c.is_empty()) {
             return Err(TaskError::NoCommand);
         }
         let ns = Self::namespace_of(&spec.id);
@@ -138,6 +202,7 @@ impl Task {
             spec,
             ns,
             child: None,
+            adopted: None,
             cleaned: false,
         };
         match t.setup() {
@@ -161,6 +226,9 @@ impl Task {
                 &ns,
             ])?;
             self.host_ip(&["link", "set", &hv, "master", &a.bridge])?;
+            if a.isolated {
+                self.host_ip(&["link", "set", &hv, "type", "bridge_slave", "isolated", "on"])?;
+            }
             self.host_ip(&["link", "set", &hv, "up"])?;
             sh(&[
                 "ip",
@@ -185,6 +253,18 @@ impl Task {
                 &inner,
             ])?;
             sh(&["ip", "-n", &ns, "link", "set", &inner, "up"])?;
+            if a.isolated {
+                // The data plane sees these frames through a TAP and forwards them as they
+                // are: the checksums must be complete, not left to an offload.
+                let _ = Command::new("ip")
+                    .args(["netns", "exec", &ns, "ethtool", "-K", &inner, "tx", "off"])
+                    .output();
+            }
+        }
+        for r in self.spec.routes.clone() {
+            let mut v = vec!["ip", "-n", ns.as_str()];
+            v.extend(r.iter().map(String::as_str));
+            sh(&v)?;
         }
         let dir = self.resolv_dir();
         std::fs::create_dir_all(&dir)
@@ -208,12 +288,24 @@ impl Task {
             }
             None => (Stdio::null(), Stdio::null()),
         };
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns])
+        if self.spec.command.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns])
             .args(&self.spec.command)
+            .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
+            .stderr(err);
+        if let Some(d) = &self.spec.workdir {
+            std::fs::create_dir_all(d)
+                .map_err(|e| (format!("creating {}", d.display()), e.to_string()))?;
+            cmd.current_dir(d);
+        }
+        // Its own process group: a signal to the daemon's terminal does not reach tasks.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
             .spawn()
             .map_err(|e| (format!("starting {:?}", self.spec.command), e.to_string()))?;
         self.child = Some(child);
@@ -227,11 +319,24 @@ impl Task {
 
     /// The process id of the command.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .or(self.adopted.map(|(p, _)| p))
     }
 
-    /// Running or exited (with the exit code).
+    /// Running or exited (with the exit code; `None` when unknown or killed by a signal).
+    /// An endpoint without a command counts as running until it is stopped.
     pub fn state(&mut self) -> TaskState {
+        if let Some((pid, start)) = self.adopted {
+            return match process_start_time(pid) {
+                Some((s, true)) if s == start => TaskState::Running,
+                _ => TaskState::Exited(None),
+            };
+        }
+        if self.child.is_none() && self.spec.command.is_empty() && !self.cleaned {
+            return TaskState::Running;
+        }
         match self.child.as_mut().map(|c| c.try_wait()) {
             Some(Ok(None)) => TaskState::Running,
             Some(Ok(Some(s))) => TaskState::Exited(s.code()),
@@ -247,6 +352,20 @@ impl Task {
     }
 
     fn terminate(&mut self, grace: Duration) -> TaskState {
+        if let Some((pid, _)) = self.adopted {
+            if self.state() == TaskState::Running {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+                let end = Instant::now() + grace;
+                while Instant::now() < end && self.state() == TaskState::Running {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
         if let Some(c) = self.child.as_mut() {
             if let Ok(None) = c.try_wait() {
                 let _ = Command::new("kill")
@@ -321,6 +440,7 @@ mod tests {
             prefix: 24,
             mac: EthernetAddress::from_ipv4_docker(ip),
             mtu: 1450,
+            isolated: false,
         }
     }
 
@@ -332,6 +452,9 @@ mod tests {
             nameserver: Ipv4Addr::new(127, 0, 0, 11),
             host_ns: Some(host.into()),
             log: None,
+            env: Vec::new(),
+            workdir: None,
+            routes: Vec::new(),
         }
     }
 
@@ -341,7 +464,7 @@ mod tests {
         assert!(matches!(Task::start(s), Err(TaskError::BadId(_))));
         let s = spec("has-dash", "h", &["sleep", "1"], vec![]);
         assert!(matches!(Task::start(s), Err(TaskError::BadId(_))));
-        let s = spec("ok1", "h", &[], vec![]);
+        let s = spec("ok1", "h", &[""], vec![]);
         assert!(matches!(Task::start(s), Err(TaskError::NoCommand)));
     }
 
@@ -452,5 +575,20 @@ mod tests {
             "veths left behind"
         );
         sh(&["ip", "netns", "del", &host]).unwrap();
+    }
+}
+
+mod mac_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use swarmgate_dataplane::wire::EthernetAddress;
+
+    pub fn serialize<S: Serializer>(m: &EthernetAddress, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&m.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EthernetAddress, D::Error> {
+        let t = String::deserialize(d)?;
+        t.parse()
+            .map_err(|_| serde::de::Error::custom(format!("bad MAC {t:?}")))
     }
 }

@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use swarmgate_aead::IcvLen;
-use swarmgate_dataplane::esp::SaDatabase;
 use swarmgate_control::dataplane::{Host, NetState, NodeState};
 use swarmgate_control::publish::Protocol;
+use swarmgate_dataplane::esp::SaDatabase;
 use swarmgate_dataplane::maglev::{Backend, VipService};
 use swarmgate_dataplane::tables::{NetworkSpec, Router, Tables, Underlay};
 use swarmgate_dataplane::wire::{EthernetAddress, IpProtocol, Vni};
@@ -276,8 +276,12 @@ impl Gateway {
             .zip(loops)
             .enumerate()
         {
-            let (tables, stop, cfg, epoch) =
-                (self.tables.clone(), self.stop.clone(), self.loop_cfg, self.epoch);
+            let (tables, stop, cfg, epoch) = (
+                self.tables.clone(),
+                self.stop.clone(),
+                self.loop_cfg,
+                self.epoch,
+            );
             let h = std::thread::Builder::new()
                 .name(format!("sg-worker-{i}"))
                 .spawn(move || {
@@ -347,7 +351,13 @@ impl Gateway {
         self.state
             .networks
             .retain(|n| self.dynamic.contains_key(&n.vni));
-        let neighbours = self.tables.load().neighbours.iter().map(|(k, v)| (*k, *v)).collect();
+        let neighbours = self
+            .tables
+            .load()
+            .neighbours
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
         self.publish(neighbours)?;
         result
     }
@@ -361,7 +371,14 @@ impl Gateway {
             .expect("slots");
         hotplug::probe(&with_queues(&format!("{name},iface={iface}"), nq))
             .with_context(|| format!("creating the TAP for network {}", n.name))?;
-        let mut p = match open_port(&self._pool, nq, &name, &n.name, Some(iface.clone()), &mut self.port_info) {
+        let mut p = match open_port(
+            &self._pool,
+            nq,
+            &name,
+            &n.name,
+            Some(iface.clone()),
+            &mut self.port_info,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 let _ = hotplug::remove(&name);
@@ -538,7 +555,10 @@ impl swarmgate_control::dataplane::DataPlane for Gateway {
         Gateway::stats(self)
     }
     fn address(&self) -> Ipv4Addr {
-        self.config.address().map(|(a, _)| a).unwrap_or(Ipv4Addr::UNSPECIFIED)
+        self.config
+            .address()
+            .map(|(a, _)| a)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
 }
 
@@ -555,7 +575,10 @@ fn vip_service(
     };
     let b = backends
         .iter()
-        .map(|h| Backend { ip: h.ip, mac: h.mac })
+        .map(|h| Backend {
+            ip: h.ip,
+            mac: h.mac,
+        })
         .collect();
     VipService::new(ip, proto, port, target, b).map_err(|e| anyhow::anyhow!("{ip}:{port}: {e:?}"))
 }

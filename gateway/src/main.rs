@@ -1,5 +1,7 @@
-//! `swarmgate`: the gateway binary. For now one verb runs the DPDK gateway from a TOML file;
-//! the docker-style verbs arrive with the control plane.
+//! `swarmgate`: one binary for everything. `daemon` runs the control plane with the DPDK
+//! gateway; the docker-style verbs (`swarm`, `network`, `service`, `run`, `exec`, ...) talk
+//! to it over its Unix socket; `gateway -c FILE` runs the data plane alone from static
+//! tables (interop tests with the kernel's VXLAN).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +20,9 @@ use swarmgate_gateway::Gateway;
     about = "DPDK-accelerated overlay network gateway"
 )]
 struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, short = 'H', global = true, default_value = swarmgate_control::cli::DEFAULT_SOCKET, env = "SWARMGATE_SOCKET")]
+    host: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -43,6 +48,20 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the daemon: control plane, DPDK gateway and API, until SIGINT/SIGTERM.
+    Daemon {
+        /// The TOML configuration ([dpdk] and [underlay]; networks come from the API).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// State, task logs and task working directories.
+        #[arg(long, default_value = "/var/lib/swarmgate")]
+        data_root: PathBuf,
+        /// Sleep this many microseconds when a worker finds nothing to do for a while.
+        #[arg(long, default_value_t = 50)]
+        idle_sleep_us: u64,
+    },
+    #[command(flatten)]
+    Client(swarmgate_control::cli::ClientCmd),
 }
 
 fn main() {
@@ -64,6 +83,31 @@ fn write_stats(path: &Option<PathBuf>, gw: &Gateway) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Client(c) => {
+            let code = swarmgate_control::cli::run(c, &cli.host)?;
+            std::process::exit(code);
+        }
+        Cmd::Daemon {
+            config,
+            data_root,
+            idle_sleep_us,
+        } => {
+            let cfg = Config::load(&config)?;
+            if !cfg.networks.is_empty() || !cfg.peers.is_empty() {
+                anyhow::bail!(
+                    "{}: the daemon takes networks from its API; remove [[network]] and [[peer]]",
+                    config.display()
+                );
+            }
+            let gw = Gateway::start(cfg, Duration::from_micros(idle_sleep_us))?;
+            swarmgate_control::daemon::run(
+                swarmgate_control::daemon::DaemonConfig {
+                    socket: cli.host,
+                    data_root,
+                },
+                Box::new(gw),
+            )
+        }
         Cmd::CheckConfig { config } => {
             Config::load(&config)?;
             println!("{}: ok", config.display());

@@ -1,0 +1,688 @@
+//! The docker-style verbs of the `swarmgate` binary: each is one call to the daemon over
+//! its Unix socket, printed as docker prints it (tables for `ls`/`ps`, JSON for `inspect`,
+//! `--format json` for one JSON object per line). Errors are one line on stderr and exit
+//! status 1.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::api::{self, swarmgate_client::SwarmgateClient};
+
+/// The default API socket (like `/var/run/docker.sock`).
+pub const DEFAULT_SOCKET: &str = "/run/swarmgate/swarmgate.sock";
+
+/// Client verbs.
+#[derive(Debug, Subcommand)]
+pub enum ClientCmd {
+    /// Manage the swarm.
+    #[command(subcommand)]
+    Swarm(SwarmCmd),
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Create a standalone endpoint on attachable networks and run a command in it.
+    Run(RunArgs),
+    /// Run a command inside an endpoint (container name, task id or task name).
+    Exec {
+        /// The endpoint.
+        name: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove standalone endpoints.
+    Rm {
+        /// Stop a running one first.
+        #[arg(short, long)]
+        force: bool,
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List standalone endpoints.
+    Ps {
+        /// `json`: one JSON object per line.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Data-plane counters as JSON.
+    Stats,
+}
+
+/// `swarm` verbs.
+#[derive(Debug, Subcommand)]
+pub enum SwarmCmd {
+    /// Make this node a manager of a new swarm.
+    Init {
+        /// Address other nodes reach this one at.
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Address for data-path (VXLAN) traffic.
+        #[arg(long)]
+        datapath_addr: Option<String>,
+    },
+    /// Leave the swarm (the last manager needs --force; removes everything).
+    Leave {
+        /// Required on the last manager.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+/// `node` verbs.
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// List nodes.
+    Ls {
+        /// `json`: one JSON object per line.
+        #[arg(long)]
+        format: Option<String>,
+    },
+}
+
+/// `network` verbs.
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// Create a network.
+    Create {
+        /// Driver (overlay).
+        #[arg(short, long, default_value = "overlay")]
+        driver: String,
+        /// Standalone endpoints may attach.
+        #[arg(long)]
+        attachable: bool,
+        /// The routing-mesh network.
+        #[arg(long)]
+        ingress: bool,
+        /// Subnet in CIDR form.
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway address.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Driver options: `encrypted`, `com.docker.network.driver.mtu=N`.
+        #[arg(short = 'o', long = "opt")]
+        opt: Vec<String>,
+        /// Name.
+        name: String,
+    },
+    /// List networks.
+    Ls {
+        /// `json`: one JSON object per line.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show networks as JSON.
+    Inspect {
+        /// Names or ids.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove networks.
+    Rm {
+        /// Names or ids.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// `service create` arguments.
+#[derive(Debug, Args)]
+pub struct ServiceCreateArgs {
+    /// Name.
+    #[arg(long)]
+    name: String,
+    /// Number of tasks.
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// `replicated` or `global`.
+    #[arg(long)]
+    mode: Option<String>,
+    /// Networks to attach.
+    #[arg(long = "network")]
+    networks: Vec<String>,
+    /// Published ports.
+    #[arg(short, long)]
+    publish: Vec<String>,
+    /// `vip` or `dnsrr`.
+    #[arg(long)]
+    endpoint_mode: Option<String>,
+    /// The command each task runs (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// `service` verbs.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Create a service.
+    Create(ServiceCreateArgs),
+    /// List services.
+    Ls {
+        /// `json`: one JSON object per line.
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// List a service's tasks.
+    Ps {
+        /// `json`: one JSON object per line.
+        #[arg(long)]
+        format: Option<String>,
+        /// Services.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show services as JSON.
+    Inspect {
+        /// Services.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Change a service.
+    Update {
+        /// New replica count.
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// Attach a network.
+        #[arg(long)]
+        network_add: Vec<String>,
+        /// Detach a network.
+        #[arg(long)]
+        network_rm: Vec<String>,
+        /// Publish a port.
+        #[arg(long)]
+        publish_add: Vec<String>,
+        /// Unpublish a port (`PUBLISHED[/PROTOCOL]`).
+        #[arg(long)]
+        publish_rm: Vec<String>,
+        /// Service.
+        name: String,
+    },
+    /// Remove services.
+    Rm {
+        /// Services.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Print the tasks' output.
+    Logs {
+        /// Service.
+        name: String,
+    },
+}
+
+/// `run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run in the background (the daemon runs the command).
+    #[arg(short, long)]
+    detach: bool,
+    /// Name.
+    #[arg(long)]
+    name: String,
+    /// Attachable networks.
+    #[arg(long = "network", required = true)]
+    networks: Vec<String>,
+    /// Command (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+async fn connect(socket: &Path) -> anyhow::Result<SwarmgateClient<Channel>> {
+    let path = socket.to_path_buf();
+    let ch = Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "Cannot connect to the swarmgate daemon at unix://{}. Is the swarmgate daemon running?",
+                socket.display()
+            )
+        })?;
+    Ok(SwarmgateClient::new(ch))
+}
+
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("Error response from daemon: {}", e.message())
+}
+
+fn table(rows: Vec<Vec<String>>) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut w = vec![0; cols];
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<width$}   ", width = w[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+fn json_lines(format: &Option<String>) -> anyhow::Result<bool> {
+    match format.as_deref() {
+        None | Some("table") => Ok(false),
+        Some("json") | Some("{{json .}}") => Ok(true),
+        Some(f) => anyhow::bail!("unsupported --format {f:?}: json or table"),
+    }
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// Runs a client verb; returns the exit status.
+pub fn run(cmd: ClientCmd, socket: &Path) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(cmd, socket.to_path_buf()))
+}
+
+async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
+    // Validation that needs no daemon first: a wrong flag is an error even when it is down.
+    if let ClientCmd::Service(ServiceCmd::Create(a)) = &cmd {
+        if a.command.is_empty() {
+            anyhow::bail!("service create requires a command to run after --");
+        }
+    }
+    let mut c = connect(&socket).await?;
+    match cmd {
+        ClientCmd::Swarm(SwarmCmd::Init {
+            advertise_addr,
+            datapath_addr,
+        }) => {
+            let r = c
+                .swarm_init(api::SwarmInitRequest {
+                    advertise_addr: advertise_addr.unwrap_or_default(),
+                    datapath_addr: datapath_addr.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "Swarm initialized: current node ({}) is now a manager.\n",
+                r.node_id
+            );
+            println!("To add a worker to this swarm, run the following command:\n");
+            println!(
+                "    swarmgate swarm join --token {} {}:2377\n",
+                r.worker_token, r.advertise_addr
+            );
+            println!("To add a manager to this swarm, run the following command:\n");
+            println!(
+                "    swarmgate swarm join --token {} {}:2377\n",
+                r.manager_token, r.advertise_addr
+            );
+            println!("(Joining more nodes arrives with multi-node support.)");
+        }
+        ClientCmd::Swarm(SwarmCmd::Leave { force }) => {
+            c.swarm_leave(api::SwarmLeaveRequest { force })
+                .await
+                .map_err(status)?;
+            println!("Node left the swarm.");
+        }
+        ClientCmd::Node(NodeCmd::Ls { format }) => {
+            let r = c
+                .node_list(api::Empty {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json_lines(&format)? {
+                for n in r.nodes {
+                    println!(
+                        "{}",
+                        serde_json::json!({"ID": n.id, "Hostname": n.hostname, "Status": n.status,
+                            "Availability": n.availability, "ManagerStatus": n.manager_status,
+                            "EngineVersion": n.engine_version, "Self": n.self_, "Addr": n.addr})
+                    );
+                }
+            } else {
+                let mut rows = vec![[
+                    "ID",
+                    "HOSTNAME",
+                    "STATUS",
+                    "AVAILABILITY",
+                    "MANAGER STATUS",
+                    "ENGINE VERSION",
+                ]
+                .map(String::from)
+                .to_vec()];
+                for n in r.nodes {
+                    rows.push(vec![
+                        format!("{}{}", n.id, if n.self_ { " *" } else { "" }),
+                        n.hostname,
+                        n.status,
+                        n.availability,
+                        n.manager_status,
+                        n.engine_version,
+                    ]);
+                }
+                table(rows);
+            }
+        }
+        ClientCmd::Network(NetworkCmd::Create {
+            driver,
+            attachable,
+            ingress,
+            subnet,
+            gateway,
+            opt,
+            name,
+        }) => {
+            let r = c
+                .network_create(api::NetworkCreateRequest {
+                    name,
+                    driver,
+                    attachable,
+                    ingress,
+                    subnet: subnet.unwrap_or_default(),
+                    gateway: gateway.unwrap_or_default(),
+                    options: opt,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("{}", r.id);
+        }
+        ClientCmd::Network(NetworkCmd::Ls { format }) => {
+            let r = c
+                .network_list(api::Empty {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json_lines(&format)? {
+                for n in r.networks {
+                    println!(
+                        "{}",
+                        serde_json::json!({"ID": short(&n.id), "Name": n.name, "Driver": n.driver,
+                            "Scope": n.scope, "Subnet": n.subnet, "VNI": n.vni})
+                    );
+                }
+            } else {
+                let mut rows = vec![["NETWORK ID", "NAME", "DRIVER", "SCOPE"]
+                    .map(String::from)
+                    .to_vec()];
+                for n in r.networks {
+                    rows.push(vec![short(&n.id), n.name, n.driver, n.scope]);
+                }
+                table(rows);
+            }
+        }
+        ClientCmd::Network(NetworkCmd::Inspect { names }) => {
+            let r = c
+                .network_inspect(api::NamesRequest { names })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("{}", r.json);
+        }
+        ClientCmd::Network(NetworkCmd::Rm { names }) => {
+            c.network_remove(api::NamesRequest {
+                names: names.clone(),
+            })
+            .await
+            .map_err(status)?;
+            for n in names {
+                println!("{n}");
+            }
+        }
+        ClientCmd::Service(ServiceCmd::Create(a)) => {
+            let r = c
+                .service_create(api::ServiceCreateRequest {
+                    name: a.name,
+                    replicas: a.replicas.unwrap_or(0),
+                    replicas_set: a.replicas.is_some(),
+                    mode: a.mode.unwrap_or_default(),
+                    networks: a.networks,
+                    publish: a.publish,
+                    endpoint_mode: a.endpoint_mode.unwrap_or_default(),
+                    command: a.command,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("{}", r.id);
+        }
+        ClientCmd::Service(ServiceCmd::Ls { format }) => {
+            let r = c
+                .service_list(api::Empty {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json_lines(&format)? {
+                for s in r.services {
+                    println!(
+                        "{}",
+                        serde_json::json!({"ID": short(&s.id), "Name": s.name, "Mode": s.mode,
+                            "Replicas": format!("{}/{}", s.running, s.desired),
+                            "Command": s.command, "Ports": s.ports.join(", ")})
+                    );
+                }
+            } else {
+                let mut rows = vec![["ID", "NAME", "MODE", "REPLICAS", "COMMAND", "PORTS"]
+                    .map(String::from)
+                    .to_vec()];
+                for s in r.services {
+                    rows.push(vec![
+                        short(&s.id),
+                        s.name,
+                        s.mode,
+                        format!("{}/{}", s.running, s.desired),
+                        s.command,
+                        s.ports.join(", "),
+                    ]);
+                }
+                table(rows);
+            }
+        }
+        ClientCmd::Service(ServiceCmd::Ps { format, names }) => {
+            let r = c
+                .service_ps(api::NamesRequest { names })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json_lines(&format)? {
+                for t in r.tasks {
+                    println!(
+                        "{}",
+                        serde_json::json!({"ID": t.id, "Name": t.name, "Node": t.node,
+                            "DesiredState": t.desired_state, "CurrentState": t.current_state,
+                            "Error": t.error, "Addresses": t.addresses})
+                    );
+                }
+            } else {
+                let mut rows = vec![[
+                    "ID",
+                    "NAME",
+                    "NODE",
+                    "DESIRED STATE",
+                    "CURRENT STATE",
+                    "ERROR",
+                ]
+                .map(String::from)
+                .to_vec()];
+                for t in r.tasks {
+                    let name = if t.history {
+                        format!(" \\_ {}", t.name)
+                    } else {
+                        t.name
+                    };
+                    rows.push(vec![
+                        t.id,
+                        name,
+                        t.node,
+                        t.desired_state,
+                        t.current_state,
+                        t.error,
+                    ]);
+                }
+                table(rows);
+            }
+        }
+        ClientCmd::Service(ServiceCmd::Inspect { names }) => {
+            let r = c
+                .service_inspect(api::NamesRequest { names })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("{}", r.json);
+        }
+        ClientCmd::Service(ServiceCmd::Update {
+            replicas,
+            network_add,
+            network_rm,
+            publish_add,
+            publish_rm,
+            name,
+        }) => {
+            c.service_update(api::ServiceUpdateRequest {
+                name: name.clone(),
+                replicas: replicas.unwrap_or(0),
+                replicas_set: replicas.is_some(),
+                network_add,
+                network_rm,
+                publish_add,
+                publish_rm,
+            })
+            .await
+            .map_err(status)?;
+            println!("{name}");
+        }
+        ClientCmd::Service(ServiceCmd::Rm { names }) => {
+            c.service_remove(api::NamesRequest {
+                names: names.clone(),
+            })
+            .await
+            .map_err(status)?;
+            for n in names {
+                println!("{n}");
+            }
+        }
+        ClientCmd::Service(ServiceCmd::Logs { name }) => {
+            let r = c
+                .service_logs(api::NamesRequest { names: vec![name] })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for l in r.lines {
+                println!("{l}");
+            }
+        }
+        ClientCmd::Run(a) => {
+            let detach = a.detach;
+            let name = a.name.clone();
+            if a.command.is_empty() {
+                anyhow::bail!("run needs a command after --");
+            }
+            let r = c
+                .container_run(api::ContainerRunRequest {
+                    name: a.name,
+                    networks: a.networks,
+                    detach,
+                    command: a.command.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if detach {
+                println!("{}", r.id);
+            } else {
+                // Foreground: the command runs here, inside the endpoint, attached to this
+                // terminal; its exit is reported to the daemon.
+                let code = exec_in(&r.namespace, &a.command).await?;
+                c.container_exited(api::ContainerExitedRequest { name, code })
+                    .await
+                    .map_err(status)?;
+                return Ok(code);
+            }
+        }
+        ClientCmd::Exec { name, command } => {
+            let r = c
+                .endpoint_lookup(api::NamesRequest { names: vec![name] })
+                .await
+                .map_err(status)?
+                .into_inner();
+            return exec_in(&r.namespace, &command).await;
+        }
+        ClientCmd::Rm { force, names } => {
+            c.container_remove(api::ContainerRemoveRequest {
+                names: names.clone(),
+                force,
+            })
+            .await
+            .map_err(status)?;
+            for n in names {
+                println!("{n}");
+            }
+        }
+        ClientCmd::Ps { format } => {
+            let r = c
+                .container_list(api::Empty {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json_lines(&format)? {
+                for t in r.containers {
+                    println!(
+                        "{}",
+                        serde_json::json!({"ID": t.id, "Names": t.name, "Command": t.command,
+                            "Status": t.status, "Networks": t.networks.join(",")})
+                    );
+                }
+            } else {
+                let mut rows = vec![["CONTAINER ID", "NAME", "COMMAND", "STATUS", "NETWORKS"]
+                    .map(String::from)
+                    .to_vec()];
+                for t in r.containers {
+                    rows.push(vec![
+                        t.id,
+                        t.name,
+                        t.command,
+                        t.status,
+                        t.networks.join(","),
+                    ]);
+                }
+                table(rows);
+            }
+        }
+        ClientCmd::Stats => {
+            let r = c.stats(api::Empty {}).await.map_err(status)?.into_inner();
+            println!("{}", r.json);
+        }
+    }
+    Ok(0)
+}
+
+/// Runs `command` inside namespace `ns` (with the endpoint's resolv.conf), attached to this
+/// terminal; returns its exit status.
+async fn exec_in(ns: &str, command: &[String]) -> anyhow::Result<i32> {
+    let status = tokio::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(command)
+        .status()
+        .await?;
+    Ok(status.code().unwrap_or(128 + 9))
+}

@@ -1,0 +1,662 @@
+//! The cluster's state as the daemon persists it, and the views computed from it: the data
+//! plane's [`NodeState`], the embedded DNS's [`DnsView`], and docker-shaped `inspect`
+//! documents. Pure data and functions; the daemon owns the side effects.
+//!
+//! The model is ready for more nodes (nodes with roles, tasks assigned to a node), though
+//! one node is all this issue runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use swarmgate_dataplane::wire::EthernetAddress;
+
+use crate::dataplane::{Host, NetState, NodeState, Published, VipState};
+use crate::network::Networks;
+use crate::publish::{Protocol, PublishMode};
+use crate::service::{EndpointMode, Service, ServiceMode, Services};
+use crate::task::TaskSpec;
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// RFC 3339 time of `secs`.
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// "5 seconds ago", docker's way.
+pub fn ago(secs: u64) -> String {
+    let d = now().saturating_sub(secs);
+    match d {
+        0 => "Less than a second ago".into(),
+        1 => "1 second ago".into(),
+        2..=59 => format!("{d} seconds ago"),
+        60..=119 => "About a minute ago".into(),
+        120..=3599 => format!("{} minutes ago", d / 60),
+        _ => format!("{} hours ago", d / 3600),
+    }
+}
+
+/// A random identifier of `n` characters from `[0-9a-z]`.
+pub fn random_id(n: usize) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut bytes = vec![0u8; n];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    }
+    bytes
+        .iter()
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// `swarm init`'s result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmInfo {
+    /// Cluster id.
+    pub id: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Address other managers reach this node at (port 2377).
+    pub advertise_addr: Ipv4Addr,
+    /// Address for VXLAN traffic.
+    pub datapath_addr: Ipv4Addr,
+    /// Join token for workers.
+    pub worker_token: String,
+    /// Join token for managers.
+    pub manager_token: String,
+    /// When.
+    pub created: u64,
+}
+
+/// A node of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node id.
+    pub id: String,
+    /// Host name.
+    pub hostname: String,
+    /// `manager` or `worker`.
+    pub role: String,
+    /// `Leader`, `Reachable` or empty for workers.
+    pub manager_status: String,
+    /// `active`, `pause` or `drain`.
+    pub availability: String,
+    /// Its address.
+    pub addr: Ipv4Addr,
+}
+
+/// Per-object bookkeeping docker shows: id and times.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    /// 25-character id.
+    pub id: String,
+    /// Creation time.
+    pub created: u64,
+    /// Last update.
+    pub updated: u64,
+    /// Spec version, raised by every update (tasks of older versions are replaced).
+    pub version: u64,
+}
+
+impl Meta {
+    /// A new object's bookkeeping.
+    pub fn new() -> Meta {
+        let t = now();
+        Meta {
+            id: random_id(25),
+            created: t,
+            updated: t,
+            version: 1,
+        }
+    }
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta::new()
+    }
+}
+
+/// What a task should be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Desired {
+    /// Running.
+    Running,
+    /// Stopped (scaled down, updated, removed).
+    Shutdown,
+}
+
+/// What a task is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Running.
+    Running,
+    /// Exited with code 0.
+    Complete,
+    /// Exited otherwise.
+    Failed,
+    /// Stopped by the daemon.
+    Shutdown,
+    /// Could not be started.
+    Rejected,
+}
+
+impl Status {
+    /// docker's word for it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Status::Running => "Running",
+            Status::Complete => "Complete",
+            Status::Failed => "Failed",
+            Status::Shutdown => "Shutdown",
+            Status::Rejected => "Rejected",
+        }
+    }
+}
+
+/// A task of a service, or a standalone endpoint (`run`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Short id (names the namespace).
+    pub id: String,
+    /// The service, or `None` for a standalone endpoint.
+    pub service: Option<String>,
+    /// Slot (1-based) for replicated services.
+    pub slot: u32,
+    /// The service spec version it runs.
+    pub version: u64,
+    /// Container name (standalone endpoints).
+    pub name: Option<String>,
+    /// Node it is assigned to.
+    pub node: String,
+    /// What it should do.
+    pub desired: Desired,
+    /// What it does.
+    pub status: Status,
+    /// Exit code when it ended.
+    pub exit_code: Option<i32>,
+    /// Why it failed or was rejected.
+    pub error: Option<String>,
+    /// When it was created.
+    pub created: u64,
+    /// When its status last changed.
+    pub changed: u64,
+    /// Its address on each network, in attachment order.
+    pub addresses: Vec<(String, Ipv4Addr)>,
+    /// Its address on the node's gateway bridge.
+    pub gw_ip: Option<Ipv4Addr>,
+    /// How it was started (kept so a restarted daemon can adopt and clean it up).
+    pub spec: Option<TaskSpec>,
+    /// Process id and start time, while running.
+    pub pid: Option<(u32, u64)>,
+    /// `run -d` (the daemon runs the command) or a foreground `run`.
+    pub detached: bool,
+    /// The command.
+    pub command: Vec<String>,
+}
+
+impl TaskRecord {
+    /// docker's task name: `service.slot.id`, or the container name.
+    pub fn full_name(&self) -> String {
+        match (&self.service, &self.name) {
+            (Some(s), _) => format!("{s}.{}.{}", self.slot, self.id),
+            (None, Some(n)) => n.clone(),
+            (None, None) => self.id.clone(),
+        }
+    }
+
+    /// True while it holds addresses and a namespace.
+    pub fn live(&self) -> bool {
+        self.status == Status::Running
+    }
+}
+
+/// The gateway bridge (docker_gwbridge's role): every endpoint gets an address on it and
+/// its default route through it.
+pub const GWBRIDGE: &str = "sg_gwbridge";
+/// Its subnet base (172.18.0.0/16, as docker_gwbridge usually gets).
+pub const GWBRIDGE_NET: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 0);
+/// Its prefix.
+pub const GWBRIDGE_PREFIX: u8 = 16;
+/// The node's address on it.
+pub const GWBRIDGE_GW: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
+
+/// Everything the daemon persists.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Set by `swarm init`.
+    pub swarm: Option<SwarmInfo>,
+    /// Nodes.
+    pub nodes: Vec<NodeRecord>,
+    /// Networks (and IPAM).
+    pub networks: Networks,
+    /// Network ids and times.
+    pub network_meta: BTreeMap<String, Meta>,
+    /// Services.
+    pub services: Services,
+    /// Service ids, times and versions.
+    pub service_meta: BTreeMap<String, Meta>,
+    /// Tasks and standalone endpoints by id, history included.
+    pub tasks: BTreeMap<String, TaskRecord>,
+    /// Gateway-bridge addresses in use.
+    pub gw_used: BTreeSet<u32>,
+}
+
+/// The bridge of an overlay network on this node.
+pub fn bridge_name(vni: u32) -> String {
+    format!("sgbr{vni}")
+}
+
+/// Per network: name → addresses, for the embedded DNS.
+#[derive(Debug, Clone, Default)]
+pub struct DnsView {
+    /// network → (lower-case name → addresses).
+    pub names: BTreeMap<String, BTreeMap<String, Vec<Ipv4Addr>>>,
+}
+
+impl DnsView {
+    /// Addresses of `name` as seen from an endpoint on `networks`.
+    pub fn resolve(&self, networks: &[String], name: &str) -> Option<Vec<Ipv4Addr>> {
+        let n = name.trim_end_matches('.').to_ascii_lowercase();
+        let mut out: Vec<Ipv4Addr> = Vec::new();
+        let mut found = false;
+        for net in networks {
+            if let Some(a) = self.names.get(net).and_then(|m| m.get(&n)) {
+                found = true;
+                for ip in a {
+                    if !out.contains(ip) {
+                        out.push(*ip);
+                    }
+                }
+            }
+        }
+        found.then_some(out)
+    }
+}
+
+impl Cluster {
+    /// Running tasks of `service`.
+    pub fn running_tasks<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a TaskRecord> {
+        self.tasks
+            .values()
+            .filter(move |t| t.service.as_deref() == Some(service) && t.live())
+    }
+
+    /// Allocates an address on the gateway bridge.
+    pub fn gw_allocate(&mut self) -> Option<Ipv4Addr> {
+        let base = u32::from(GWBRIDGE_NET);
+        let a = (2..(1u32 << (32 - GWBRIDGE_PREFIX)) - 1)
+            .map(|i| base + i)
+            .find(|a| !self.gw_used.contains(a))?;
+        self.gw_used.insert(a);
+        Some(a.into())
+    }
+
+    /// Returns every address a task holds (overlay and gateway bridge).
+    pub fn release_addresses(&mut self, id: &str) {
+        let Some(t) = self.tasks.get(id).cloned() else {
+            return;
+        };
+        for (net, ip) in &t.addresses {
+            if let Some(n) = self.networks.get_mut(net) {
+                let _ = n.addressing.release(*ip);
+            }
+        }
+        if let Some(g) = t.gw_ip {
+            self.gw_used.remove(&u32::from(g));
+        }
+    }
+
+    /// What this node's data plane must do, `addr` being its underlay address.
+    pub fn node_state(&self) -> NodeState {
+        let mut networks = Vec::new();
+        let host = |ip: Ipv4Addr| Host {
+            ip,
+            mac: EthernetAddress::from_ipv4_docker(ip),
+        };
+        let backends = |svc: &Service, net: &str| -> Vec<Host> {
+            let mut v: Vec<Host> = self
+                .running_tasks(&svc.name)
+                .filter_map(|t| t.addresses.iter().find(|(n, _)| n == net))
+                .map(|(_, ip)| host(*ip))
+                .collect();
+            v.sort();
+            v
+        };
+        for n in self.networks.iter() {
+            let mut hosts: Vec<Host> = self
+                .tasks
+                .values()
+                .filter(|t| t.live())
+                .filter_map(|t| t.addresses.iter().find(|(m, _)| *m == n.name))
+                .map(|(_, ip)| host(*ip))
+                .collect();
+            hosts.sort();
+            let mut vips = Vec::new();
+            for s in self.services.iter() {
+                for (net, vip) in &s.networks {
+                    if *net != n.name || n.ingress {
+                        continue;
+                    }
+                    if let Some(vip) = vip {
+                        for protocol in [Protocol::Tcp, Protocol::Udp] {
+                            vips.push(VipState {
+                                ip: *vip,
+                                protocol,
+                                port: 0,
+                                target: 0,
+                                backends: backends(s, net),
+                            });
+                        }
+                    }
+                }
+            }
+            networks.push(NetState {
+                name: n.name.clone(),
+                vni: n.vni.get(),
+                bridge: bridge_name(n.vni.get()),
+                mtu: n.mtu,
+                encrypted: n.encrypted,
+                gateway: n.addressing.gateway,
+                hosts,
+                vips,
+            });
+        }
+        let mut published = Vec::new();
+        let ingress = self.networks.iter().find(|n| n.ingress);
+        for s in self.services.iter() {
+            for p in &s.ports {
+                let Some(port) = p.published else { continue };
+                match p.mode {
+                    PublishMode::Ingress => {
+                        if let Some(i) = ingress {
+                            published.push(Published {
+                                vni: i.vni.get(),
+                                protocol: p.protocol,
+                                port,
+                                target: p.target,
+                                backends: backends(s, &i.name),
+                            });
+                        }
+                    }
+                    PublishMode::Host => {
+                        // Only where a task runs, straight to this node's tasks, through
+                        // the first network they have.
+                        let tasks: Vec<&TaskRecord> = self.running_tasks(&s.name).collect();
+                        if let Some((net, _)) = tasks.first().and_then(|t| t.addresses.first()) {
+                            if let Some(n) = self.networks.get(net) {
+                                published.push(Published {
+                                    vni: n.vni.get(),
+                                    protocol: p.protocol,
+                                    port,
+                                    target: p.target,
+                                    backends: backends(s, net),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        NodeState {
+            networks,
+            published,
+        }
+    }
+
+    /// The names the embedded DNS answers, per network: service names (VIP, or task
+    /// addresses in dnsrr mode), `tasks.<service>`, task names and container names.
+    pub fn dns_view(&self) -> DnsView {
+        let mut v = DnsView::default();
+        let mut add = |net: &str, name: String, ip: Ipv4Addr| {
+            let e = v
+                .names
+                .entry(net.to_owned())
+                .or_default()
+                .entry(name.to_ascii_lowercase())
+                .or_default();
+            if !e.contains(&ip) {
+                e.push(ip);
+            }
+        };
+        // No service discovery on the ingress network (as in Docker).
+        let ingress: Option<String> = self
+            .networks
+            .iter()
+            .find(|n| n.ingress)
+            .map(|n| n.name.clone());
+        for s in self.services.iter() {
+            for (net, vip) in &s.networks {
+                if Some(net) == ingress.as_ref() {
+                    continue;
+                }
+                let tasks: Vec<Ipv4Addr> = self
+                    .running_tasks(&s.name)
+                    .filter_map(|t| t.addresses.iter().find(|(n, _)| n == net))
+                    .map(|(_, ip)| *ip)
+                    .collect();
+                match (s.endpoint_mode, vip) {
+                    (EndpointMode::Vip, Some(vip)) => add(net, s.name.clone(), *vip),
+                    _ => {
+                        for ip in &tasks {
+                            add(net, s.name.clone(), *ip);
+                        }
+                    }
+                }
+                for ip in &tasks {
+                    add(net, format!("tasks.{}", s.name), *ip);
+                }
+            }
+        }
+        for t in self.tasks.values().filter(|t| t.live()) {
+            for (net, ip) in t
+                .addresses
+                .iter()
+                .filter(|(n, _)| Some(n) != ingress.as_ref())
+            {
+                add(net, t.full_name(), *ip);
+                if t.service.is_some() {
+                    add(net, t.id.clone(), *ip);
+                }
+            }
+        }
+        // A service without running tasks still exists: an empty answer, not a forward.
+        for s in self.services.iter() {
+            for (net, _) in s
+                .networks
+                .iter()
+                .filter(|(n, _)| Some(n) != ingress.as_ref())
+            {
+                for name in [s.name.to_ascii_lowercase(), format!("tasks.{}", s.name)] {
+                    v.names
+                        .entry(net.clone())
+                        .or_default()
+                        .entry(name.to_ascii_lowercase())
+                        .or_default();
+                }
+            }
+        }
+        v
+    }
+
+    /// `network inspect`'s document for network `name`.
+    pub fn network_json(&self, name: &str, node_addr: Ipv4Addr) -> Option<Value> {
+        let n = self.networks.get(name)?;
+        let meta = self.network_meta.get(name).cloned().unwrap_or_default();
+        let mut containers = serde_json::Map::new();
+        for t in self.tasks.values().filter(|t| t.live()) {
+            if let Some((_, ip)) = t.addresses.iter().find(|(m, _)| *m == n.name) {
+                containers.insert(
+                    t.id.clone(),
+                    json!({
+                        "Name": t.full_name(),
+                        "EndpointID": format!("ep-{}-{}", t.id, n.vni.get()),
+                        "MacAddress": EthernetAddress::from_ipv4_docker(*ip).to_string(),
+                        "IPv4Address": format!("{ip}/{}", n.addressing.subnet.prefix()),
+                        "IPv6Address": "",
+                    }),
+                );
+            }
+        }
+        let mut services = serde_json::Map::new();
+        for s in self.services.iter() {
+            if let Some((_, vip)) = s.networks.iter().find(|(m, _)| *m == n.name) {
+                let tasks: Vec<Value> = self
+                    .running_tasks(&s.name)
+                    .filter_map(|t| {
+                        let ip = t.addresses.iter().find(|(m, _)| *m == n.name)?.1;
+                        Some(json!({
+                            "Name": t.full_name(),
+                            "EndpointID": format!("ep-{}-{}", t.id, n.vni.get()),
+                            "EndpointIP": ip.to_string(),
+                            "Info": {"Host IP": node_addr.to_string()},
+                        }))
+                    })
+                    .collect();
+                let ports: Vec<String> = s
+                    .ports
+                    .iter()
+                    .filter_map(|p| {
+                        Some(format!("Target: {}, Publish: {}", p.target, p.published?))
+                    })
+                    .collect();
+                services.insert(
+                    s.name.clone(),
+                    json!({
+                        "VIP": vip.map(|v| v.to_string()).unwrap_or_default(),
+                        "Ports": ports,
+                        "LocalLBIndex": 0,
+                        "Tasks": tasks,
+                    }),
+                );
+            }
+        }
+        let mut options = serde_json::Map::new();
+        options.insert(
+            "com.docker.network.driver.overlay.vxlanid_list".into(),
+            json!(n.vni.get().to_string()),
+        );
+        for (k, v) in &n.options {
+            options.insert(k.clone(), json!(v));
+        }
+        let peers: Vec<Value> = self
+            .nodes
+            .iter()
+            .map(|nd| json!({"Name": nd.hostname, "IP": nd.addr.to_string()}))
+            .collect();
+        Some(json!({
+            "Name": n.name,
+            "Id": meta.id,
+            "Created": rfc3339(meta.created),
+            "Scope": "swarm",
+            "Driver": "overlay",
+            "EnableIPv6": false,
+            "IPAM": {
+                "Driver": "default",
+                "Options": null,
+                "Config": [{
+                    "Subnet": n.addressing.subnet.to_string(),
+                    "Gateway": n.addressing.gateway.to_string(),
+                }],
+            },
+            "Internal": false,
+            "Attachable": n.attachable,
+            "Ingress": n.ingress,
+            "ConfigOnly": false,
+            "Containers": containers,
+            "Options": options,
+            "Labels": {},
+            "Peers": peers,
+            "Services": services,
+            "MTU": n.mtu,
+        }))
+    }
+
+    /// `service inspect`'s document.
+    pub fn service_json(&self, name: &str) -> Option<Value> {
+        let s = self.services.get(name)?;
+        let meta = self.service_meta.get(name).cloned().unwrap_or_default();
+        let mode = match s.mode {
+            ServiceMode::Replicated(n) => json!({"Replicated": {"Replicas": n}}),
+            ServiceMode::Global => json!({"Global": {}}),
+        };
+        let ports: Vec<Value> = s
+            .ports
+            .iter()
+            .map(|p| {
+                json!({
+                    "Protocol": p.protocol.to_string(),
+                    "TargetPort": p.target,
+                    "PublishedPort": p.published,
+                    "PublishMode": p.mode.to_string(),
+                })
+            })
+            .collect();
+        let nets: Vec<Value> = s
+            .networks
+            .iter()
+            .filter(|(n, _)| !self.networks.get(n).is_some_and(|x| x.ingress))
+            .map(|(n, _)| {
+                json!({"Target": self.network_meta.get(n).map(|m| m.id.clone()).unwrap_or_default(), "Name": n})
+            })
+            .collect();
+        let vips: Vec<Value> = s
+            .networks
+            .iter()
+            .filter_map(|(n, vip)| {
+                let net = self.networks.get(n)?;
+                Some(json!({
+                    "NetworkID": self.network_meta.get(n).map(|m| m.id.clone()).unwrap_or_default(),
+                    "Addr": format!("{}/{}", (*vip)?, net.addressing.subnet.prefix()),
+                }))
+            })
+            .collect();
+        let em = match s.endpoint_mode {
+            EndpointMode::Vip => "vip",
+            EndpointMode::Dnsrr => "dnsrr",
+        };
+        Some(json!({
+            "ID": meta.id,
+            "Version": {"Index": meta.version},
+            "CreatedAt": rfc3339(meta.created),
+            "UpdatedAt": rfc3339(meta.updated),
+            "Spec": {
+                "Name": s.name,
+                "TaskTemplate": {
+                    "ContainerSpec": {"Command": s.command},
+                    "Networks": nets,
+                },
+                "Mode": mode,
+                "EndpointSpec": {"Mode": em, "Ports": ports},
+            },
+            "Endpoint": {
+                "Spec": {"Mode": em, "Ports": ports},
+                "Ports": ports,
+                "VirtualIPs": vips,
+            },
+        }))
+    }
+}
+
+/// How `service ls` shows a service's ports: `*:8080->80/tcp`.
+pub fn ports_summary(s: &Service) -> Vec<String> {
+    s.ports
+        .iter()
+        .filter_map(|p| {
+            let pub_ = p.published?;
+            Some(match p.mode {
+                PublishMode::Ingress => format!("*:{pub_}->{}/{}", p.target, p.protocol),
+                PublishMode::Host => format!("{pub_}->{}/{} (host)", p.target, p.protocol),
+            })
+        })
+        .collect()
+}

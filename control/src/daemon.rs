@@ -1,0 +1,1572 @@
+//! `swarmgate daemon`: owns the cluster state, runs tasks and their DNS servers, programs
+//! the data plane, persists everything, and serves the gRPC API on a Unix socket.
+//!
+//! Every API call takes the daemon's one lock on a blocking thread, validates completely,
+//! changes the state, then [`Daemon::commit`]s: the state is written to redb, the data
+//! plane gets the new [`NodeState`](crate::dataplane::NodeState) and the DNS its new view.
+//! A refused call changes nothing. A reconcile loop (every 500 ms) replaces tasks that
+//! exited, so the replica count holds.
+//!
+//! Stopping the daemon leaves tasks, namespaces and bridges running (Docker's
+//! live-restore); the next start adopts them and re-creates the data plane's ports.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status};
+
+use crate::api;
+use crate::cluster::{
+    self, bridge_name, now, ports_summary, random_id, Cluster, Desired, Meta, NodeRecord,
+    Status as TStatus, SwarmInfo, TaskRecord, GWBRIDGE, GWBRIDGE_GW, GWBRIDGE_PREFIX,
+};
+use crate::dataplane::{DataPlane, NodeState};
+use crate::dns::{Dns, DNS_ADDR};
+use crate::network::CreateNetwork;
+use crate::publish::{self, PortConfig, PublishMode};
+use crate::service::{CreateService, EndpointMode, ServiceMode};
+use crate::store::Store;
+use crate::task::{process_start_time, Attachment, Task, TaskSpec, TaskState};
+
+/// How long a slot waits after its task ended before a replacement starts.
+const RESTART_DELAY: u64 = 1;
+/// Ended tasks kept per slot (Docker's task history retention limit).
+const HISTORY: usize = 5;
+
+/// Where the daemon keeps things.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The API socket.
+    pub socket: PathBuf,
+    /// State database, task logs and working directories.
+    pub data_root: PathBuf,
+}
+
+/// The daemon's state: the cluster and what runs on this node.
+pub struct Daemon {
+    cfg: DaemonConfig,
+    cluster: Cluster,
+    running: HashMap<String, Task>,
+    dns_servers: HashMap<String, JoinHandle<()>>,
+    dp: Box<dyn DataPlane>,
+    store: Store,
+    dns: Dns,
+    rt: tokio::runtime::Handle,
+    applied: Option<NodeState>,
+}
+
+fn bad(msg: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(msg.to_string())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Daemon {
+    fn not_swarm() -> Status {
+        Status::failed_precondition(
+            "This node is not a swarm manager. Use \"swarmgate swarm init\" to connect this node to swarm and try again.",
+        )
+    }
+
+    fn require_swarm(&self) -> Result<&SwarmInfo, Status> {
+        self.cluster.swarm.as_ref().ok_or_else(Self::not_swarm)
+    }
+
+    /// Persists the state and pushes it to the data plane and the DNS.
+    fn commit(&mut self) -> Result<(), Status> {
+        self.store
+            .save(&self.cluster)
+            .map_err(|e| Status::internal(format!("saving state: {e:#}")))?;
+        self.push()
+    }
+
+    fn push(&mut self) -> Result<(), Status> {
+        let st = self.cluster.node_state();
+        if self.applied.as_ref() != Some(&st) {
+            self.dp
+                .apply(&st)
+                .map_err(|e| Status::internal(format!("programming the data plane: {e:#}")))?;
+            self.applied = Some(st);
+        }
+        self.dns.set_view(self.cluster.dns_view());
+        Ok(())
+    }
+
+    fn ensure_gwbridge() -> anyhow::Result<()> {
+        // Through `ip`, not /sys: a daemon started with `nsenter --net` sees the /sys of
+        // the namespace it came from.
+        let exists = std::process::Command::new("ip")
+            .args(["link", "show", GWBRIDGE])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !exists {
+            ip(&["link", "add", GWBRIDGE, "type", "bridge"])?;
+        }
+        ip(&[
+            "addr",
+            "replace",
+            &format!("{GWBRIDGE_GW}/{GWBRIDGE_PREFIX}"),
+            "dev",
+            GWBRIDGE,
+        ])?;
+        ip(&["link", "set", GWBRIDGE, "up"])?;
+        Ok(())
+    }
+
+    // ---- swarm and nodes ----
+
+    fn swarm_init(&mut self, r: api::SwarmInitRequest) -> Result<api::SwarmInitReply, Status> {
+        if self.cluster.swarm.is_some() {
+            return Err(Status::already_exists(
+                "This node is already part of a swarm. Use \"swarmgate swarm leave --force\" to leave this swarm and join another one.",
+            ));
+        }
+        let own = self.dp.address();
+        let parse = |s: &str, what: &str| -> Result<Ipv4Addr, Status> {
+            if s.is_empty() {
+                return Ok(own);
+            }
+            let a = s.split(':').next().unwrap_or(s);
+            a.parse()
+                .map_err(|_| bad(format!("invalid {what} {s:?}: expected an IPv4 address")))
+        };
+        let advertise = parse(&r.advertise_addr, "--advertise-addr")?;
+        let datapath = parse(&r.datapath_addr, "--datapath-addr")?;
+        if datapath != own {
+            return Err(bad(format!(
+                "--datapath-addr {datapath} is not this node's data-path address {own} (the underlay address in the daemon configuration)"
+            )));
+        }
+        Self::ensure_gwbridge().map_err(|e| Status::internal(format!("{e:#}")))?;
+        let mut c = self.cluster.clone();
+        let node_id = random_id(25);
+        let secret = |n| random_id(n);
+        c.swarm = Some(SwarmInfo {
+            id: random_id(25),
+            node_id: node_id.clone(),
+            advertise_addr: advertise,
+            datapath_addr: datapath,
+            worker_token: format!("SWMTKN-1-{}-{}", secret(50), secret(25)),
+            manager_token: format!("SWMTKN-1-{}-{}", secret(50), secret(25)),
+            created: now(),
+        });
+        c.nodes = vec![NodeRecord {
+            id: node_id,
+            hostname: hostname(),
+            role: "manager".into(),
+            manager_status: "Leader".into(),
+            availability: "active".into(),
+            addr: advertise,
+        }];
+        c.networks
+            .create(&CreateNetwork {
+                name: "ingress".into(),
+                driver: "overlay".into(),
+                ingress: true,
+                ..Default::default()
+            })
+            .map_err(bad)?;
+        c.network_meta.insert("ingress".into(), Meta::new());
+        let old = std::mem::replace(&mut self.cluster, c);
+        if let Err(e) = self.commit() {
+            self.cluster = old;
+            let _ = self.commit();
+            return Err(e);
+        }
+        let s = self.cluster.swarm.as_ref().expect("set");
+        Ok(api::SwarmInitReply {
+            node_id: s.node_id.clone(),
+            worker_token: s.worker_token.clone(),
+            manager_token: s.manager_token.clone(),
+            advertise_addr: s.advertise_addr.to_string(),
+        })
+    }
+
+    fn swarm_leave(&mut self, r: api::SwarmLeaveRequest) -> Result<api::Empty, Status> {
+        self.require_swarm()?;
+        if !r.force {
+            return Err(Status::failed_precondition(
+                "You are attempting to leave the swarm on a node that is the last manager. Removing it deletes the swarm state: use --force to do so.",
+            ));
+        }
+        let ids: Vec<String> = self.cluster.tasks.keys().cloned().collect();
+        for id in &ids {
+            self.stop_task(id, TStatus::Shutdown);
+        }
+        self.cluster = Cluster::default();
+        let _ = ip(&["link", "del", GWBRIDGE]);
+        self.commit()?;
+        Ok(api::Empty {})
+    }
+
+    fn node_list(&self) -> Result<api::NodeListReply, Status> {
+        let s = self.require_swarm()?;
+        Ok(api::NodeListReply {
+            nodes: self
+                .cluster
+                .nodes
+                .iter()
+                .map(|n| api::Node {
+                    id: n.id.clone(),
+                    hostname: n.hostname.clone(),
+                    status: "Ready".into(),
+                    availability: capital(&n.availability),
+                    manager_status: n.manager_status.clone(),
+                    engine_version: env!("CARGO_PKG_VERSION").into(),
+                    self_: n.id == s.node_id,
+                    addr: n.addr.to_string(),
+                })
+                .collect(),
+        })
+    }
+
+    // ---- networks ----
+
+    fn network_create(&mut self, r: api::NetworkCreateRequest) -> Result<api::IdReply, Status> {
+        self.require_swarm()?;
+        let req = CreateNetwork {
+            name: r.name.clone(),
+            driver: if r.driver.is_empty() {
+                "overlay".into()
+            } else {
+                r.driver
+            },
+            attachable: r.attachable,
+            ingress: r.ingress,
+            subnet: (!r.subnet.is_empty()).then_some(r.subnet),
+            gateway: (!r.gateway.is_empty()).then_some(r.gateway),
+            options: r
+                .options
+                .iter()
+                .map(|o| match o.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                    None => (o.clone(), None),
+                })
+                .collect(),
+        };
+        self.cluster.networks.create(&req).map_err(bad)?;
+        let meta = Meta::new();
+        let id = meta.id.clone();
+        self.cluster.network_meta.insert(r.name.clone(), meta);
+        if let Err(e) = self.commit() {
+            // The data plane could not make its port: nothing stays.
+            let _ = self.cluster.networks.remove(&r.name);
+            self.cluster.network_meta.remove(&r.name);
+            let _ = self.commit();
+            return Err(e);
+        }
+        Ok(api::IdReply {
+            id,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn network_list(&self) -> Result<api::NetworkListReply, Status> {
+        self.require_swarm()?;
+        Ok(api::NetworkListReply {
+            networks: self
+                .cluster
+                .networks
+                .iter()
+                .map(|n| api::Network {
+                    id: self
+                        .cluster
+                        .network_meta
+                        .get(&n.name)
+                        .map(|m| m.id.clone())
+                        .unwrap_or_default(),
+                    name: n.name.clone(),
+                    driver: "overlay".into(),
+                    scope: "swarm".into(),
+                    subnet: n.addressing.subnet.to_string(),
+                    vni: n.vni.get(),
+                })
+                .collect(),
+        })
+    }
+
+    /// A network by name or id (prefix).
+    fn network_name(&self, key: &str) -> Option<String> {
+        if self.cluster.networks.get(key).is_some() {
+            return Some(key.to_owned());
+        }
+        let m: Vec<&String> = self
+            .cluster
+            .network_meta
+            .iter()
+            .filter(|(_, m)| !key.is_empty() && m.id.starts_with(key))
+            .map(|(n, _)| n)
+            .collect();
+        (m.len() == 1).then(|| m[0].clone())
+    }
+
+    fn network_inspect(&self, r: api::NamesRequest) -> Result<api::JsonReply, Status> {
+        let s = self.require_swarm()?;
+        let mut docs = Vec::new();
+        for n in &r.names {
+            let name = self
+                .network_name(n)
+                .ok_or_else(|| Status::not_found(format!("network {n} not found")))?;
+            docs.push(
+                self.cluster
+                    .network_json(&name, s.datapath_addr)
+                    .expect("exists"),
+            );
+        }
+        Ok(api::JsonReply {
+            json: serde_json::to_string_pretty(&docs).expect("json"),
+        })
+    }
+
+    fn network_remove(&mut self, r: api::NamesRequest) -> Result<api::Empty, Status> {
+        self.require_swarm()?;
+        // All checked before anything is removed.
+        let mut names = Vec::new();
+        for n in &r.names {
+            let name = self
+                .network_name(n)
+                .ok_or_else(|| Status::not_found(format!("network {n} not found")))?;
+            let net = self.cluster.networks.get(&name).expect("exists");
+            if net.ingress {
+                if let Some(s) = self
+                    .cluster
+                    .services
+                    .iter()
+                    .find(|s| s.ports.iter().any(|p| p.mode == PublishMode::Ingress))
+                {
+                    return Err(Status::failed_precondition(format!(
+                        "ingress network cannot be removed because service {} depends on it",
+                        s.name
+                    )));
+                }
+            }
+            if let Some(s) = self
+                .cluster
+                .services
+                .iter()
+                .find(|s| !net.ingress && s.networks.iter().any(|(m, _)| *m == name))
+            {
+                return Err(Status::failed_precondition(format!(
+                    "network {name} is in use by service {}",
+                    s.name
+                )));
+            }
+            if let Some(t) = self.cluster.tasks.values().find(|t| {
+                t.service.is_none() && t.live() && t.addresses.iter().any(|(m, _)| *m == name)
+            }) {
+                return Err(Status::failed_precondition(format!(
+                    "error while removing network: network {name} has active endpoints ({})",
+                    t.full_name()
+                )));
+            }
+            names.push(name);
+        }
+        for name in names {
+            // Stopped standalone endpoints that were on it are forgotten with it.
+            let stale: Vec<String> = self
+                .cluster
+                .tasks
+                .values()
+                .filter(|t| t.addresses.iter().any(|(m, _)| *m == name))
+                .map(|t| t.id.clone())
+                .collect();
+            for id in stale {
+                self.cluster.tasks.remove(&id);
+            }
+            self.cluster.networks.remove(&name).map_err(bad)?;
+            self.cluster.network_meta.remove(&name);
+        }
+        self.commit()?;
+        Ok(api::Empty {})
+    }
+
+    // ---- services ----
+
+    fn parse_ports(specs: &[String]) -> Result<Vec<PortConfig>, Status> {
+        let mut v = Vec::new();
+        for s in specs {
+            v.extend(publish::parse(s).map_err(bad)?);
+        }
+        Ok(v)
+    }
+
+    fn service_create(&mut self, r: api::ServiceCreateRequest) -> Result<api::IdReply, Status> {
+        self.require_swarm()?;
+        let mut networks = Vec::new();
+        for n in &r.networks {
+            networks.push(self.network_name(n).unwrap_or_else(|| n.clone()));
+        }
+        let req = CreateService {
+            name: r.name.clone(),
+            replicas: r.replicas_set.then_some(r.replicas),
+            mode: (!r.mode.is_empty()).then_some(r.mode),
+            networks,
+            ports: Self::parse_ports(&r.publish)?,
+            endpoint_mode: (!r.endpoint_mode.is_empty()).then_some(r.endpoint_mode),
+            command: r.command,
+        };
+        self.cluster
+            .services
+            .create(&req, &mut self.cluster.networks)
+            .map_err(bad)?;
+        let meta = Meta::new();
+        let id = meta.id.clone();
+        self.cluster.service_meta.insert(r.name.clone(), meta);
+        self.reconcile();
+        self.commit()?;
+        Ok(api::IdReply {
+            id,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn service_update(&mut self, r: api::ServiceUpdateRequest) -> Result<api::IdReply, Status> {
+        self.require_swarm()?;
+        let old = self
+            .cluster
+            .services
+            .get(&r.name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("service {} not found", r.name)))?;
+        let ingress = self
+            .cluster
+            .networks
+            .iter()
+            .find(|n| n.ingress)
+            .map(|n| n.name.clone());
+        let mut networks: Vec<String> = old
+            .networks
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| Some(n) != ingress.as_ref())
+            .collect();
+        for n in &r.network_rm {
+            let name = self.network_name(n).unwrap_or_else(|| n.clone());
+            if !networks.contains(&name) {
+                return Err(bad(format!(
+                    "service {} is not attached to network {n}",
+                    r.name
+                )));
+            }
+            networks.retain(|m| *m != name);
+        }
+        for n in &r.network_add {
+            networks.push(self.network_name(n).unwrap_or_else(|| n.clone()));
+        }
+        let mut ports = old.ports.clone();
+        for spec in &r.publish_rm {
+            let (num, proto) = match spec.split_once('/') {
+                Some((a, b)) => (a, Some(b)),
+                None => (spec.as_str(), None),
+            };
+            let rm: Vec<PortConfig> = match num.parse::<u16>() {
+                Ok(p) => ports
+                    .iter()
+                    .filter(|c| {
+                        c.published == Some(p)
+                            && proto.is_none_or(|x| x.eq_ignore_ascii_case(&c.protocol.to_string()))
+                    })
+                    .copied()
+                    .collect(),
+                Err(_) => Self::parse_ports(std::slice::from_ref(spec))?,
+            };
+            let before = ports.len();
+            ports.retain(|c| {
+                !rm.iter().any(|x| {
+                    x.published == c.published && x.protocol == c.protocol && x.target == c.target
+                        || (x.published == c.published && x.protocol == c.protocol)
+                })
+            });
+            if ports.len() == before {
+                return Err(bad(format!("service {} does not publish {spec}", r.name)));
+            }
+        }
+        ports.extend(Self::parse_ports(&r.publish_add)?);
+        let mode = match old.mode {
+            ServiceMode::Global if r.replicas_set => {
+                return Err(bad("replicas can only be used with replicated mode"))
+            }
+            ServiceMode::Global => None,
+            ServiceMode::Replicated(n) => Some(if r.replicas_set { r.replicas } else { n }),
+        };
+        let req = CreateService {
+            name: old.name.clone(),
+            replicas: mode,
+            mode: Some(
+                match old.mode {
+                    ServiceMode::Global => "global",
+                    ServiceMode::Replicated(_) => "replicated",
+                }
+                .into(),
+            ),
+            networks,
+            ports,
+            endpoint_mode: Some(
+                match old.endpoint_mode {
+                    EndpointMode::Vip => "vip",
+                    EndpointMode::Dnsrr => "dnsrr",
+                }
+                .into(),
+            ),
+            command: old.command.clone(),
+        };
+        // Validate on copies: the old service's VIPs and ports are free while the new spec
+        // is checked; a refusal leaves the real state untouched.
+        let mut nets = self.cluster.networks.clone();
+        let mut svcs = self.cluster.services.clone();
+        svcs.remove(&old.name, &mut nets);
+        svcs.create(&req, &mut nets).map_err(bad)?;
+        let new = svcs.get(&old.name).expect("created").clone();
+        self.cluster.networks = nets;
+        self.cluster.services = svcs;
+        let meta = self
+            .cluster
+            .service_meta
+            .entry(old.name.clone())
+            .or_default();
+        meta.updated = now();
+        if new.networks != old.networks || new.command != old.command {
+            // Tasks of the old spec are replaced (their networks changed).
+            meta.version += 1;
+        }
+        let id = meta.id.clone();
+        self.reconcile();
+        self.commit()?;
+        Ok(api::IdReply {
+            id,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn service_remove(&mut self, r: api::NamesRequest) -> Result<api::Empty, Status> {
+        self.require_swarm()?;
+        for n in &r.names {
+            if self.cluster.services.get(n).is_none() {
+                return Err(Status::not_found(format!("service {n} not found")));
+            }
+        }
+        for n in &r.names {
+            let ids: Vec<String> = self
+                .cluster
+                .tasks
+                .values()
+                .filter(|t| t.service.as_deref() == Some(n))
+                .map(|t| t.id.clone())
+                .collect();
+            for id in &ids {
+                self.stop_task(id, TStatus::Shutdown);
+                self.cluster.tasks.remove(id);
+            }
+            self.cluster.services.remove(n, &mut self.cluster.networks);
+            self.cluster.service_meta.remove(n);
+            // Its logs and working directories go with it.
+            for id in &ids {
+                let _ = std::fs::remove_file(self.log_path(id));
+                let _ = std::fs::remove_dir_all(self.cfg.data_root.join("tasks").join(id));
+            }
+        }
+        self.commit()?;
+        Ok(api::Empty {})
+    }
+
+    fn service_list(&self) -> Result<api::ServiceListReply, Status> {
+        self.require_swarm()?;
+        Ok(api::ServiceListReply {
+            services: self
+                .cluster
+                .services
+                .iter()
+                .map(|s| api::Service {
+                    id: self
+                        .cluster
+                        .service_meta
+                        .get(&s.name)
+                        .map(|m| m.id.clone())
+                        .unwrap_or_default(),
+                    name: s.name.clone(),
+                    mode: match s.mode {
+                        ServiceMode::Global => "global".into(),
+                        ServiceMode::Replicated(_) => "replicated".into(),
+                    },
+                    running: self.cluster.running_tasks(&s.name).count() as u32,
+                    desired: self.desired_replicas(s.mode),
+                    command: s.command.join(" "),
+                    ports: ports_summary(s),
+                })
+                .collect(),
+        })
+    }
+
+    fn desired_replicas(&self, m: ServiceMode) -> u32 {
+        match m {
+            ServiceMode::Replicated(n) => n,
+            ServiceMode::Global => self.cluster.nodes.len() as u32,
+        }
+    }
+
+    fn task_row(&self, t: &TaskRecord, history: bool) -> api::Task {
+        let node = self
+            .cluster
+            .nodes
+            .iter()
+            .find(|n| n.id == t.node)
+            .map(|n| n.hostname.clone())
+            .unwrap_or_default();
+        let error = match (t.status, t.exit_code, &t.error) {
+            (_, _, Some(e)) => e.clone(),
+            (TStatus::Failed, Some(c), _) => format!("task: non-zero exit ({c})"),
+            _ => String::new(),
+        };
+        let name = match &t.service {
+            Some(s) => format!("{s}.{}", t.slot),
+            None => t.full_name(),
+        };
+        api::Task {
+            id: t.id.clone(),
+            name,
+            node,
+            desired_state: match t.desired {
+                Desired::Running => "Running".into(),
+                Desired::Shutdown => "Shutdown".into(),
+            },
+            current_state: format!("{} {}", t.status.word(), cluster::ago(t.changed)),
+            error,
+            ports: Vec::new(),
+            history,
+            namespace: if t.live() {
+                Task::namespace_of(&t.id)
+            } else {
+                String::new()
+            },
+            addresses: t
+                .addresses
+                .iter()
+                .map(|(n, ip)| format!("{n}={ip}"))
+                .collect(),
+        }
+    }
+
+    fn service_ps(&self, r: api::NamesRequest) -> Result<api::TaskListReply, Status> {
+        self.require_swarm()?;
+        let mut tasks = Vec::new();
+        for n in &r.names {
+            if self.cluster.services.get(n).is_none() {
+                return Err(Status::not_found(format!("service {n} not found")));
+            }
+            let mut v: Vec<&TaskRecord> = self
+                .cluster
+                .tasks
+                .values()
+                .filter(|t| t.service.as_deref() == Some(n))
+                .collect();
+            // By slot, newest first within a slot (docker's `\_` history rows).
+            v.sort_by(|a, b| a.slot.cmp(&b.slot).then(b.created.cmp(&a.created)));
+            let mut last_slot = None;
+            for t in v {
+                let history = last_slot == Some(t.slot);
+                last_slot = Some(t.slot);
+                tasks.push(self.task_row(t, history));
+            }
+        }
+        Ok(api::TaskListReply { tasks })
+    }
+
+    fn service_inspect(&self, r: api::NamesRequest) -> Result<api::JsonReply, Status> {
+        self.require_swarm()?;
+        let mut docs = Vec::new();
+        for n in &r.names {
+            docs.push(
+                self.cluster
+                    .service_json(n)
+                    .ok_or_else(|| Status::not_found(format!("service {n} not found")))?,
+            );
+        }
+        Ok(api::JsonReply {
+            json: serde_json::to_string_pretty(&docs).expect("json"),
+        })
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.cfg.data_root.join("logs").join(format!("{id}.log"))
+    }
+
+    fn service_logs(&self, r: api::NamesRequest) -> Result<api::LogsReply, Status> {
+        self.require_swarm()?;
+        let mut lines = Vec::new();
+        for n in &r.names {
+            if self.cluster.services.get(n).is_none() {
+                return Err(Status::not_found(format!("service {n} not found")));
+            }
+            let host = self
+                .cluster
+                .nodes
+                .first()
+                .map(|n| n.hostname.clone())
+                .unwrap_or_default();
+            for t in self
+                .cluster
+                .tasks
+                .values()
+                .filter(|t| t.service.as_deref() == Some(n))
+            {
+                if let Ok(text) = std::fs::read_to_string(self.log_path(&t.id)) {
+                    for l in text.lines() {
+                        lines.push(format!("{}@{host}    | {l}", t.full_name()));
+                    }
+                }
+            }
+        }
+        Ok(api::LogsReply { lines })
+    }
+
+    // ---- standalone endpoints ----
+
+    fn container_run(&mut self, r: api::ContainerRunRequest) -> Result<api::EndpointReply, Status> {
+        self.require_swarm()?;
+        let name = r.name.clone();
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !valid {
+            return Err(bad(format!(
+                "invalid container name {name:?}: use letters, digits, '_', '.', '-'"
+            )));
+        }
+        if self
+            .cluster
+            .tasks
+            .values()
+            .any(|t| t.name.as_deref() == Some(&name))
+        {
+            return Err(Status::already_exists(format!(
+                "Conflict. The container name \"{name}\" is already in use. Remove it first."
+            )));
+        }
+        if r.networks.is_empty() {
+            return Err(bad("a standalone endpoint needs --network"));
+        }
+        if r.detach && r.command.is_empty() {
+            return Err(bad("run -d needs a command after --"));
+        }
+        let mut nets = Vec::new();
+        for n in &r.networks {
+            let net_name = self
+                .network_name(n)
+                .ok_or_else(|| Status::not_found(format!("network {n} not found")))?;
+            let net = self.cluster.networks.get(&net_name).expect("exists");
+            if !net.attachable {
+                return Err(Status::failed_precondition(format!(
+                    "Could not attach to network {n}: rpc error: code = PermissionDenied desc = network {n} not manually attachable"
+                )));
+            }
+            nets.push(net_name);
+        }
+        let node = self.require_swarm()?.node_id.clone();
+        let id = random_id(8);
+        let t = TaskRecord {
+            id: id.clone(),
+            service: None,
+            slot: 0,
+            version: 0,
+            name: Some(name.clone()),
+            node,
+            desired: Desired::Running,
+            status: TStatus::Rejected,
+            exit_code: None,
+            error: None,
+            created: now(),
+            changed: now(),
+            addresses: Vec::new(),
+            gw_ip: None,
+            spec: None,
+            pid: None,
+            detached: r.detach,
+            command: r.command.clone(),
+        };
+        self.cluster.tasks.insert(id.clone(), t);
+        if let Err(e) = self.start_task(&id, &nets) {
+            self.cluster.tasks.remove(&id);
+            return Err(Status::internal(e));
+        }
+        self.commit()?;
+        self.endpoint_reply(&id)
+    }
+
+    fn endpoint_reply(&self, id: &str) -> Result<api::EndpointReply, Status> {
+        let t = &self.cluster.tasks[id];
+        Ok(api::EndpointReply {
+            id: t.id.clone(),
+            name: t.full_name(),
+            namespace: Task::namespace_of(&t.id),
+            addresses: t
+                .addresses
+                .iter()
+                .map(|(n, ip)| format!("{n}={ip}"))
+                .collect(),
+        })
+    }
+
+    /// A live endpoint by container name, task id, task name, or `service.slot`.
+    fn find_endpoint(&self, key: &str) -> Option<String> {
+        self.cluster
+            .tasks
+            .values()
+            .filter(|t| t.live())
+            .find(|t| {
+                t.name.as_deref() == Some(key)
+                    || t.id == key
+                    || t.full_name() == key
+                    || t.service
+                        .as_ref()
+                        .is_some_and(|s| format!("{s}.{}", t.slot) == key)
+            })
+            .map(|t| t.id.clone())
+    }
+
+    fn endpoint_lookup(&self, r: api::NamesRequest) -> Result<api::EndpointReply, Status> {
+        let key = r.names.first().cloned().unwrap_or_default();
+        let id = self
+            .find_endpoint(&key)
+            .ok_or_else(|| Status::not_found(format!("No such container: {key}")))?;
+        self.endpoint_reply(&id)
+    }
+
+    fn container_exited(&mut self, r: api::ContainerExitedRequest) -> Result<api::Empty, Status> {
+        let id = self
+            .cluster
+            .tasks
+            .values()
+            .find(|t| t.name.as_deref() == Some(&r.name) && t.live())
+            .map(|t| t.id.clone())
+            .ok_or_else(|| Status::not_found(format!("No such container: {}", r.name)))?;
+        let st = if r.code == 0 {
+            TStatus::Complete
+        } else {
+            TStatus::Failed
+        };
+        self.stop_task(&id, st);
+        if let Some(t) = self.cluster.tasks.get_mut(&id) {
+            t.exit_code = Some(r.code);
+        }
+        self.commit()?;
+        Ok(api::Empty {})
+    }
+
+    fn container_remove(&mut self, r: api::ContainerRemoveRequest) -> Result<api::Empty, Status> {
+        let mut ids = Vec::new();
+        for n in &r.names {
+            let t = self
+                .cluster
+                .tasks
+                .values()
+                .find(|t| t.service.is_none() && (t.name.as_deref() == Some(n) || t.id == *n))
+                .ok_or_else(|| Status::not_found(format!("No such container: {n}")))?;
+            if t.live() && !r.force {
+                return Err(Status::failed_precondition(format!(
+                    "You cannot remove a running container {n}. Stop the container before attempting removal or force remove"
+                )));
+            }
+            ids.push(t.id.clone());
+        }
+        for id in ids {
+            self.stop_task(&id, TStatus::Shutdown);
+            self.cluster.tasks.remove(&id);
+            let _ = std::fs::remove_file(self.log_path(&id));
+        }
+        self.commit()?;
+        Ok(api::Empty {})
+    }
+
+    fn container_list(&self) -> Result<api::ContainerListReply, Status> {
+        Ok(api::ContainerListReply {
+            containers: self
+                .cluster
+                .tasks
+                .values()
+                .filter(|t| t.service.is_none())
+                .map(|t| api::Container {
+                    id: t.id.clone(),
+                    name: t.full_name(),
+                    command: t.command.join(" "),
+                    status: match (t.status, t.exit_code) {
+                        (TStatus::Running, _) => format!("Up since {}", cluster::ago(t.changed)),
+                        (_, Some(c)) => format!("Exited ({c}) {}", cluster::ago(t.changed)),
+                        (s, None) => s.word().into(),
+                    },
+                    networks: t.addresses.iter().map(|(n, _)| n.clone()).collect(),
+                })
+                .collect(),
+        })
+    }
+
+    // ---- tasks ----
+
+    /// Allocates addresses for task `id` on `nets`, creates its namespace and starts its
+    /// command and DNS server. On failure everything it took is given back.
+    fn start_task(&mut self, id: &str, nets: &[String]) -> Result<(), String> {
+        let mut addresses = Vec::new();
+        let release = |c: &mut Cluster, a: &[(String, Ipv4Addr)], gw: Option<Ipv4Addr>| {
+            for (n, ip) in a {
+                if let Some(net) = c.networks.get_mut(n) {
+                    let _ = net.addressing.release(*ip);
+                }
+            }
+            if let Some(g) = gw {
+                c.gw_used.remove(&u32::from(g));
+            }
+        };
+        for n in nets {
+            let net = self
+                .cluster
+                .networks
+                .get_mut(n)
+                .ok_or_else(|| format!("network {n} not found"))?;
+            match net.addressing.allocate() {
+                Ok(ip) => addresses.push((n.clone(), ip)),
+                Err(e) => {
+                    release(&mut self.cluster, &addresses, None);
+                    return Err(e.to_string());
+                }
+            }
+        }
+        let Some(gw_ip) = self.cluster.gw_allocate() else {
+            release(&mut self.cluster, &addresses, None);
+            return Err("no address left on the gateway bridge".into());
+        };
+        let rec = self.cluster.tasks[id].clone();
+        let mut attachments = Vec::new();
+        let mut routes: Vec<Vec<String>> = Vec::new();
+        for (i, (n, ip)) in addresses.iter().enumerate() {
+            let net = self.cluster.networks.get(n).expect("allocated above");
+            attachments.push(Attachment {
+                bridge: bridge_name(net.vni.get()),
+                ip: *ip,
+                prefix: net.addressing.subnet.prefix(),
+                mac: swarmgate_dataplane::wire::EthernetAddress::from_ipv4_docker(*ip),
+                mtu: net.mtu,
+                isolated: true,
+            });
+            // Traffic from the task's address on an overlay leaves through that overlay's
+            // gateway (the data plane): replies to published-port clients keep their path.
+            let table = (100 + i).to_string();
+            let dev = format!("eth{i}");
+            routes.push(
+                [
+                    "rule",
+                    "add",
+                    "from",
+                    &ip.to_string(),
+                    "table",
+                    &table,
+                    "priority",
+                    &table,
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+            routes.push(
+                [
+                    "route",
+                    "add",
+                    &net.addressing.subnet.to_string(),
+                    "dev",
+                    &dev,
+                    "table",
+                    &table,
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+            routes.push(
+                [
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &net.addressing.gateway.to_string(),
+                    "dev",
+                    &dev,
+                    "table",
+                    &table,
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+        }
+        let gw_dev = format!("eth{}", attachments.len());
+        attachments.push(Attachment {
+            bridge: GWBRIDGE.into(),
+            ip: gw_ip,
+            prefix: GWBRIDGE_PREFIX,
+            mac: swarmgate_dataplane::wire::EthernetAddress::from_ipv4_docker(gw_ip),
+            mtu: 1500,
+            isolated: false,
+        });
+        routes.push(
+            [
+                "route",
+                "add",
+                "default",
+                "via",
+                &GWBRIDGE_GW.to_string(),
+                "dev",
+                &gw_dev,
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let full_name = rec.full_name();
+        let mut env = vec![
+            ("SWARMGATE_TASK_ID".to_string(), rec.id.clone()),
+            ("SWARMGATE_TASK_NAME".to_string(), full_name.clone()),
+            ("HOSTNAME".to_string(), full_name.clone()),
+        ];
+        if let Some(s) = &rec.service {
+            env.push(("SWARMGATE_SERVICE_NAME".into(), s.clone()));
+            env.push(("SWARMGATE_TASK_SLOT".into(), rec.slot.to_string()));
+        }
+        let _ = std::fs::create_dir_all(self.cfg.data_root.join("logs"));
+        let spec = TaskSpec {
+            id: rec.id.clone(),
+            command: if rec.service.is_some() || rec.detached {
+                rec.command.clone()
+            } else {
+                Vec::new()
+            },
+            attachments,
+            nameserver: DNS_ADDR,
+            host_ns: None,
+            log: Some(self.log_path(&rec.id)),
+            env,
+            workdir: Some(self.cfg.data_root.join("tasks").join(&rec.id)),
+            routes,
+        };
+        let task = match Task::start(spec.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                release(&mut self.cluster, &addresses, Some(gw_ip));
+                return Err(e.to_string());
+            }
+        };
+        let ns = task.namespace().to_owned();
+        let pid = task
+            .pid()
+            .and_then(|p| process_start_time(p).map(|(s, _)| (p, s)));
+        self.running.insert(rec.id.clone(), task);
+        let dns_nets: Vec<String> = addresses.iter().map(|(n, _)| n.clone()).collect();
+        self.start_dns(&rec.id, &ns, dns_nets);
+        let t = self.cluster.tasks.get_mut(id).expect("exists");
+        t.addresses = addresses;
+        t.gw_ip = Some(gw_ip);
+        t.spec = Some(spec);
+        t.pid = pid;
+        t.status = TStatus::Running;
+        t.changed = now();
+        Ok(())
+    }
+
+    fn start_dns(&mut self, id: &str, ns: &str, nets: Vec<String>) {
+        let _g = self.rt.enter();
+        match self.dns.serve(ns, nets) {
+            Ok(h) => {
+                self.dns_servers.insert(id.to_owned(), h);
+            }
+            Err(e) => eprintln!("swarmgate: DNS for {id}: {e:#}"),
+        }
+    }
+
+    /// Stops task `id` (if running), removes its namespace, gives its addresses back and
+    /// records `status`.
+    fn stop_task(&mut self, id: &str, status: TStatus) {
+        if let Some(h) = self.dns_servers.remove(id) {
+            h.abort();
+        }
+        let was_live = self.cluster.tasks.get(id).is_some_and(|t| t.live());
+        if let Some(t) = self.running.remove(id) {
+            t.stop(Duration::from_secs(3));
+        }
+        if was_live {
+            self.cluster.release_addresses(id);
+        }
+        if let Some(t) = self.cluster.tasks.get_mut(id) {
+            t.desired = Desired::Shutdown;
+            if t.live() {
+                t.status = status;
+                t.changed = now();
+            }
+            t.pid = None;
+        }
+    }
+
+    /// Brings every service to its spec: records tasks that exited, replaces them (after
+    /// [`RESTART_DELAY`]), starts missing replicas, stops extra ones and those of an older
+    /// spec, and trims history. Returns true if anything changed.
+    pub fn reconcile(&mut self) -> bool {
+        let mut changed = false;
+        // 1. Exits.
+        let mut exited = Vec::new();
+        for (id, t) in self.running.iter_mut() {
+            if let TaskState::Exited(code) = t.state() {
+                exited.push((id.clone(), code));
+            }
+        }
+        for (id, code) in exited {
+            let st = if code == Some(0) {
+                TStatus::Complete
+            } else {
+                TStatus::Failed
+            };
+            self.stop_task(&id, st);
+            if let Some(t) = self.cluster.tasks.get_mut(&id) {
+                t.exit_code = code;
+                t.desired = if t.service.is_some() {
+                    Desired::Shutdown
+                } else {
+                    t.desired
+                };
+            }
+            changed = true;
+        }
+        // 2. Services.
+        let Some(node) = self.cluster.swarm.as_ref().map(|s| s.node_id.clone()) else {
+            return changed;
+        };
+        let services: Vec<_> = self.cluster.services.iter().cloned().collect();
+        for s in services {
+            let want = self.desired_replicas(s.mode);
+            let version = self
+                .cluster
+                .service_meta
+                .get(&s.name)
+                .map(|m| m.version)
+                .unwrap_or(1);
+            let old: Vec<String> = self
+                .cluster
+                .running_tasks(&s.name)
+                .filter(|t| t.version != version || t.slot > want)
+                .map(|t| t.id.clone())
+                .collect();
+            for id in old {
+                self.stop_task(&id, TStatus::Shutdown);
+                changed = true;
+            }
+            for slot in 1..=want {
+                let live = self.cluster.running_tasks(&s.name).any(|t| t.slot == slot);
+                if live {
+                    continue;
+                }
+                let last_end = self
+                    .cluster
+                    .tasks
+                    .values()
+                    .filter(|t| t.service.as_deref() == Some(&s.name) && t.slot == slot)
+                    .filter(|t| {
+                        matches!(
+                            t.status,
+                            TStatus::Failed | TStatus::Rejected | TStatus::Complete
+                        )
+                    })
+                    .map(|t| t.changed)
+                    .max();
+                if last_end.is_some_and(|e| now() < e + RESTART_DELAY) {
+                    continue;
+                }
+                let id = random_id(8);
+                self.cluster.tasks.insert(
+                    id.clone(),
+                    TaskRecord {
+                        id: id.clone(),
+                        service: Some(s.name.clone()),
+                        slot,
+                        version,
+                        name: None,
+                        node: node.clone(),
+                        desired: Desired::Running,
+                        status: TStatus::Rejected,
+                        exit_code: None,
+                        error: None,
+                        created: now(),
+                        changed: now(),
+                        addresses: Vec::new(),
+                        gw_ip: None,
+                        spec: None,
+                        pid: None,
+                        detached: true,
+                        command: s.command.clone(),
+                    },
+                );
+                let nets: Vec<String> = s.networks.iter().map(|(n, _)| n.clone()).collect();
+                if let Err(e) = self.start_task(&id, &nets) {
+                    let t = self.cluster.tasks.get_mut(&id).expect("inserted");
+                    t.desired = Desired::Shutdown;
+                    t.error = Some(e);
+                }
+                changed = true;
+            }
+            // History: at most HISTORY ended tasks per slot.
+            let mut ended: Vec<(u32, u64, String)> = self
+                .cluster
+                .tasks
+                .values()
+                .filter(|t| t.service.as_deref() == Some(&s.name) && !t.live())
+                .map(|t| (t.slot, t.created, t.id.clone()))
+                .collect();
+            ended.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            let mut per_slot: HashMap<u32, usize> = HashMap::new();
+            for (slot, _, id) in ended {
+                let k = per_slot.entry(slot).or_default();
+                *k += 1;
+                if *k > HISTORY || slot > want {
+                    self.cluster.tasks.remove(&id);
+                    let _ = std::fs::remove_file(self.log_path(&id));
+                    let _ = std::fs::remove_dir_all(self.cfg.data_root.join("tasks").join(&id));
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// After a restart: adopts every task whose process still runs (and endpoint whose
+    /// namespace is still there), restarts their DNS servers; the others are recorded as
+    /// failed, cleaned up, and replaced by the reconcile loop.
+    fn restore(&mut self) -> anyhow::Result<()> {
+        if self.cluster.swarm.is_some() {
+            Self::ensure_gwbridge()?;
+        }
+        let live: Vec<TaskRecord> = self
+            .cluster
+            .tasks
+            .values()
+            .filter(|t| t.live())
+            .cloned()
+            .collect();
+        for t in live {
+            let Some(spec) = t.spec.clone() else { continue };
+            let ns_exists = std::path::Path::new("/run/netns")
+                .join(Task::namespace_of(&t.id))
+                .exists();
+            let alive = match (spec.command.is_empty(), t.pid) {
+                (true, _) => ns_exists,
+                (false, Some((pid, start))) => {
+                    ns_exists && matches!(process_start_time(pid), Some((s, true)) if s == start)
+                }
+                (false, None) => false,
+            };
+            let task = Task::adopt(spec, t.pid);
+            if alive {
+                self.running.insert(t.id.clone(), task);
+                let nets = t.addresses.iter().map(|(n, _)| n.clone()).collect();
+                self.start_dns(&t.id, &Task::namespace_of(&t.id), nets);
+            } else {
+                task.stop(Duration::from_millis(100));
+                self.cluster.release_addresses(&t.id);
+                let r = self.cluster.tasks.get_mut(&t.id).expect("exists");
+                r.status = TStatus::Failed;
+                r.desired = Desired::Shutdown;
+                r.error = Some("task ended while the daemon was stopped".into());
+                r.changed = now();
+                r.pid = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves every task running for the next daemon and saves the state.
+    fn shutdown(&mut self) {
+        for (_, h) in self.dns_servers.drain() {
+            h.abort();
+        }
+        for (id, t) in self.running.drain() {
+            let p = t.detach();
+            if let Some(r) = self.cluster.tasks.get_mut(&id) {
+                if p.is_some() {
+                    r.pid = p;
+                }
+            }
+        }
+        if let Err(e) = self.store.save(&self.cluster) {
+            eprintln!("swarmgate: saving state at exit: {e:#}");
+        }
+    }
+}
+
+fn capital(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+/// The gRPC service: each call runs on a blocking thread under the daemon's lock.
+#[derive(Clone)]
+pub struct Api {
+    inner: Arc<Mutex<Daemon>>,
+}
+
+impl Api {
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Daemon) -> Result<T, Status> + Send + 'static,
+    ) -> Result<Response<T>, Status> {
+        let d = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut g = d
+                .lock()
+                .map_err(|_| Status::internal("daemon state poisoned"))?;
+            f(&mut g)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl api::swarmgate_server::Swarmgate for Api {
+    async fn swarm_init(
+        &self,
+        r: Request<api::SwarmInitRequest>,
+    ) -> Result<Response<api::SwarmInitReply>, Status> {
+        self.call(move |d| d.swarm_init(r.into_inner())).await
+    }
+    async fn swarm_leave(
+        &self,
+        r: Request<api::SwarmLeaveRequest>,
+    ) -> Result<Response<api::Empty>, Status> {
+        self.call(move |d| d.swarm_leave(r.into_inner())).await
+    }
+    async fn node_list(
+        &self,
+        _: Request<api::Empty>,
+    ) -> Result<Response<api::NodeListReply>, Status> {
+        self.call(|d| d.node_list()).await
+    }
+    async fn network_create(
+        &self,
+        r: Request<api::NetworkCreateRequest>,
+    ) -> Result<Response<api::IdReply>, Status> {
+        self.call(move |d| d.network_create(r.into_inner())).await
+    }
+    async fn network_list(
+        &self,
+        _: Request<api::Empty>,
+    ) -> Result<Response<api::NetworkListReply>, Status> {
+        self.call(|d| d.network_list()).await
+    }
+    async fn network_inspect(
+        &self,
+        r: Request<api::NamesRequest>,
+    ) -> Result<Response<api::JsonReply>, Status> {
+        self.call(move |d| d.network_inspect(r.into_inner())).await
+    }
+    async fn network_remove(
+        &self,
+        r: Request<api::NamesRequest>,
+    ) -> Result<Response<api::Empty>, Status> {
+        self.call(move |d| d.network_remove(r.into_inner())).await
+    }
+    async fn service_create(
+        &self,
+        r: Request<api::ServiceCreateRequest>,
+    ) -> Result<Response<api::IdReply>, Status> {
+        self.call(move |d| d.service_create(r.into_inner())).await
+    }
+    async fn service_list(
+        &self,
+        _: Request<api::Empty>,
+    ) -> Result<Response<api::ServiceListReply>, Status> {
+        self.call(|d| d.service_list()).await
+    }
+    async fn service_ps(
+        &self,
+        r: Request<api::NamesRequest>,
+    ) -> Result<Response<api::TaskListReply>, Status> {
+        self.call(move |d| d.service_ps(r.into_inner())).await
+    }
+    async fn service_inspect(
+        &self,
+        r: Request<api::NamesRequest>,
+    ) -> Result<Response<api::JsonReply>, Status> {
+        self.call(move |d| d.service_inspect(r.into_inner())).await
+    }
+    async fn service_update(
+        &self,
+        r: Request<api::ServiceUpdateRequest>,
+    ) -> Result<Response<api::IdReply>, Status> {
+        self.call(move |d| d.service_update(r.into_inner())).await
+    }
+    async fn service_remove(
+        &self,
+        r: Request<api::NamesRequest>,
+    ) -> Result<Response<api::Empty>, Status> {
+        self.call(move |d| d.service_remove(r.into_inner())).await
+    }
+    async fn service_logs(
+        &self,
+        r: Request<api::NamesRequest>,
+    ) -> Result<Response<api::LogsReply>, Status> {
+        self.call(move |d| d.service_logs(r.into_inner())).await
+    }
+    async fn container_run(
+        &self,
+        r: Request<api::ContainerRunRequest>,
+    ) -> Result<Response<api::EndpointReply>, Status> {
+        self.call(move |d| d.container_run(r.into_inner())).await
+    }
+    async fn container_exited(
+        &self,
+        r: Request<api::ContainerExitedRequest>,
+    ) -> Result<Response<api::Empty>, Status> {
+        self.call(move |d| d.container_exited(r.into_inner())).await
+    }
+    async fn container_remove(
+        &self,
+        r: Request<api::ContainerRemoveRequest>,
+    ) -> Result<Response<api::Empty>, Status> {
+        self.call(move |d| d.container_remove(r.into_inner())).await
+    }
+    async fn container_list(
+        &self,
+        _: Request<api::Empty>,
+    ) -> Result<Response<api::ContainerListReply>, Status> {
+        self.call(|d| d.container_list()).await
+    }
+    async fn endpoint_lookup(
+        &self,
+        r: Request<api::NamesRequest>,
+    ) -> Result<Response<api::EndpointReply>, Status> {
+        self.call(move |d| d.endpoint_lookup(r.into_inner())).await
+    }
+    async fn stats(&self, _: Request<api::Empty>) -> Result<Response<api::JsonReply>, Status> {
+        self.call(|d| {
+            Ok(api::JsonReply {
+                json: serde_json::to_string_pretty(&d.dp.stats()).expect("json"),
+            })
+        })
+        .await
+    }
+}
+
+/// Runs the daemon until SIGINT/SIGTERM: restores the state, serves the API, reconciles.
+pub fn run(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(cfg, dp))
+}
+
+async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> {
+    let store = Store::open(&cfg.data_root.join("state.redb"))?;
+    let cluster = store.load()?.unwrap_or_default();
+    let dns = Dns::new();
+    let mut d = Daemon {
+        cfg: cfg.clone(),
+        cluster,
+        running: HashMap::new(),
+        dns_servers: HashMap::new(),
+        dp,
+        store,
+        dns,
+        rt: tokio::runtime::Handle::current(),
+        applied: None,
+    };
+    let d = tokio::task::spawn_blocking(move || -> anyhow::Result<Daemon> {
+        d.restore().context("restoring tasks")?;
+        d.reconcile();
+        d.commit().map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        Ok(d)
+    })
+    .await??;
+    let inner = Arc::new(Mutex::new(d));
+
+    if let Some(dir) = cfg.socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    let listener = tokio::net::UnixListener::bind(&cfg.socket)
+        .with_context(|| format!("listening on {}", cfg.socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o660))?;
+    }
+    println!("swarmgate: daemon listening on {}", cfg.socket.display());
+
+    // Reconcile and data-plane housekeeping.
+    let bg = inner.clone();
+    let housekeeping = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let d = bg.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let Ok(mut d) = d.lock() else { return };
+                if d.reconcile() {
+                    if let Err(e) = d.commit() {
+                        eprintln!("swarmgate: {}", e.message());
+                    }
+                }
+                if let Err(e) = d.dp.tick() {
+                    eprintln!("swarmgate: data plane: {e:#}");
+                }
+            })
+            .await;
+        }
+    });
+
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(api::swarmgate_server::SwarmgateServer::new(Api {
+            inner: inner.clone(),
+        }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    housekeeping.abort();
+    let _ = std::fs::remove_file(&cfg.socket);
+    let d = inner.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Ok(mut d) = d.lock() {
+            d.shutdown();
+        }
+    })
+    .await?;
+    println!("swarmgate: daemon stopped (tasks keep running)");
+    Ok(())
+}
