@@ -45,6 +45,9 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// State database, task logs and working directories.
     pub data_root: PathBuf,
+    /// Where the embedded DNS forwards names it does not know (default: the resolvers of
+    /// the daemon's `/etc/resolv.conf`).
+    pub dns_upstream: Option<std::net::SocketAddr>,
 }
 
 /// The daemon's state: the cluster and what runs on this node.
@@ -1486,7 +1489,7 @@ pub fn run(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> {
 async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> {
     let store = Store::open(&cfg.data_root.join("state.redb"))?;
     let cluster = store.load()?.unwrap_or_default();
-    let dns = Dns::new();
+    let dns = Dns::new(cfg.dns_upstream);
     let mut d = Daemon {
         cfg: cfg.clone(),
         cluster,

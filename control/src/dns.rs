@@ -38,16 +38,30 @@ pub struct Dns {
 }
 
 impl Dns {
-    /// A DNS with an empty view, forwarding to the resolvers in `/etc/resolv.conf`.
-    pub fn new() -> Dns {
-        let upstream = hickory_resolver::system_conf::read_system_conf()
-            .ok()
-            .map(|(c, mut o)| {
-                o.timeout = Duration::from_secs(2);
-                o.attempts = 1;
-                o.cache_size = 0;
-                TokioAsyncResolver::tokio(c, o)
-            });
+    /// A DNS with an empty view, forwarding to `upstream`, or to the resolvers in
+    /// `/etc/resolv.conf` when `None`.
+    pub fn new(upstream: Option<SocketAddr>) -> Dns {
+        let conf = match upstream {
+            Some(a) => Some((
+                hickory_resolver::config::ResolverConfig::from_parts(
+                    None,
+                    Vec::new(),
+                    hickory_resolver::config::NameServerConfigGroup::from_ips_clear(
+                        &[a.ip()],
+                        a.port(),
+                        true,
+                    ),
+                ),
+                hickory_resolver::config::ResolverOpts::default(),
+            )),
+            None => hickory_resolver::system_conf::read_system_conf().ok(),
+        };
+        let upstream = conf.map(|(c, mut o)| {
+            o.timeout = Duration::from_secs(2);
+            o.attempts = 1;
+            o.cache_size = 0;
+            TokioAsyncResolver::tokio(c, o)
+        });
         Dns {
             view: Arc::new(ArcSwap::from_pointee(DnsView::default())),
             upstream,
@@ -79,12 +93,6 @@ impl Dns {
         Ok(tokio::spawn(async move {
             let _ = server.block_until_done().await;
         }))
-    }
-}
-
-impl Default for Dns {
-    fn default() -> Self {
-        Dns::new()
     }
 }
 

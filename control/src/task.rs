@@ -101,6 +101,24 @@ pub struct Task {
     cleaned: bool,
 }
 
+/// Marks every descriptor of this process above stderr close-on-exec. DPDK opens its
+/// files (flock-ed memory segment lists, TAP devices) without `O_CLOEXEC`; a task started
+/// by the daemon would otherwise inherit them, keep their locks after the daemon exits, and
+/// stop the next daemon from initialising DPDK.
+pub fn close_on_exec_all() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for e in dir.flatten() {
+        if let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
+            if fd > 2 {
+                let _ = fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+            }
+        }
+    }
+}
+
 /// The start time of process `pid` (clock ticks since boot, `/proc/PID/stat` field 22) and
 /// whether it is still alive (not a zombie). `None`: no such process.
 pub fn process_start_time(pid: u32) -> Option<(u64, bool)> {
@@ -291,6 +309,7 @@ impl Task {
         if self.spec.command.is_empty() {
             return Ok(());
         }
+        close_on_exec_all();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns])
             .args(&self.spec.command)

@@ -24,9 +24,14 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// True if a network interface `name` exists.
+/// True if a network interface `name` exists in this network namespace. Asked through
+/// netlink (`ip`), not `/sys/class/net`: a process that entered a namespace with
+/// `nsenter --net` still sees the `/sys` of the one it came from.
 pub fn link_exists(name: &str) -> bool {
-    std::path::Path::new("/sys/class/net").join(name).exists()
+    Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Keeps the kernel's own stack off an interface DPDK's `net_af_packet` drives, as if the

@@ -59,6 +59,10 @@ enum Cmd {
         /// Sleep this many microseconds when a worker finds nothing to do for a while.
         #[arg(long, default_value_t = 50)]
         idle_sleep_us: u64,
+        /// Forward names the embedded DNS does not know to this resolver (IP:PORT)
+        /// instead of those in /etc/resolv.conf.
+        #[arg(long)]
+        dns_upstream: Option<std::net::SocketAddr>,
     },
     #[command(flatten)]
     Client(swarmgate_control::cli::ClientCmd),
@@ -91,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             data_root,
             idle_sleep_us,
+            dns_upstream,
         } => {
             let cfg = Config::load(&config)?;
             if !cfg.networks.is_empty() || !cfg.peers.is_empty() {
@@ -104,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 swarmgate_control::daemon::DaemonConfig {
                     socket: cli.host,
                     data_root,
+                    dns_upstream,
                 },
                 Box::new(gw),
             )
