@@ -22,16 +22,24 @@ pub enum Path {
     EspDecap,
     /// Local port → Maglev → DNAT → VXLAN → underlay.
     MaglevDnatEncap,
+    /// Routed network: local port → VIP → tracked connection → DNAT → local port (the
+    /// control plane's networks, established connections).
+    RoutedVipDnat,
+    /// Underlay → published port → tracked connection → DNAT → the ingress network's local
+    /// port (established connections).
+    PublishedDnat,
 }
 
 impl Path {
     /// Every path.
-    pub const ALL: [Path; 5] = [
+    pub const ALL: [Path; 7] = [
         Path::Encap,
         Path::Decap,
         Path::EncapEsp,
         Path::EspDecap,
         Path::MaglevDnatEncap,
+        Path::RoutedVipDnat,
+        Path::PublishedDnat,
     ];
 
     /// Short name.
@@ -42,6 +50,8 @@ impl Path {
             Path::EncapEsp => "vxlan_encap_esp",
             Path::EspDecap => "esp_vxlan_decap",
             Path::MaglevDnatEncap => "maglev_dnat_encap",
+            Path::RoutedVipDnat => "routed_vip_dnat",
+            Path::PublishedDnat => "published_dnat",
         }
     }
 
@@ -67,6 +77,7 @@ pub struct Workload {
     pub expect: Next,
     /// Inner frame length.
     pub inner_len: usize,
+    path: Path,
     next_frame: usize,
 }
 
@@ -143,6 +154,59 @@ impl Workload {
                     .collect();
                 (a, PLAIN_PORT, pool, Next::Tx(UNDERLAY_PORT))
             }
+            Path::RoutedVipDnat | Path::PublishedDnat => {
+                use swarmgate_dataplane::tables::Router;
+                let router = Router {
+                    mac: mac_of(Ipv4Addr::new(10, 0, 0, 254)),
+                    gateway: Ipv4Addr::new(10, 0, 0, 254),
+                };
+                let backends: Vec<Ipv4Addr> =
+                    (10..=17).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+                a.publish(&[k], |t| {
+                    let vni = swarmgate_dataplane::wire::Vni::new(PLAIN_VNI).unwrap();
+                    t.set_router(vni, router).unwrap();
+                    for b in &backends {
+                        t.add_local_host(vni, *b, mac_of(*b)).unwrap();
+                    }
+                    t.add_vip(vni, vip_service(VIP, 80, 80, &backends), router.mac)
+                        .unwrap();
+                    t.add_ingress(vni, vip_service(vtep(1), 8080, 80, &backends))
+                        .unwrap();
+                });
+                let payload_len = inner_len.saturating_sub(14 + 20 + 20);
+                let client = Ipv4Addr::new(192, 168, 50, 77);
+                let pool = (0..BURST as u16)
+                    .map(|i| {
+                        if path == Path::RoutedVipDnat {
+                            tcp(
+                                mac_of(plain_ep(1)),
+                                router.mac,
+                                plain_ep(1),
+                                VIP,
+                                40000 + i,
+                                80,
+                                &vec![0x61; payload_len],
+                            )
+                        } else {
+                            tcp(
+                                underlay_mac(3),
+                                underlay_mac(1),
+                                client,
+                                vtep(1),
+                                40000 + i,
+                                8080,
+                                &vec![0x61; payload_len],
+                            )
+                        }
+                    })
+                    .collect();
+                let port = if path == Path::RoutedVipDnat {
+                    PLAIN_PORT
+                } else {
+                    UNDERLAY_PORT
+                };
+                (a, port, pool, Next::Tx(PLAIN_PORT))
+            }
         };
         Workload {
             node,
@@ -150,6 +214,7 @@ impl Workload {
             pool,
             expect,
             inner_len,
+            path,
             next_frame: 0,
         }
     }
@@ -160,12 +225,12 @@ impl Workload {
     }
 
     /// Fills `bufs` with the next frames of the pool (not part of any measurement). When
-    /// the pool wraps, the worker is replaced so replay windows start fresh.
+    /// the ESP-decrypt pool wraps, the worker is replaced so replay windows start fresh.
     pub fn refill(&mut self, bufs: &mut [HeapBuf]) {
         for b in bufs {
             if self.next_frame == self.pool.len() {
                 self.next_frame = 0;
-                if self.port == UNDERLAY_PORT && self.pool.len() > 1 {
+                if self.path == Path::EspDecap {
                     self.node.worker =
                         swarmgate_dataplane::Worker::new(self.node.worker.counters().clone());
                 }

@@ -74,15 +74,9 @@ fn hostname() -> String {
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let mut v = vec!["ip"];
+    v.extend_from_slice(args);
+    crate::task::sh(&v).map_err(|(cmd, err)| anyhow::anyhow!("{cmd}: {err}"))
 }
 
 impl Daemon {
@@ -119,11 +113,7 @@ impl Daemon {
     fn ensure_gwbridge() -> anyhow::Result<()> {
         // Through `ip`, not /sys: a daemon started with `nsenter --net` sees the /sys of
         // the namespace it came from.
-        let exists = std::process::Command::new("ip")
-            .args(["link", "show", GWBRIDGE])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !exists {
+        if ip(&["link", "show", GWBRIDGE]).is_err() {
             ip(&["link", "add", GWBRIDGE, "type", "bridge"])?;
         }
         ip(&[
@@ -496,10 +486,8 @@ impl Daemon {
             };
             let before = ports.len();
             ports.retain(|c| {
-                !rm.iter().any(|x| {
-                    x.published == c.published && x.protocol == c.protocol && x.target == c.target
-                        || (x.published == c.published && x.protocol == c.protocol)
-                })
+                !rm.iter()
+                    .any(|x| x.published == c.published && x.protocol == c.protocol)
             });
             if ports.len() == before {
                 return Err(bad(format!("service {} does not publish {spec}", r.name)));

@@ -131,7 +131,8 @@ pub fn process_start_time(pid: u32) -> Option<(u64, bool)> {
     Some((start, state != "Z" && state != "X"))
 }
 
-fn sh(args: &[&str]) -> Result<(), (String, String)> {
+/// Runs a command; on failure, the command line and what it wrote to stderr.
+pub(crate) fn sh(args: &[&str]) -> Result<(), (String, String)> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()

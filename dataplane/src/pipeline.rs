@@ -385,21 +385,8 @@ fn input_local<B: PacketBuf>(
     let mut hash = None;
     if ethertype == EtherType::IPV4 && !tagged {
         if let Ok(p) = Ipv4Packet::new_checked(&data[hl..]) {
-            let (sport, dport) = nat::ports(&p).unwrap_or((0, 0));
-            let flow = Flow {
-                src: p.src_addr(),
-                dst: p.dst_addr(),
-                proto: p.protocol().0,
-                sport,
-                dport,
-            };
-            let h = flow_hash_v4(
-                u32::from(flow.src),
-                u32::from(flow.dst),
-                flow.proto,
-                sport,
-                dport,
-            );
+            let flow = Flow::with_ports(&p, nat::ports(&p).unwrap_or((0, 0)));
+            let h = flow.hash();
             hash = Some(h);
             if !(net.vips.is_empty() && net.reverse.is_empty()) && !p.is_fragment() {
                 match translate(net, &mut data[hl..], &flow, h) {
@@ -448,32 +435,17 @@ fn route(
 ) -> Step {
     let drop = |r: DropReason| Step::Done(Next::Drop(r));
     let (flow, frag) = match Ipv4Packet::new_checked(&data[hl..]) {
-        Ok(p) => {
-            let (sport, dport) = nat::ports(&p).unwrap_or((0, 0));
-            (
-                Flow {
-                    src: p.src_addr(),
-                    dst: p.dst_addr(),
-                    proto: p.protocol().0,
-                    sport,
-                    dport,
-                },
-                p.is_fragment(),
-            )
-        }
+        Ok(p) => (
+            Flow::with_ports(&p, nat::ports(&p).unwrap_or((0, 0))),
+            p.is_fragment(),
+        ),
         Err(e) => return drop(e.into()),
     };
-    let hash = flow_hash_v4(
-        u32::from(flow.src),
-        u32::from(flow.dst),
-        flow.proto,
-        flow.sport,
-        flow.dport,
-    );
+    let hash = flow.hash();
     let mut dst_ip = flow.dst;
     let l4 = flow.proto == IpProtocol::TCP.0 || flow.proto == IpProtocol::UDP.0;
     if l4 && !frag {
-        let key = FlowKey::new(flow.proto, flow.src, flow.sport, flow.dst, flow.dport);
+        let key = flow.key();
         // A VIP of a service with a published port, else the VIP's any-port entry (port
         // 0, Docker's VIPs forward every port).
         let svc = net
@@ -554,7 +526,7 @@ fn track(
     now: u32,
 ) {
     flows.insert(
-        FlowKey::new(f.proto, f.src, f.sport, f.dst, f.dport),
+        f.key(),
         FlowAction::Dnat {
             ip: b.ip,
             port: target_port,
@@ -612,6 +584,31 @@ fn deliver(
     }
 }
 
+/// A TCP or UDP packet to this node's address that is not VXLAN (`end`: where its IP
+/// packet ends, `excess`: Ethernet padding after it): a published port's, or the kernel's.
+/// VXLAN never comes here, so published ports cost the overlay path nothing.
+#[inline]
+fn published<B: PacketBuf>(
+    t: &Tables,
+    flows: &mut FlowTable,
+    now: u32,
+    buf: &mut B,
+    end: usize,
+    hl: usize,
+    excess: usize,
+) -> Step {
+    if t.ingress.is_empty() {
+        return Step::Done(Next::Exception);
+    }
+    match ingress(t, flows, now, &mut buf.data_mut()[..end], hl) {
+        Some(step) => {
+            buf.trim(excess);
+            step
+        }
+        None => Step::Done(Next::Exception),
+    }
+}
+
 /// A TCP/UDP packet to this node's address: if it is for a published port, the Maglev
 /// choice (or the connection's tracked backend), the destination rewrite and delivery on the
 /// ingress network. `None`: not a published port.
@@ -626,17 +623,7 @@ fn ingress(
     let drop = |r: DropReason| Some(Step::Done(Next::Drop(r)));
     let (flow, frag) = {
         let p = Ipv4Packet::new_checked(&data[hl..]).ok()?;
-        let (sport, dport) = nat::ports(&p)?;
-        (
-            Flow {
-                src: p.src_addr(),
-                dst: p.dst_addr(),
-                proto: p.protocol().0,
-                sport,
-                dport,
-            },
-            p.is_fragment(),
-        )
+        (Flow::with_ports(&p, nat::ports(&p)?), p.is_fragment())
     };
     let (ni, svc) = t
         .ingress
@@ -646,15 +633,8 @@ fn ingress(
     }
     let net = &t.networks()[*ni as usize];
     let r = net.router.as_ref()?;
-    let hash = flow_hash_v4(
-        u32::from(flow.src),
-        u32::from(flow.dst),
-        flow.proto,
-        flow.sport,
-        flow.dport,
-    );
-    let key = FlowKey::new(flow.proto, flow.src, flow.sport, flow.dst, flow.dport);
-    let (ip, port) = match tracked(flows, &key, now, Some(svc)) {
+    let hash = flow.hash();
+    let (ip, port) = match tracked(flows, &flow.key(), now, Some(svc)) {
         Some(FlowAction::Dnat { ip, port, .. }) => (ip, port),
         _ => {
             let b = match svc.pick(hash) {
@@ -680,6 +660,38 @@ struct Flow {
     proto: u8,
     sport: u16,
     dport: u16,
+}
+
+impl Flow {
+    /// The addresses and protocol of `p` with the given L4 ports.
+    #[inline]
+    fn with_ports<T: AsRef<[u8]>>(p: &Ipv4Packet<T>, (sport, dport): (u16, u16)) -> Flow {
+        Flow {
+            src: p.src_addr(),
+            dst: p.dst_addr(),
+            proto: p.protocol().0,
+            sport,
+            dport,
+        }
+    }
+
+    /// Its flow hash (Maglev choice and outer source port).
+    #[inline]
+    fn hash(&self) -> u64 {
+        flow_hash_v4(
+            u32::from(self.src),
+            u32::from(self.dst),
+            self.proto,
+            self.sport,
+            self.dport,
+        )
+    }
+
+    /// Its connection-tracking key, in the direction it travels.
+    #[inline]
+    fn key(&self) -> FlowKey {
+        FlowKey::new(self.proto, self.src, self.sport, self.dst, self.dport)
+    }
 }
 
 /// VIP load balancing: a packet to a VIP service is DNATed to the backend Maglev picks for
@@ -784,12 +796,6 @@ fn input_underlay<B: PacketBuf>(t: &Tables, flows: &mut FlowTable, now: u32, buf
             }
             let l4 = hl + ip_hl;
             let excess = data.len() - (hl + total);
-            if !t.ingress.is_empty() && (proto == IpProtocol::TCP || proto == IpProtocol::UDP) {
-                if let Some(step) = ingress(t, flows, now, &mut data[..hl + total], hl) {
-                    buf.trim(excess);
-                    return step;
-                }
-            }
             match proto {
                 IpProtocol::UDP => {
                     let udp = match UdpPacket::new_checked(&data[l4..hl + total]) {
@@ -797,7 +803,7 @@ fn input_underlay<B: PacketBuf>(t: &Tables, flows: &mut FlowTable, now: u32, buf
                         Err(e) => return drop(e.into()),
                     };
                     if udp.dst_port() != u.vxlan_port {
-                        return Step::Done(Next::Exception);
+                        return published(t, flows, now, buf, hl + total, hl, excess);
                     }
                     if !udp.verify_checksum(src, ipdst) {
                         return drop(DropReason::BadChecksum);
@@ -807,6 +813,7 @@ fn input_underlay<B: PacketBuf>(t: &Tables, flows: &mut FlowTable, now: u32, buf
                     }
                     Step::Decap { via_esp: false }
                 }
+                IpProtocol::TCP => published(t, flows, now, buf, hl + total, hl, excess),
                 IpProtocol::ESP => {
                     if !(buf.trim(excess) && buf.adj(l4)) {
                         return drop(DropReason::Truncated);

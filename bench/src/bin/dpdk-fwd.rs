@@ -57,7 +57,9 @@ fn main() -> anyhow::Result<()> {
                 Path::EncapEsp => (SECURE_PORT, UNDERLAY_PORT),
                 Path::Decap => (UNDERLAY_PORT, PLAIN_PORT),
                 Path::EspDecap => (UNDERLAY_PORT, SECURE_PORT),
-                Path::MaglevDnatEncap => unreachable!(),
+                Path::MaglevDnatEncap | Path::RoutedVipDnat | Path::PublishedDnat => {
+                    unreachable!("not in the list above")
+                }
             };
             assert!(matches!(w.expect, Next::Tx(p) if p == output));
             // The worker polls the input port and sends on the output port; the harness keeps
