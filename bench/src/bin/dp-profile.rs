@@ -14,7 +14,7 @@ use swarmgate_dataplane::{Next, BURST};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: dp-profile <vxlan_encap|vxlan_decap|vxlan_encap_esp|esp_vxlan_decap|maglev_dnat_encap> <inner-bytes> <bursts>";
+    let usage = "usage: dp-profile <vxlan_encap|vxlan_decap|vxlan_encap_esp|esp_vxlan_decap|maglev_dnat_encap|routed_vip_dnat|published_dnat> <inner-bytes> <bursts>";
     if args.len() != 4 {
         eprintln!("{usage}");
         std::process::exit(2);
