@@ -371,38 +371,40 @@ impl Cluster {
                 vips,
             });
         }
-        let mut published = Vec::new();
+        // Ingress ports are reserved on every node; a host-mode port is programmed only
+        // where a task of its service runs and only if no other publication holds the
+        // same port here (Docker would fail that task's port binding), so the data plane
+        // is never handed two services for one port.
+        let mut published: Vec<Published> = Vec::new();
         let ingress = self.networks.iter().find(|n| n.ingress);
-        for s in self.services.iter() {
-            for p in &s.ports {
-                let Some(port) = p.published else { continue };
-                match p.mode {
-                    PublishMode::Ingress => {
-                        if let Some(i) = ingress {
-                            published.push(Published {
-                                vni: i.vni.get(),
-                                protocol: p.protocol,
-                                port,
-                                target: p.target,
-                                backends: backends(s, &i.name),
-                            });
-                        }
+        for mode in [PublishMode::Ingress, PublishMode::Host] {
+            for s in self.services.iter() {
+                for p in s.ports.iter().filter(|p| p.mode == mode) {
+                    let Some(port) = p.published else { continue };
+                    if published
+                        .iter()
+                        .any(|x| x.port == port && x.protocol == p.protocol)
+                    {
+                        continue;
                     }
-                    PublishMode::Host => {
-                        // Only where a task runs, straight to this node's tasks, through
-                        // the first network they have.
-                        let tasks: Vec<&TaskRecord> = self.running_tasks(&s.name).collect();
-                        if let Some((net, _)) = tasks.first().and_then(|t| t.addresses.first()) {
-                            if let Some(n) = self.networks.get(net) {
-                                published.push(Published {
-                                    vni: n.vni.get(),
-                                    protocol: p.protocol,
-                                    port,
-                                    target: p.target,
-                                    backends: backends(s, net),
-                                });
-                            }
-                        }
+                    let net = match mode {
+                        PublishMode::Ingress => ingress,
+                        // Straight to this node's tasks, through the first network they
+                        // have.
+                        PublishMode::Host => self
+                            .running_tasks(&s.name)
+                            .next()
+                            .and_then(|t| t.addresses.first())
+                            .and_then(|(n, _)| self.networks.get(n)),
+                    };
+                    if let Some(n) = net {
+                        published.push(Published {
+                            vni: n.vni.get(),
+                            protocol: p.protocol,
+                            port,
+                            target: p.target,
+                            backends: backends(s, &n.name),
+                        });
                     }
                 }
             }
@@ -659,4 +661,88 @@ pub fn ports_summary(s: &Service) -> Vec<String> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::CreateNetwork;
+    use crate::publish;
+    use crate::service::CreateService;
+
+    fn task(id: &str, service: &str, net: &str, ip: Ipv4Addr) -> TaskRecord {
+        TaskRecord {
+            id: id.into(),
+            service: Some(service.into()),
+            slot: 1,
+            version: 1,
+            name: None,
+            node: "n".into(),
+            desired: Desired::Running,
+            status: Status::Running,
+            exit_code: None,
+            error: None,
+            created: 0,
+            changed: 0,
+            addresses: vec![(net.into(), ip)],
+            gw_ip: None,
+            spec: None,
+            pid: None,
+            detached: true,
+            command: vec!["x".into()],
+        }
+    }
+
+    #[test]
+    fn node_state_never_publishes_one_port_twice() {
+        let mut c = Cluster::default();
+        for (name, ingress) in [("ingress", true), ("my-overlay", false)] {
+            c.networks
+                .create(&CreateNetwork {
+                    name: name.into(),
+                    driver: "overlay".into(),
+                    ingress,
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        let svc = |name: &str, publish: &str, em: &str| CreateService {
+            name: name.into(),
+            networks: vec!["my-overlay".into()],
+            ports: publish::parse(publish).unwrap(),
+            endpoint_mode: Some(em.into()),
+            command: vec!["x".into()],
+            ..Default::default()
+        };
+        // swarmkit lets a host-mode port share a number with an ingress port cluster-wide.
+        c.services
+            .create(&svc("web", "8080:80", "vip"), &mut c.networks)
+            .unwrap();
+        c.services
+            .create(
+                &svc("h", "published=8080,target=80,mode=host", "dnsrr"),
+                &mut c.networks,
+            )
+            .unwrap();
+        c.services
+            .create(
+                &svc("h2", "published=9090,target=80,mode=host", "dnsrr"),
+                &mut c.networks,
+            )
+            .unwrap();
+        let ip = |d| Ipv4Addr::new(10, 0, 1, d);
+        c.tasks.insert(
+            "a".into(),
+            task("a", "web", "ingress", Ipv4Addr::new(10, 0, 0, 5)),
+        );
+        c.tasks
+            .insert("b".into(), task("b", "h", "my-overlay", ip(7)));
+        c.tasks
+            .insert("c".into(), task("c", "h2", "my-overlay", ip(8)));
+        let st = c.node_state();
+        let ports: Vec<u16> = st.published.iter().map(|p| p.port).collect();
+        assert_eq!(ports, vec![8080, 9090]);
+        assert_eq!(st.published[0].backends[0].ip, Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(st.published[1].backends[0].ip, ip(8));
+    }
 }
