@@ -191,12 +191,9 @@ impl Task {
     pub fn detach(mut self) -> Option<(u32, u64)> {
         self.cleaned = true;
         let pid = self.pid()?;
-        let start = process_start_time(pid).map(|(s, _)| s);
-        // The child is not waited for: the next daemon adopts it, init reaps it.
-        if let Some(c) = self.child.take() {
-            std::mem::forget(c);
-        }
-        start.map(|s| (pid, s))
+        // Dropping the `Child` neither kills nor waits for it: the next daemon adopts the
+        // process, init reaps it.
+        process_start_time(pid).map(|(s, _)| (pid, s))
     }
 
     /// The spec it was started with.
