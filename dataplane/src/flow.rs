@@ -59,8 +59,10 @@ pub enum FlowAction {
         ip: Ipv4Addr,
         /// Backend (target) port.
         port: u16,
-        /// Backend MAC.
-        mac: EthernetAddress,
+        /// Hairpin (the client is the backend it was given): also rewrite the source
+        /// address to this one (the network's gateway), so that the backend's reply comes
+        /// back through the data plane instead of staying inside its own stack.
+        snat: Option<Ipv4Addr>,
     },
     /// Reply direction: rewrite the source back to the service address.
     Snat {
@@ -71,6 +73,8 @@ pub enum FlowAction {
         /// For published ports: the MAC the client's packets came from; the reply goes out
         /// of the underlay to it. `None`: the reply is routed inside the network.
         via: Option<EthernetAddress>,
+        /// Hairpin: also rewrite the destination address back to the client's.
+        dnat: Option<Ipv4Addr>,
     },
 }
 
@@ -221,7 +225,7 @@ mod tests {
         FlowAction::Dnat {
             ip: Ipv4Addr::new(10, 0, 1, i),
             port: 80,
-            mac: EthernetAddress([2, 0x42, 10, 0, 1, i]),
+            snat: None,
         }
     }
 

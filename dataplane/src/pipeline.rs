@@ -453,15 +453,29 @@ fn route(
             .get(&ServiceKey::new(flow.dst, flow.proto, flow.dport))
             .or_else(|| net.vips.get(&ServiceKey::new(flow.dst, flow.proto, 0)));
         match tracked(flows, &key, now, svc.map(|s| &**s)) {
-            Some(FlowAction::Dnat { ip, port, .. }) => {
-                if let Err(e) = nat::rewrite(&mut data[hl..], Side::Destination, ip, port) {
+            Some(FlowAction::Dnat { ip, port, snat }) => {
+                if let Err(e) = dnat(&mut data[hl..], &flow, ip, port, snat) {
                     return drop(e);
                 }
                 dst_ip = ip;
             }
-            Some(FlowAction::Snat { ip, port, via }) => {
+            Some(FlowAction::Snat {
+                ip,
+                port,
+                via,
+                dnat,
+            }) => {
                 if let Err(e) = nat::rewrite(&mut data[hl..], Side::Source, ip, port) {
                     return drop(e);
+                }
+                if let Some(client) = dnat {
+                    // A hairpin reply: back to the client, which is this backend itself.
+                    if let Err(e) =
+                        nat::rewrite(&mut data[hl..], Side::Destination, client, flow.dport)
+                    {
+                        return drop(e);
+                    }
+                    dst_ip = client;
                 }
                 if let Some(mac) = via {
                     // A published port's reply: straight back to where the client's
@@ -482,10 +496,14 @@ fn route(
                         0 => flow.dport,
                         p => p,
                     };
-                    if let Err(e) = nat::rewrite(&mut data[hl..], Side::Destination, b.ip, target) {
+                    // A client given itself as backend would see its own address as the
+                    // source and answer inside its own stack: it is hairpinned through the
+                    // gateway address instead.
+                    let snat = (b.ip == flow.src).then_some(r.gateway);
+                    if let Err(e) = dnat(&mut data[hl..], &flow, b.ip, target, snat) {
                         return drop(e);
                     }
-                    track(flows, &flow, &b, target, None, now);
+                    track(flows, &flow, &b, target, snat, None, now);
                     dst_ip = b.ip;
                 }
             }
@@ -514,14 +532,34 @@ fn tracked(
     }
 }
 
+/// Rewrites the destination of `f`'s packet in `ip` to the backend, and for a hairpin its
+/// source address to `snat` (the port is kept).
+#[inline]
+fn dnat(
+    ip: &mut [u8],
+    f: &Flow,
+    backend: Ipv4Addr,
+    port: u16,
+    snat: Option<Ipv4Addr>,
+) -> Result<(), DropReason> {
+    nat::rewrite(ip, Side::Destination, backend, port)?;
+    if let Some(s) = snat {
+        nat::rewrite(ip, Side::Source, s, f.sport)?;
+    }
+    Ok(())
+}
+
 /// Tracks a new load-balanced connection `f` given to backend `b`: the forward entry and
-/// the reply entry.
+/// the reply entry (keyed by the reply's addresses: from the backend to the client, or to
+/// `snat` for a hairpin).
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn track(
     flows: &mut FlowTable,
     f: &Flow,
     b: &crate::maglev::Backend,
     target_port: u16,
+    snat: Option<Ipv4Addr>,
     via: Option<EthernetAddress>,
     now: u32,
 ) {
@@ -530,16 +568,17 @@ fn track(
         FlowAction::Dnat {
             ip: b.ip,
             port: target_port,
-            mac: b.mac,
+            snat,
         },
         now,
     );
     flows.insert(
-        FlowKey::new(f.proto, b.ip, target_port, f.src, f.sport),
+        FlowKey::new(f.proto, b.ip, target_port, snat.unwrap_or(f.src), f.sport),
         FlowAction::Snat {
             ip: f.dst,
             port: f.dport,
             via,
+            dnat: snat.map(|_| f.src),
         },
         now,
     );
@@ -642,7 +681,15 @@ fn ingress(
                 None => return drop(DropReason::NoBackend),
             };
             let client_mac = EthernetFrame::new_unchecked(&*data).src_addr();
-            track(flows, &flow, &b, svc.target_port, Some(client_mac), now);
+            track(
+                flows,
+                &flow,
+                &b,
+                svc.target_port,
+                None,
+                Some(client_mac),
+                now,
+            );
             (b.ip, svc.target_port)
         }
     };

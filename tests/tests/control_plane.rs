@@ -609,6 +609,19 @@ for i in range(16):
     );
     let distinct: std::collections::BTreeSet<&str> = via_vip.lines().collect();
     assert!(distinct.len() >= 2, "VIP spread: {via_vip}");
+    // A task reaching its own service (and sometimes itself, hairpinned) always gets an
+    // answer.
+    let own = e.exec_py(
+        "web.1",
+        r#"import urllib.request
+for i in range(30):
+    print(urllib.request.urlopen("http://web/", timeout=3).read().decode().strip())"#,
+    );
+    assert_eq!(own.lines().count(), 30, "{own}");
+    assert!(
+        own.contains("served by web.1."),
+        "never hairpinned to itself: {own}"
+    );
 
     // exec exit codes pass through; a foreground run reports its exit.
     let (c, _, _) = e.sg(&["exec", "probe", "--", "sh", "-c", "exit 7"]);

@@ -245,3 +245,30 @@ fn tracked_flows_expire_when_idle() {
     );
     assert_eq!(ipv4(&out).src_addr(), ip(3));
 }
+
+#[test]
+fn a_task_reaching_its_own_service_is_hairpinned_through_the_gateway() {
+    // One backend, which is also the client.
+    let t = tables(1, &[ip(2)]);
+    let mut w = Worker::new(Arc::new(Counters::default()));
+    let syn = tcp(mac_of(ip(2)), R, ip(2), vip(), 41000, 80, b"GET /");
+    let (n, out) = run1(&mut w, &t, PLAIN_PORT, &syn);
+    assert_eq!(n, Next::Tx(PLAIN_PORT));
+    assert!(l4_checksums_ok(&out));
+    assert_eq!(&out[0..6], mac_of(ip(2)).as_bytes());
+    // It arrives from the gateway address, so the reply comes back through the router.
+    assert_eq!(ipv4(&out).src_addr(), ip(1));
+    assert_eq!(ipv4(&out).dst_addr(), ip(2));
+    assert_eq!(ports(&out), (41000, 80));
+    let reply = tcp(mac_of(ip(2)), R, ip(2), ip(1), 80, 41000, b"200 OK");
+    let (n, back) = run1(&mut w, &t, PLAIN_PORT, &reply);
+    assert_eq!(n, Next::Tx(PLAIN_PORT));
+    assert!(l4_checksums_ok(&back));
+    assert_eq!(&back[0..6], mac_of(ip(2)).as_bytes());
+    assert_eq!(ipv4(&back).src_addr(), vip());
+    assert_eq!(ipv4(&back).dst_addr(), ip(2));
+    assert_eq!(ports(&back), (80, 41000));
+    // Later segments of the connection take the same path.
+    let (_, again) = run1(&mut w, &t, PLAIN_PORT, &syn);
+    assert_eq!(again, out);
+}
