@@ -64,6 +64,9 @@ drop_reasons! {
     UnknownSpi = "unknown_spi",
     /// ESP sequence number already seen or left of the anti-replay window.
     Replayed = "replayed",
+    /// ESP from an older sender epoch (IV upper word) than the SA's window has moved to:
+    /// a replay of an earlier generation, or a peer whose new SA draws a lower IV base.
+    StaleEpoch = "esp_stale_epoch",
     /// ESP integrity check failed.
     AuthFailed = "auth_failed",
     /// ESP trailer (padding, pad length) invalid after decryption.
@@ -72,7 +75,8 @@ drop_reasons! {
     EspNotVxlan = "esp_not_vxlan",
     /// No outbound SA for the remote VTEP of an encrypted network.
     NoOutboundSa = "no_outbound_sa",
-    /// Outbound sequence numbers exhausted for an SA; it must be rekeyed.
+    /// An SA's generation is used up and no reserved sender epoch is left for the next one
+    /// (the control side tops the reservation up every second).
     SeqExhausted = "seq_exhausted",
     /// Inner destination neither a local endpoint nor a known remote one (no flooding).
     UnknownDestination = "unknown_destination",

@@ -363,12 +363,14 @@ fn input_local<B: PacketBuf>(
         Err(e) => return drop(e.into()),
     };
     let tagged = hl != ethernet::HEADER_LEN;
-    if ethertype == EtherType::ARP && !tagged {
+    if ethertype == EtherType::ARP && !tagged && !is_arp_reply(data, hl) {
         return match arp_reply(data, hl, |ip| net.arp.get(&ip).copied()) {
             Ok(()) => Step::Done(Next::Tx(net.spec.local_port)),
             Err(r) => drop(r),
         };
     }
+    // ARP replies (a local endpoint answering a remote broadcast request) are forwarded
+    // like any unicast frame below.
     if dst.is_multicast() {
         // No flooding: broadcast and multicast stop here, as on Docker's vxlan devices.
         return drop(DropReason::UnknownDestination);
@@ -765,6 +767,14 @@ fn translate(
 /// Turns the ARP request in `data` (Ethernet header of `hl` bytes) into the reply, in
 /// place, if `answer` knows the target address.
 #[inline]
+/// Whether the frame's ARP payload is a reply (malformed ARP is not: it goes to
+/// [`arp_reply`], which counts it).
+fn is_arp_reply(data: &[u8], hl: usize) -> bool {
+    ArpPacket::new_checked(&data[hl..])
+        .and_then(|p| ArpRepr::parse(&p))
+        .is_ok_and(|r| r.operation == ArpOperation::Reply)
+}
+
 fn arp_reply(
     data: &mut [u8],
     hl: usize,

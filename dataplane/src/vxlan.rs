@@ -125,8 +125,9 @@ pub struct Decapsulated {
 /// Decapsulates the VXLAN datagram in `buf` (which starts at its UDP header, outer
 /// Ethernet and IPv4 already checked and removed). Validates the port, the I flag, the
 /// VNI, that cleartext is not accepted for an encrypted network (`via_esp` says whether
-/// the datagram came out of ESP) and that the inner destination is a local endpoint; on
-/// success `buf` holds the inner frame.
+/// the datagram came out of ESP) and that the inner destination is a local endpoint, or
+/// broadcast or multicast (delivered to the network's bridge); on success `buf` holds the
+/// inner frame.
 #[inline]
 pub fn decapsulate<B: PacketBuf>(
     buf: &mut B,
@@ -152,7 +153,11 @@ pub fn decapsulate<B: PacketBuf>(
         return Err(DropReason::CleartextOnEncrypted);
     }
     let inner = EthernetFrame::new_checked(v.payload())?;
-    if !net.is_local(&inner.dst_addr()) {
+    let dst = inner.dst_addr();
+    // A remote broadcast or multicast frame (an ARP request from a Docker host whose vxlan
+    // device has no proxy entry yet, say) goes to the network's bridge, which floods it to
+    // the local endpoints, as the kernel's vxlan device hands it to Docker's bridge.
+    if !(dst.is_multicast() || net.is_local(&dst)) {
         return Err(DropReason::UnknownDestination);
     }
     let excess = d.len() - udp_len;

@@ -182,6 +182,14 @@ pub struct EncryptionConfig {
     pub keys: Vec<KeyConfig>,
     /// ICV length: 8 (Docker's), 12 or 16.
     pub icv: Option<usize>,
+    /// Packets an outbound SA sends before it starts a new generation (fresh IV epoch,
+    /// sequence numbers from 1); the whole 32-bit sequence space by default. Lower it only
+    /// to watch rollover happen (at least 16).
+    pub rekey_after_packets: Option<u32>,
+    /// The file reserving this node's ESP sender epochs across restarts (see
+    /// `swarmgate_dataplane::esp::epoch`); `/var/lib/swarmgate/esp-epoch-<address>` by
+    /// default. Keep it on persistent storage.
+    pub epoch_file: Option<std::path::PathBuf>,
 }
 
 /// One key.
@@ -247,6 +255,20 @@ impl Config {
             return Err(bad());
         }
         Ok((a, p))
+    }
+
+    /// Where this node's ESP sender-epoch reservation lives.
+    pub fn epoch_file(&self) -> std::path::PathBuf {
+        match &self.encryption.epoch_file {
+            Some(p) => p.clone(),
+            None => {
+                let addr = self
+                    .address()
+                    .map(|(a, _)| a)
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED);
+                std::path::PathBuf::from(format!("/var/lib/swarmgate/esp-epoch-{addr}"))
+            }
+        }
     }
 
     /// The datapath keys, primary first.
@@ -343,6 +365,14 @@ impl Config {
         if self.networks.iter().any(|n| n.encrypted) && keys.is_empty() {
             return inv("an encrypted network needs encryption.keys".into());
         }
+        if let Some(n) = self.encryption.rekey_after_packets {
+            if n < swarmgate_dataplane::esp::MIN_SEQ_LIMIT {
+                return inv(format!(
+                    "encryption.rekey_after_packets {n} is below {}",
+                    swarmgate_dataplane::esp::MIN_SEQ_LIMIT
+                ));
+            }
+        }
         if let Some(icv) = self.encryption.icv {
             if swarmgate_aead::IcvLen::from_bytes(icv).is_none() {
                 return inv(format!("encryption.icv {icv} must be 8, 12 or 16"));
@@ -427,6 +457,11 @@ keys = [{ key = "000102030405060708090a0b0c0d0e0f", tag = 1 }]
             ),
             ("0e0f\"", "0e\"", "not 32 hex digits"),
             ("cores = [0]", "cores = []", "at least one CPU"),
+            (
+                "tag = 1 }]",
+                "tag = 1 }]\nrekey_after_packets = 3",
+                "rekey_after_packets 3 is below 16",
+            ),
             ("bridge = \"br-4097\"", "bridgee = \"x\"", "unknown field"),
             (
                 "ip = \"10.0.0.2\"",

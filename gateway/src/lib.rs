@@ -22,6 +22,7 @@
 //! from the TOML file.
 
 pub mod config;
+pub mod epoch_store;
 pub mod kernel;
 pub mod stats;
 pub mod worker;
@@ -38,7 +39,7 @@ use arc_swap::ArcSwap;
 use swarmgate_aead::IcvLen;
 use swarmgate_control::dataplane::{Host, NetState, NodeState};
 use swarmgate_control::publish::Protocol;
-use swarmgate_dataplane::esp::SaDatabase;
+use swarmgate_dataplane::esp::{EpochSource, SaDatabase, SEQ_LIMIT};
 use swarmgate_dataplane::maglev::{Backend, VipService};
 use swarmgate_dataplane::tables::{NetworkSpec, Router, Tables, Underlay};
 use swarmgate_dataplane::wire::{EthernetAddress, IpProtocol, Vni};
@@ -46,6 +47,7 @@ use swarmgate_dataplane::Counters;
 use swarmgate_ffi::{hotplug, Eal, Mempool, Port};
 
 use crate::config::Config;
+use crate::epoch_store::EpochStore;
 use crate::worker::{LoopConfig, WorkerLoop, WorkerQueues};
 
 /// A port and what it is for.
@@ -77,6 +79,9 @@ pub struct Gateway {
     tables: Arc<ArcSwap<Tables>>,
     counters: Vec<Arc<Counters>>,
     sas: SaDatabase,
+    /// The sender-epoch reservation, on nodes with datapath keys.
+    epochs: Option<EpochStore>,
+    epoch_error_logged: Option<Instant>,
     port_info: Vec<PortInfo>,
     network_ports: Vec<u16>,
     underlay_mac: EthernetAddress,
@@ -209,10 +214,29 @@ impl Gateway {
             .icv
             .and_then(IcvLen::from_bytes)
             .unwrap_or(IcvLen::Icv8);
-        let mut sas = SaDatabase::new(icv);
+        let epochs = if keys.is_empty() {
+            None
+        } else {
+            let path = config.epoch_file();
+            Some(
+                EpochStore::open(&path)
+                    .with_context(|| format!("ESP epoch reservation {}", path.display()))?,
+            )
+        };
+        let mut sas = SaDatabase::new(
+            icv,
+            epochs
+                .as_ref()
+                .map(|e| e.source().clone())
+                .unwrap_or_else(|| Arc::new(EpochSource::empty())),
+        )
+        .with_seq_limit(config.encryption.rekey_after_packets.unwrap_or(SEQ_LIMIT));
         for p in &config.peers {
+            if let Some(e) = &epochs {
+                e.top_up()?;
+            }
             sas.set_peer_keys(addr, p.vtep, &keys)
-                .context("building SAs")?;
+                .with_context(|| format!("building the SAs with {}", p.vtep))?;
         }
 
         let counters: Vec<Arc<Counters>> = (0..nq).map(|_| Arc::new(Counters::default())).collect();
@@ -237,6 +261,8 @@ impl Gateway {
             )))),
             counters,
             sas,
+            epochs,
+            epoch_error_logged: None,
             port_info,
             network_ports,
             underlay_mac,
@@ -493,6 +519,20 @@ impl Gateway {
     /// One round of control work: learn underlay neighbours from the kernel, ask it to
     /// resolve missing ones (at most once a second each), republish when they changed.
     pub fn tick(&mut self) -> anyhow::Result<()> {
+        if let Some(e) = &self.epochs {
+            // Workers take a fresh epoch whenever an SA's generation is used up. A failed
+            // write leaves them the rest of the reservation (then counted drops); retried
+            // on the next tick, reported at most every ten seconds.
+            if let Err(err) = e.top_up() {
+                if self
+                    .epoch_error_logged
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                {
+                    eprintln!("swarmgate: extending the ESP epoch reservation: {err:#}");
+                    self.epoch_error_logged = Some(Instant::now());
+                }
+            }
+        }
         let iface = self.config.underlay.exception_iface.clone();
         let learnt: HashMap<Ipv4Addr, EthernetAddress> =
             kernel::arp_table(&iface).into_iter().collect();

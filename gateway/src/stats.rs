@@ -59,8 +59,23 @@ pub fn collect(
             drops.insert(r.name().to_owned(), json!(n));
         }
     }
+    let mut esp_tx = Map::new();
+    for (peer, sa) in &tables.esp.tx {
+        let (epoch, seq) = sa.position();
+        esp_tx.insert(
+            peer.to_string(),
+            json!({
+                "spi": sa.spi.get(),
+                "tag": sa.tag(),
+                "epoch": epoch,
+                "seq": seq,
+                "generations": sa.generations(),
+            }),
+        );
+    }
     json!({
         "generation": tables.generation,
+        "esp_tx": esp_tx,
         "neighbours": tables.neighbours.iter().map(|(ip, mac)| (ip.to_string(), json!(mac.to_string()))).collect::<Map<_, _>>(),
         "ports": ps,
         "networks": nets,

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use swarmgate_aead::IcvLen;
-use swarmgate_dataplane::esp::{DatapathKey, SaDatabase};
+use swarmgate_dataplane::esp::{DatapathKey, EpochSource, SaDatabase};
 use swarmgate_dataplane::maglev::{Backend, VipService};
 use swarmgate_dataplane::tables::{docker_overlay_mtu, NetworkSpec, Tables, Underlay};
 use swarmgate_dataplane::wire::checksum;
@@ -193,6 +193,15 @@ pub struct Node {
     pub index: u8,
 }
 
+/// One epoch source for every simulated node of the test process: like a node's persisted
+/// reservation, it never hands out an epoch twice, even to a node built again ("restarted").
+pub fn node_epochs() -> Arc<EpochSource> {
+    static EPOCHS: std::sync::OnceLock<Arc<EpochSource>> = std::sync::OnceLock::new();
+    EPOCHS
+        .get_or_init(|| Arc::new(EpochSource::new(1, u32::MAX)))
+        .clone()
+}
+
 /// Node `i`'s underlay MAC (the same as the kernel-capture vectors use).
 pub fn underlay_mac(i: u8) -> EthernetAddress {
     EthernetAddress([0x02, 0x00, 0xc0, 0xa8, 0x32, i])
@@ -226,7 +235,7 @@ impl Node {
                 vtep(i),
             ))),
             worker: Worker::new(Arc::new(Counters::default())),
-            sas: SaDatabase::new(IcvLen::Icv8),
+            sas: SaDatabase::new(IcvLen::Icv8, node_epochs()),
             index: i,
         };
         n.publish(keys, |_| {});

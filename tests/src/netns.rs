@@ -21,6 +21,20 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether a test that needs root can run: `true` as root. Otherwise the test is skipped
+/// with a message — except under `CI=true`, where a skipped test would hide that nothing
+/// was checked, so it panics instead.
+pub fn root_or_skip(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} needs root, and CI=true: refusing to pass without running");
+    }
+    eprintln!("skipped: {what} needs root");
+    false
+}
+
 /// Path of the `swarmgate` binary built next to the running test.
 pub fn swarmgate_bin() -> PathBuf {
     if let Ok(p) = std::env::var("SWARMGATE_BIN") {
@@ -70,6 +84,9 @@ pub enum Side {
     Kernel,
     /// A swarmgate gateway on a DPDK `net_af_packet` port.
     Swarmgate,
+    /// Nothing but the VTEP address on the underlay interface: the test itself plays the
+    /// host, sending what an independent implementation builds.
+    Bare,
 }
 
 /// The VNI of the test network.
@@ -151,6 +168,7 @@ pub struct Topology {
     /// Gateway processes, for swarmgate sides.
     pub gateways: [Option<GatewayProcess>; 2],
     dir: PathBuf,
+    encryption_toml: String,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -188,6 +206,17 @@ impl Topology {
     /// Builds the topology and starts the gateways; returns once every swarmgate side has
     /// resolved its peer.
     pub fn new(sides: [Side; 2], encrypted: bool) -> Topology {
+        Topology::with_encryption(
+            sides,
+            encrypted,
+            &format!("keys = [{{ key = \"{KEY_HEX}\", tag = 1 }}]"),
+        )
+    }
+
+    /// As [`Topology::new`], with `encryption` as the body of the gateways' `[encryption]`
+    /// table (each gateway adds its own `epoch_file` in the topology's directory, which
+    /// survives [`Topology::restart_gateway`]).
+    pub fn with_encryption(sides: [Side; 2], encrypted: bool, encryption: &str) -> Topology {
         let id = format!(
             "{}{}",
             std::process::id() % 1000,
@@ -201,6 +230,7 @@ impl Topology {
             encrypted,
             gateways: [None, None],
             dir,
+            encryption_toml: encryption.to_owned(),
         };
         for i in 1..=2 {
             for ns in [t.host(i), t.endpoint(i)] {
@@ -225,7 +255,9 @@ impl Topology {
             run(&format!("ip -n {h} link set {u} up"));
             let (br, mtu) = match sides[i - 1] {
                 Side::Kernel => ("br0".to_string(), 1450),
-                Side::Swarmgate => (format!("br-{VNI}"), if encrypted { 1424 } else { 1450 }),
+                Side::Swarmgate | Side::Bare => {
+                    (format!("br-{VNI}"), if encrypted { 1424 } else { 1450 })
+                }
             };
             run(&format!(
                 "ip -n {h} link add {br} type bridge && ip -n {h} link set {br} up"
@@ -251,6 +283,14 @@ impl Topology {
             match sides[i - 1] {
                 Side::Kernel => t.setup_kernel(i),
                 Side::Swarmgate => t.start_gateway(i),
+                Side::Bare => {
+                    run(&format!(
+                        "ip -n {} addr add {}/24 dev {}",
+                        t.host(i),
+                        Self::vtep(i),
+                        t.underlay_iface(i)
+                    ));
+                }
             }
         }
         t.wait_ready();
@@ -286,7 +326,11 @@ impl Topology {
     fn start_gateway(&mut self, i: usize) {
         let (h, u, o) = (self.host(i), self.underlay_iface(i), 3 - i);
         let keys = if self.encrypted {
-            format!("\n[encryption]\nkeys = [{{ key = \"{KEY_HEX}\", tag = 1 }}]\n")
+            format!(
+                "\n[encryption]\n{}\nepoch_file = \"{}\"\n",
+                self.encryption_toml,
+                self.dir.join(format!("gw{i}.epoch")).display()
+            )
         } else {
             String::new()
         };
@@ -355,6 +399,23 @@ endpoints = [{{ network = "test-overlay", ip = "{pep}" }}]
             config_path,
             log,
         });
+    }
+
+    /// Stops gateway `i` (SIGTERM) and starts it again with the same configuration and
+    /// epoch reservation, as a node restart would; returns its final counters from before
+    /// the restart once the new process has resolved its peer.
+    pub fn restart_gateway(&mut self, i: usize) -> serde_json::Value {
+        let before = self.gateways[i - 1]
+            .as_mut()
+            .expect("a swarmgate side")
+            .stop();
+        if let Some(g) = self.gateways[i - 1].take() {
+            // The new process is ready once it has written counters of its own.
+            let _ = std::fs::remove_file(&g.stats_path);
+        }
+        self.start_gateway(i);
+        self.wait_ready();
+        before
     }
 
     fn wait_ready(&mut self) {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use swarmgate_tests::netns::{is_root, swarmgate_bin};
+use swarmgate_tests::netns::swarmgate_bin;
 
 fn sh(cmd: &str) -> Output {
     Command::new("sh").arg("-c").arg(cmd).output().unwrap()
@@ -261,8 +261,7 @@ const HTTP: &str =
 
 #[test]
 fn control_plane_end_to_end() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
+    if !swarmgate_tests::netns::root_or_skip("the control-plane test") {
         return;
     }
     let mut e = Env::new();

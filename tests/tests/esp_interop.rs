@@ -6,8 +6,6 @@
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce, Tag};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use swarmgate_aead::{AesGcm128, IcvLen};
 use swarmgate_dataplane::wire::{EtherType, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr};
 use swarmgate_dataplane::Next;
@@ -22,9 +20,10 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Docker's derivation, written out here from its definition (libnetwork
-/// `encryption.go`) rather than calling ours: key = HMAC-SHA256(master, src16 ‖ dst16 ‖
-/// be32 tag)[..16], SPI = FNV-1a-32(src16 ‖ be32 tag ‖ dst16), salt = be32 SPI.
+/// Docker's SA parameters, written out here from their definition (moby
+/// `daemon/libnetwork/drivers/overlay/encryption.go`: `buildAeadAlgo`, `buildSPI`) rather
+/// than calling ours: key = the datapath key itself, SPI = FNV-1a-32(src16 ‖ be32 tag ‖
+/// dst16), salt = be32 SPI.
 fn docker_sa(
     src: std::net::Ipv4Addr,
     dst: std::net::Ipv4Addr,
@@ -32,16 +31,11 @@ fn docker_sa(
     master: &[u8; 16],
 ) -> ([u8; 16], u32) {
     let (s, d) = (src.to_ipv6_mapped().octets(), dst.to_ipv6_mapped().octets());
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(master).unwrap();
-    m.update(&s);
-    m.update(&d);
-    m.update(&tag.to_be_bytes());
-    let key: [u8; 16] = m.finalize().into_bytes()[..16].try_into().unwrap();
     let mut h: u32 = 0x811c9dc5;
     for b in s.iter().chain(tag.to_be_bytes().iter()).chain(d.iter()) {
         h = (h ^ *b as u32).wrapping_mul(0x01000193);
     }
-    (key, h)
+    (*master, h)
 }
 
 #[test]

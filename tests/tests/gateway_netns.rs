@@ -12,8 +12,7 @@ use swarmgate_tests::netns::{self, Side, Topology};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn guard() -> Option<std::sync::MutexGuard<'static, ()>> {
-    if !netns::is_root() {
-        eprintln!("skipped: the namespace tests need root");
+    if !netns::root_or_skip("the namespace tests") {
         return None;
     }
     Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))

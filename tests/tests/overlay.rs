@@ -335,6 +335,67 @@ fn proxy_arp_answers_known_endpoints_and_floods_nothing() {
     assert_eq!(a.counters().port(UNDERLAY_PORT).tx_packets.get(), 0);
 }
 
+/// A remote endpoint's broadcast (an ARP request from a Docker host whose vxlan device has
+/// no proxy entry yet) reaches the local endpoints, as the kernel's vxlan device hands it to
+/// Docker's bridge; the endpoint's ARP reply goes back through the overlay.
+#[test]
+fn remote_broadcast_reaches_local_endpoints_and_the_reply_goes_back() {
+    let mut b = Node::new(2, &[]);
+    let req = arp_request(mac_of(plain_ep(1)), plain_ep(1), plain_ep(2));
+    let mut vx = vec![0x08, 0, 0, 0];
+    vx.extend_from_slice(&(PLAIN_VNI << 8).to_be_bytes());
+    vx.extend_from_slice(&req);
+    let outer = udp(
+        underlay_mac(1),
+        underlay_mac(2),
+        vtep(1),
+        vtep(2),
+        40000,
+        4789,
+        &vx,
+    );
+    let (n, inner) = b.run1(UNDERLAY_PORT, &outer);
+    assert_eq!(n, Next::Tx(PLAIN_PORT));
+    assert_eq!(inner, req, "delivered to the bridge byte for byte");
+    // A multicast frame is delivered the same way.
+    let mut mc = udp(
+        mac_of(plain_ep(1)),
+        swarmgate_dataplane::wire::EthernetAddress([0x01, 0x00, 0x5e, 0, 0, 0xfb]),
+        plain_ep(1),
+        Ipv4Addr::new(224, 0, 0, 251),
+        5353,
+        5353,
+        b"mdns",
+    );
+    let mut vx2 = vx[..8].to_vec();
+    vx2.append(&mut mc);
+    let outer = udp(
+        underlay_mac(1),
+        underlay_mac(2),
+        vtep(1),
+        vtep(2),
+        40001,
+        4789,
+        &vx2,
+    );
+    assert_eq!(b.run1(UNDERLAY_PORT, &outer).0, Next::Tx(PLAIN_PORT));
+
+    // The endpoint answers with a unicast ARP reply: encapsulated to node 1.
+    let r = ArpRepr::parse(&ArpPacket::new_checked(&req[14..]).unwrap())
+        .unwrap()
+        .reply_from(mac_of(plain_ep(2)));
+    let mut reply = vec![0u8; 42];
+    reply[..6].copy_from_slice(&mac_of(plain_ep(1)).0);
+    reply[6..12].copy_from_slice(&mac_of(plain_ep(2)).0);
+    reply[12..14].copy_from_slice(&[0x08, 0x06]);
+    r.emit(&mut reply[14..]);
+    let (n, wire) = b.run1(PLAIN_PORT, &reply);
+    assert_eq!(n, Next::Tx(UNDERLAY_PORT));
+    assert_eq!(&wire[50..], &reply[..]);
+    let mut a = Node::new(1, &[]);
+    assert_eq!(a.run1(UNDERLAY_PORT, &wire), (Next::Tx(PLAIN_PORT), reply));
+}
+
 #[test]
 fn underlay_arp_and_ping_are_answered_control_traffic_goes_to_the_kernel() {
     let mut b = Node::new(2, &[]);

@@ -19,7 +19,10 @@ fn tables() -> &'static Arc<Tables> {
         let peer = Ipv4Addr::new(192, 168, 50, 1);
         let mut t = Tables::new(Underlay::new(0, EthernetAddress([2, 0, 0xc0, 0xa8, 0x32, 2]), me));
         t.set_neighbour(peer, EthernetAddress([2, 0, 0xc0, 0xa8, 0x32, 1]));
-        let mut sas = SaDatabase::new(swarmgate_aead::IcvLen::Icv8);
+        let mut sas = SaDatabase::new(
+            swarmgate_aead::IcvLen::Icv8,
+            std::sync::Arc::new(swarmgate_dataplane::esp::EpochSource::new(1, u32::MAX)),
+        );
         sas.set_peer_keys(me, peer, &[DatapathKey { key: [1; 16], tag: 1 }]).unwrap();
         t.esp = sas.tables();
         for (vni, port, enc) in [(4097u32, 1u16, false), (4098, 2, true)] {

@@ -4,33 +4,51 @@
 //! Docker's `--opt encrypted` networks: `IPv4 | ESP | IV | {UDP | VXLAN | inner frame |
 //! padding | pad length | next header = 17} | ICV`.
 //!
-//! Security associations follow Docker's scheme (libnetwork `drivers/overlay/encryption.go`):
-//! * the cluster hands out up to three datapath keys, each with a tag (its Lamport time);
-//!   the first is the primary;
-//! * per pair of nodes and key, the SPI is FNV-1a-32 over `src ‖ be32(tag) ‖ dst` and the SA
-//!   key is HMAC-SHA256(master key, `src ‖ dst ‖ be32(tag)`) cut to 16 bytes, with addresses
-//!   in Go's 16-byte `net.ParseIP` form; the 4-byte GCM salt is the big-endian SPI;
+//! # Security associations: Docker's, bit for bit
+//! Reference: moby/moby `daemon/libnetwork/drivers/overlay/encryption.go` — `setupEncryption`
+//! (one SA pair per remote node and key), `programSA` (forward SA `local → remote`, reverse
+//! SA `remote → local`), `buildSPI` and `buildAeadAlgo`:
+//! * the managers hand out up to three 16-byte datapath keys, each with a tag (its Lamport
+//!   time); the first is the primary;
+//! * SPI = FNV-1a-32 over `src ‖ be32(tag) ‖ dst`, the addresses in their 16-byte form
+//!   (`netip.Addr.As16`, IPv4-mapped) — [`docker_spi`];
+//! * every SA, forward and reverse, for every peer, is `rfc4106(gcm(aes))` keyed with the
+//!   datapath key **itself** (`k.value`, no derivation) followed by a 4-byte salt = the
+//!   big-endian SPI; ICV 64 bits; explicit 8-byte IV;
 //! * every key has an inbound SA (all accepted on receive), only the primary an outbound
 //!   one. A rotation installs the new inbound SA before the primary switches, so no packet
 //!   is lost ([`SaDatabase::set_peer_keys`]).
 //!
-//! Unlike Docker's SAs, inbound SAs here have an anti-replay window ([`ReplayWindow`]).
+//! # What swarmgate adds, wire-compatibly
+//! The IV is the sender's to choose (RFC 4106 §3.1); a receiver only needs it unique per key
+//! and salt. swarmgate's is `be32(epoch) ‖ be32(seq)` with epochs from the node's
+//! [`EpochSource`] — strictly increasing across SA objects, sequence-number generations and
+//! restarts — so no nonce can repeat under a key (see [`epoch`]). Docker's kernel ignores
+//! the IV's structure.
 //!
-//! GCM nonces must never repeat under one key. The explicit IV is `iv_base + seq`, where
-//! `seq` is the SA's strictly increasing 32-bit sequence number (shared by all workers
-//! through one atomic counter) and `iv_base` is random per SA object, so two SA objects
-//! created for the same key (after a restart, say) do not collide either. When `seq`
-//! would wrap, the SA refuses to send ([`DropReason::SeqExhausted`]) until it is rekeyed.
+//! * **No SA runs out.** After `seq_limit` packets (2^32 − 1 by default) an outbound SA
+//!   starts a new generation: a fresh epoch, sequence numbers from 1 again, same SPI and
+//!   key. Docker's kernel SAs have no replay window (`programSA` sets none; the kernel's
+//!   `xfrm_replay_check_legacy` accepts every sequence number when `replay_window` is 0),
+//!   so a Docker peer accepts the restart of the counter.
+//! * **Anti-replay across restarts.** Docker's SAs have no replay protection; ours do
+//!   ([`ReplayWindow`]), over a 64-bit number: the IV's upper word (the sender's epoch)
+//!   above the 32-bit ESP sequence number. A sender that restarted, or started a new
+//!   generation, sends under a higher epoch, which moves the window forward at once;
+//!   packets of an older generation are dropped ([`DropReason::StaleEpoch`]). The Linux
+//!   kernel's IV is `be64(seq) ⊕ salt` with a random per-SA salt (`crypto/seqiv.c`), so
+//!   for a Docker sender the upper word is constant while its SA lives: the window then
+//!   works on its sequence numbers as an RFC 4303 window would.
 
+pub mod epoch;
 pub mod replay;
 
+use core::fmt;
 use core::net::Ipv4Addr;
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hmac::{Hmac, Mac};
 use rustc_hash::FxHashMap;
-use sha2::Sha256;
 use swarmgate_aead::{AeadError, AesGcm128, IcvLen, NONCE_LEN};
 
 use crate::buf::PacketBuf;
@@ -38,6 +56,7 @@ use crate::counters::DropReason;
 use crate::hash::fnv1a32;
 use crate::wire::esp::{self as esp_wire, EspPacket, Spi, HEADER_LEN, IV_LEN};
 
+pub use epoch::EpochSource;
 pub use replay::{ReplayError, ReplayWindow};
 
 /// Bytes ESP adds in front of the protected datagram: SPI, sequence number and IV.
@@ -47,42 +66,84 @@ pub const ESP_PREFIX_LEN: usize = HEADER_LEN + IV_LEN;
 /// next header 1 + ICV 8 (`pktExpansion` in encryption.go).
 pub const DOCKER_ESP_OVERHEAD: u16 = 26;
 
-/// A datagram-path master key as the managers distribute it.
+/// Packets an outbound SA sends per generation by default: the whole 32-bit sequence space
+/// (RFC 4303 §3.3.3: without ESN the counter must not cycle within one generation).
+pub const SEQ_LIMIT: u32 = u32::MAX;
+
+/// The smallest accepted per-generation limit: each generation costs one epoch, and epochs
+/// are reserved on disk a block at a time.
+pub const MIN_SEQ_LIMIT: u32 = 16;
+
+/// A datapath key as the managers distribute it: used as the SA key as it is.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatapathKey {
-    /// 16 bytes of key material.
+    /// 16 bytes of key material (Docker's `key.value`).
     pub key: [u8; 16],
-    /// The key's tag (Lamport time); part of the SPI and SA-key derivation.
+    /// The key's tag (Lamport time); part of the SPI.
     pub tag: u32,
 }
 
-impl core::fmt::Debug for DatapathKey {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+impl fmt::Debug for DatapathKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatapathKey")
             .field("tag", &self.tag)
             .finish_non_exhaustive()
     }
 }
 
-/// An IPv4 address as Go's `net.ParseIP` holds it: 16 bytes, IPv4-mapped.
+/// Why an SA could not be set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaError {
+    /// The AEAD refused the key or ICV length.
+    Crypto(AeadError),
+    /// Docker's SPI for this pair and tag is 0, which ESP forbids (RFC 4303 §2.1).
+    ZeroSpi {
+        /// The key tag.
+        tag: u32,
+    },
+    /// The node's reserved sender epochs are used up (see [`EpochSource`]).
+    NoEpoch,
+}
+
+impl fmt::Display for SaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SaError::Crypto(e) => write!(f, "{e}"),
+            SaError::ZeroSpi { tag } => write!(f, "key tag {tag} gives SPI 0 for this pair"),
+            SaError::NoEpoch => f.write_str("no sender epoch reserved"),
+        }
+    }
+}
+
+impl std::error::Error for SaError {}
+
+impl From<AeadError> for SaError {
+    fn from(e: AeadError) -> SaError {
+        SaError::Crypto(e)
+    }
+}
+
+/// An IPv4 address as `netip.Addr.As16` (and Go's `net.ParseIP`) holds it: 16 bytes,
+/// IPv4-mapped.
 fn go_ip16(a: Ipv4Addr) -> [u8; 16] {
     a.to_ipv6_mapped().octets()
 }
 
-/// Docker's SPI for traffic from `src` to `dst` under key tag `tag` (`buildSPI`).
+/// Docker's SPI for traffic from `src` to `dst` under key tag `tag`: moby
+/// `drivers/overlay/encryption.go` `buildSPI` (FNV-1a-32 over `src.As16() ‖ be32(tag) ‖
+/// dst.As16()`).
 pub fn docker_spi(src: Ipv4Addr, dst: Ipv4Addr, tag: u32) -> u32 {
     fnv1a32(&[&go_ip16(src), &tag.to_be_bytes(), &go_ip16(dst)])
 }
 
-/// Docker's per-pair SA key (`buildKey`): HMAC-SHA256(master, src ‖ dst ‖ be32(tag)),
-/// truncated to the master key's length.
-pub fn docker_sa_key(src: Ipv4Addr, dst: Ipv4Addr, tag: u32, master: &[u8; 16]) -> [u8; 16] {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(master).expect("HMAC takes any key length");
-    m.update(&go_ip16(src));
-    m.update(&go_ip16(dst));
-    m.update(&tag.to_be_bytes());
-    let out = m.finalize().into_bytes();
-    out[..16].try_into().expect("SHA-256 output is 32 bytes")
+/// Docker's GCM salt for an SA: the big-endian SPI (`buildAeadAlgo`).
+pub fn docker_salt(spi: Spi) -> [u8; 4] {
+    spi.get().to_be_bytes()
+}
+
+#[inline]
+fn pack(epoch: u32, seq: u32) -> u64 {
+    (epoch as u64) << 32 | seq as u64
 }
 
 /// An outbound SA.
@@ -94,55 +155,102 @@ pub struct TxSa {
     pub src: Ipv4Addr,
     /// The peer's VTEP address.
     pub dst: Ipv4Addr,
-    /// Tag of the key this SA was derived from.
-    pub tag: u32,
-    key: [u8; 16],
+    key: DatapathKey,
     cipher: AesGcm128,
     salt: [u8; 4],
-    iv_base: u64,
-    seq: AtomicU64,
+    /// `epoch << 32 | last sequence number used`.
+    position: AtomicU64,
+    /// Packets per generation.
+    seq_limit: u32,
+    epochs: Arc<EpochSource>,
+    generations: AtomicU64,
 }
 
 impl TxSa {
-    /// A fresh outbound SA (sequence numbers start at 1).
+    /// A fresh outbound SA keyed with `key` (Docker: the datapath key itself), salt = the
+    /// big-endian SPI, its first generation under a new epoch from `epochs`; it sends at
+    /// most `seq_limit` packets per generation.
     pub fn new(
         spi: Spi,
         src: Ipv4Addr,
         dst: Ipv4Addr,
-        tag: u32,
-        key: [u8; 16],
+        key: &DatapathKey,
         icv: IcvLen,
-    ) -> Result<TxSa, AeadError> {
-        let mut r = [0u8; 8];
-        swarmgate_aead::random_bytes(&mut r)?;
+        epochs: Arc<EpochSource>,
+        seq_limit: u32,
+    ) -> Result<TxSa, SaError> {
+        let cipher = AesGcm128::new(&key.key, icv)?;
+        let epoch = epochs.take().ok_or(SaError::NoEpoch)?;
         Ok(TxSa {
             spi,
             src,
             dst,
-            tag,
-            key,
-            cipher: AesGcm128::new(&key, icv)?,
-            salt: spi.get().to_be_bytes(),
-            iv_base: u64::from_be_bytes(r),
-            seq: AtomicU64::new(0),
+            key: key.clone(),
+            cipher,
+            salt: docker_salt(spi),
+            position: AtomicU64::new(pack(epoch, 0)),
+            seq_limit: seq_limit.max(1),
+            epochs,
+            generations: AtomicU64::new(1),
         })
     }
 
-    /// Sequence numbers used so far.
-    pub fn packets_sent(&self) -> u64 {
-        self.seq.load(Ordering::Relaxed).min(u32::MAX as u64)
+    /// Tag of the key.
+    pub fn tag(&self) -> u32 {
+        self.key.tag
     }
 
-    /// Reserves the next sequence number, or `None` once the 32-bit space is used up.
+    /// The current epoch and the last sequence number sent under it (0: none yet).
+    pub fn position(&self) -> (u32, u32) {
+        let p = self.position.load(Ordering::Relaxed);
+        ((p >> 32) as u32, p as u32)
+    }
+
+    /// Generations started so far (1 + rekeys).
+    pub fn generations(&self) -> u64 {
+        self.generations.load(Ordering::Relaxed)
+    }
+
+    /// Reserves the next (epoch, sequence number); starts a new generation under a fresh
+    /// epoch when this one's `seq_limit` packets are used. Shared by all workers: every
+    /// pair is handed out once (one compare-and-swap on one word). An epoch taken by a
+    /// worker that then loses the race is simply never used.
     #[inline]
-    fn next_seq(&self) -> Option<u32> {
-        let s = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        u32::try_from(s).ok()
+    fn next(&self) -> Result<(u32, u32), DropReason> {
+        let mut cur = self.position.load(Ordering::Relaxed);
+        loop {
+            let (epoch, seq) = ((cur >> 32) as u32, cur as u32);
+            let (next, rekey) = if seq < self.seq_limit {
+                (pack(epoch, seq + 1), false)
+            } else {
+                let e = self.epochs.take().ok_or(DropReason::SeqExhausted)?;
+                (pack(e, 1), true)
+            };
+            match self.position.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    if rekey {
+                        self.generations.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(((next >> 32) as u32, next as u32));
+                }
+                Err(now) => cur = now,
+            }
+        }
     }
 
     /// ICV length of this SA.
     pub fn icv_len(&self) -> usize {
         self.cipher.icv_len().bytes()
+    }
+
+    #[cfg(test)]
+    fn set_position(&self, epoch: u32, seq: u32) {
+        self.position.store(pack(epoch, seq), Ordering::Relaxed);
     }
 }
 
@@ -155,32 +263,33 @@ pub struct RxSa {
     pub src: Ipv4Addr,
     /// Our VTEP address (outer destination).
     pub dst: Ipv4Addr,
-    /// Tag of the key this SA was derived from.
-    pub tag: u32,
-    key: [u8; 16],
+    key: DatapathKey,
     cipher: AesGcm128,
     salt: [u8; 4],
 }
 
 impl RxSa {
-    /// An inbound SA.
+    /// An inbound SA keyed with `key`, salt = the big-endian SPI.
     pub fn new(
         spi: Spi,
         src: Ipv4Addr,
         dst: Ipv4Addr,
-        tag: u32,
-        key: [u8; 16],
+        key: &DatapathKey,
         icv: IcvLen,
-    ) -> Result<RxSa, AeadError> {
+    ) -> Result<RxSa, SaError> {
         Ok(RxSa {
             spi,
             src,
             dst,
-            tag,
-            key,
-            cipher: AesGcm128::new(&key, icv)?,
-            salt: spi.get().to_be_bytes(),
+            key: key.clone(),
+            cipher: AesGcm128::new(&key.key, icv)?,
+            salt: docker_salt(spi),
         })
+    }
+
+    /// Tag of the key.
+    pub fn tag(&self) -> u32 {
+        self.key.tag
     }
 
     /// ICV length of this SA.
@@ -200,7 +309,9 @@ pub fn seal<B: PacketBuf>(buf: &mut B, sa: &TxSa, next_header: u8) -> Result<(),
     if buf.headroom() < ESP_PREFIX_LEN || buf.tailroom() < pad + esp_wire::TRAILER_LEN + icv {
         return Err(DropReason::NoBufferRoom);
     }
-    let seq = sa.next_seq().ok_or(DropReason::SeqExhausted)?;
+    // A GCM nonce must never repeat under one key: `next` hands out each (epoch, seq) once
+    // and epochs never repeat on this node (see `epoch`).
+    let (epoch, seq) = sa.next()?;
     let tail = buf
         .append(pad + esp_wire::TRAILER_LEN + icv)
         .ok_or(DropReason::NoBufferRoom)?;
@@ -208,12 +319,12 @@ pub fn seal<B: PacketBuf>(buf: &mut B, sa: &TxSa, next_header: u8) -> Result<(),
     let data = buf
         .prepend(ESP_PREFIX_LEN)
         .ok_or(DropReason::NoBufferRoom)?;
-    let iv = sa.iv_base.wrapping_add(seq as u64).to_be_bytes();
     esp_wire::emit_header(&mut data[..HEADER_LEN], sa.spi, seq);
-    data[HEADER_LEN..ESP_PREFIX_LEN].copy_from_slice(&iv);
+    data[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&epoch.to_be_bytes());
+    data[HEADER_LEN + 4..ESP_PREFIX_LEN].copy_from_slice(&seq.to_be_bytes());
     let mut nonce = [0u8; NONCE_LEN];
     nonce[..4].copy_from_slice(&sa.salt);
-    nonce[4..].copy_from_slice(&iv);
+    nonce[4..].copy_from_slice(&data[HEADER_LEN..ESP_PREFIX_LEN]);
     let (prefix, rest) = data.split_at_mut(ESP_PREFIX_LEN);
     let ct_len = rest.len() - icv;
     let (ct, tag) = rest.split_at_mut(ct_len);
@@ -225,6 +336,11 @@ pub fn seal<B: PacketBuf>(buf: &mut B, sa: &TxSa, next_header: u8) -> Result<(),
 /// Verifies and decrypts the ESP packet in `buf` (which starts at the ESP header) in place,
 /// checking and then updating `window`; on success `buf` holds the protected datagram and
 /// the next-header value is returned. Only authenticated packets move the window.
+///
+/// The window runs over `IV[0..4] << 32 | seq`: the sender's epoch above its sequence
+/// number (see the module docs). A packet from an older epoch than the window's is
+/// [`DropReason::StaleEpoch`]; one from a newer epoch starts the window again at its
+/// sequence number once it authenticates.
 #[inline]
 pub fn open<B: PacketBuf>(
     buf: &mut B,
@@ -234,9 +350,24 @@ pub fn open<B: PacketBuf>(
     let icv = sa.icv_len();
     let p = EspPacket::new_checked(buf.data())?;
     p.check_gcm_len(icv)?;
-    let seq = p.seq() as u64;
-    window.check(seq).map_err(|_| DropReason::Replayed)?;
+    let seq = p.seq();
+    if seq == 0 {
+        // RFC 4303 §3.3.3: the first packet of an SA has sequence number 1.
+        return Err(DropReason::Replayed);
+    }
     let data = buf.data_mut();
+    let epoch = u32::from_be_bytes([
+        data[HEADER_LEN],
+        data[HEADER_LEN + 1],
+        data[HEADER_LEN + 2],
+        data[HEADER_LEN + 3],
+    ]);
+    let ext = pack(epoch, seq);
+    match window.check(ext) {
+        Ok(()) => {}
+        Err(_) if ext >> 32 < window.top() >> 32 => return Err(DropReason::StaleEpoch),
+        Err(_) => return Err(DropReason::Replayed),
+    }
     let mut nonce = [0u8; NONCE_LEN];
     nonce[..4].copy_from_slice(&sa.salt);
     nonce[4..].copy_from_slice(&data[HEADER_LEN..ESP_PREFIX_LEN]);
@@ -246,7 +377,7 @@ pub fn open<B: PacketBuf>(
     sa.cipher
         .open_in_place(&nonce, &prefix[..HEADER_LEN], ct, tag)
         .map_err(|_| DropReason::AuthFailed)?;
-    window.update(seq).map_err(|_| DropReason::Replayed)?;
+    window.update(ext).map_err(|_| DropReason::Replayed)?;
     let (payload_len, next) = esp_wire::parse_trailer(ct).map_err(|_| DropReason::BadEspTrailer)?;
     let trailer = ct_len - payload_len + icv;
     if !(buf.adj(ESP_PREFIX_LEN) && buf.trim(trailer)) {
@@ -258,9 +389,11 @@ pub fn open<B: PacketBuf>(
 /// The SAs of this node, kept by the control side across table snapshots so that an
 /// outbound SA — and with it its sequence counter — survives every republish for as long
 /// as its key does.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SaDatabase {
-    icv: Option<IcvLen>,
+    icv: IcvLen,
+    epochs: Arc<EpochSource>,
+    seq_limit: u32,
     peers: FxHashMap<Ipv4Addr, PeerSas>,
 }
 
@@ -271,48 +404,71 @@ struct PeerSas {
 }
 
 impl SaDatabase {
-    /// An empty database whose SAs use `icv`-byte ICVs (Docker: 8).
-    pub fn new(icv: IcvLen) -> SaDatabase {
+    /// An empty database whose SAs use `icv`-byte ICVs (Docker: 8) and take their sender
+    /// epochs from `epochs`, which must be this node's only source (see [`epoch`]).
+    pub fn new(icv: IcvLen, epochs: Arc<EpochSource>) -> SaDatabase {
         SaDatabase {
-            icv: Some(icv),
+            icv,
+            epochs,
+            seq_limit: SEQ_LIMIT,
             peers: FxHashMap::default(),
         }
+    }
+
+    /// Outbound SAs created from now on start a new generation every `limit` packets
+    /// (at least [`MIN_SEQ_LIMIT`]; [`SEQ_LIMIT`] by default).
+    pub fn with_seq_limit(mut self, limit: u32) -> SaDatabase {
+        self.seq_limit = limit.max(MIN_SEQ_LIMIT);
+        self
+    }
+
+    /// The node's epoch source.
+    pub fn epochs(&self) -> &Arc<EpochSource> {
+        &self.epochs
     }
 
     /// Installs the SAs between `local` and `remote` for `keys`, primary first (at most
     /// three are used, as Docker keeps). Existing SAs whose key is unchanged are kept as
     /// they are, so their sequence numbers continue; an inbound SA for every key is in
     /// place in the same snapshot in which the primary's outbound SA switches, and a
-    /// removed key's inbound SA goes only when the key leaves the list.
+    /// removed key's inbound SA goes only when the key leaves the list. On error nothing
+    /// changes.
     pub fn set_peer_keys(
         &mut self,
         local: Ipv4Addr,
         remote: Ipv4Addr,
         keys: &[DatapathKey],
-    ) -> Result<(), AeadError> {
-        let icv = self.icv.unwrap_or(IcvLen::Icv8);
+    ) -> Result<(), SaError> {
         let keys = &keys[..keys.len().min(3)];
         let old = self.peers.get(&remote).cloned().unwrap_or_default();
         let mut next = PeerSas::default();
         for (i, k) in keys.iter().enumerate() {
-            let in_spi =
-                Spi::new(docker_spi(remote, local, k.tag)).ok_or(AeadError::InvalidArgument)?;
-            let in_key = docker_sa_key(remote, local, k.tag, &k.key);
-            let rx =
-                match old.rx.iter().find(|s| {
-                    s.spi == in_spi && s.key == in_key && s.src == remote && s.dst == local
-                }) {
-                    Some(s) => s.clone(),
-                    None => Arc::new(RxSa::new(in_spi, remote, local, k.tag, in_key, icv)?),
-                };
+            let spi = |src, dst| {
+                Spi::new(docker_spi(src, dst, k.tag)).ok_or(SaError::ZeroSpi { tag: k.tag })
+            };
+            let in_spi = spi(remote, local)?;
+            let rx = match old
+                .rx
+                .iter()
+                .find(|s| s.spi == in_spi && s.key == *k && s.src == remote && s.dst == local)
+            {
+                Some(s) => s.clone(),
+                None => Arc::new(RxSa::new(in_spi, remote, local, k, self.icv)?),
+            };
             next.rx.push(rx);
             if i == 0 {
-                let out_spi =
-                    Spi::new(docker_spi(local, remote, k.tag)).ok_or(AeadError::InvalidArgument)?;
-                let out_key = docker_sa_key(local, remote, k.tag, &k.key);
+                let out_spi = spi(local, remote)?;
                 let tx = match &old.tx {
-                    Some(s) if s.spi == out_spi && s.key == out_key && s.src == local => s.clone(),
-                    _ => Arc::new(TxSa::new(out_spi, local, remote, k.tag, out_key, icv)?),
+                    Some(s) if s.spi == out_spi && s.key == *k && s.src == local => s.clone(),
+                    _ => Arc::new(TxSa::new(
+                        out_spi,
+                        local,
+                        remote,
+                        k,
+                        self.icv,
+                        self.epochs.clone(),
+                        self.seq_limit,
+                    )?),
                 };
                 next.tx = Some(tx);
             }
@@ -366,6 +522,14 @@ mod tests {
         DatapathKey { key: [b; 16], tag }
     }
 
+    fn epochs() -> Arc<EpochSource> {
+        Arc::new(EpochSource::new(1000, 1_000_000))
+    }
+
+    fn db() -> SaDatabase {
+        SaDatabase::new(IcvLen::Icv8, epochs())
+    }
+
     #[test]
     fn docker_spi_is_fnv_over_go_ip_forms() {
         // Computed independently: FNV-1a-32 of 00*10 ff ff c0 a8 0a 01 | 00 00 00 05 | 00*10 ff ff c0 a8 0a 02.
@@ -384,11 +548,36 @@ mod tests {
         assert_ne!(docker_spi(A, B, 5), docker_spi(A, B, 6));
     }
 
+    /// The SA key is the datapath key as it is and the salt the big-endian SPI
+    /// (`buildAeadAlgo`): RustCrypto's AES-GCM, given only those, opens our packet.
     #[test]
-    fn sa_keys_differ_per_direction_and_tag() {
-        let m = [7u8; 16];
-        assert_ne!(docker_sa_key(A, B, 1, &m), docker_sa_key(B, A, 1, &m));
-        assert_ne!(docker_sa_key(A, B, 1, &m), docker_sa_key(A, B, 2, &m));
+    fn sa_key_is_the_datapath_key_and_salt_the_spi() {
+        use aes_gcm::aead::{AeadInPlace, KeyInit};
+        let mut da = db();
+        let k = key(7, 0x5a);
+        da.set_peer_keys(A, B, &[k.clone()]).unwrap();
+        let t = da.tables();
+        let mut buf = HeapBuf::from_frame(b"0123456789abcdef-payload", 64);
+        seal(&mut buf, &t.tx[&B], 17).unwrap();
+        let esp = buf.data();
+        let spi = docker_spi(A, B, 7);
+        assert_eq!(esp[..4], spi.to_be_bytes());
+        let mut nonce = spi.to_be_bytes().to_vec();
+        nonce.extend_from_slice(&esp[8..16]);
+        let (ct, icv) = esp[16..].split_at(esp.len() - 16 - 8);
+        // Recompute the full 16-byte tag over the recovered plaintext and compare its
+        // leading 8 bytes with the ICV (RustCrypto has no 8-byte-tag type).
+        let c = aes_gcm::Aes128Gcm::new_from_slice(&k.key).unwrap();
+        let mut pt = ct.to_vec();
+        c.encrypt_in_place_detached(aes_gcm::Nonce::from_slice(&nonce), &esp[..8], &mut pt)
+            .unwrap(); // CTR is its own inverse: this recovers the plaintext
+        let mut again = pt.clone();
+        let tag = c
+            .encrypt_in_place_detached(aes_gcm::Nonce::from_slice(&nonce), &esp[..8], &mut again)
+            .unwrap();
+        assert_eq!(again, ct);
+        assert_eq!(&tag[..8], icv);
+        assert!(pt.starts_with(b"0123456789abcdef-payload"));
     }
 
     fn pair(
@@ -420,7 +609,7 @@ mod tests {
 
     #[test]
     fn seal_open_and_replay() {
-        let (mut da, mut db) = (SaDatabase::new(IcvLen::Icv8), SaDatabase::new(IcvLen::Icv8));
+        let (mut da, mut db) = (db(), db());
         let (ta, tb) = pair(&[key(1, 1)], &[key(1, 1)], &mut da, &mut db);
         let mut w = FxHashMap::default();
         for len in [0usize, 1, 2, 3, 4, 63, 1400] {
@@ -450,11 +639,20 @@ mod tests {
             Err(DropReason::AuthFailed)
         );
         assert_eq!(w[&spi].top(), top);
+        // A forged epoch (IV) is authenticated as part of the nonce.
+        let mut forged = HeapBuf::from_frame(b"forged epoch", 64);
+        seal(&mut forged, tx, 17).unwrap();
+        forged.data_mut()[8] ^= 0x80;
+        assert_eq!(
+            open(&mut forged, rx, w.get_mut(&spi).unwrap()),
+            Err(DropReason::AuthFailed)
+        );
+        assert_eq!(w[&spi].top(), top);
     }
 
     #[test]
     fn rotation_loses_nothing_and_keeps_sequence() {
-        let (mut da, mut db) = (SaDatabase::new(IcvLen::Icv8), SaDatabase::new(IcvLen::Icv8));
+        let (mut da, mut db) = (db(), db());
         let k1 = key(1, 1);
         let k2 = key(2, 2);
         let k3 = key(3, 3);
@@ -462,7 +660,7 @@ mod tests {
         let (ta, tb) = pair(&[k1.clone()], &[k1.clone()], &mut da, &mut db);
         let mut w = FxHashMap::default();
         roundtrip(&ta, &tb, &mut w, b"before").unwrap();
-        let sent_before = ta.tx[&B].packets_sent();
+        let sent_before = ta.tx[&B].position().1;
 
         // Step 1: everybody learns the new key k2 as a secondary. A still sends with k1.
         let (ta1, tb1) = pair(
@@ -476,22 +674,18 @@ mod tests {
             "unchanged primary keeps its SA object"
         );
         roundtrip(&ta1, &tb1, &mut w, b"k1 still primary").unwrap();
-        assert_eq!(ta1.tx[&B].packets_sent(), sent_before + 1);
+        assert_eq!(ta1.tx[&B].position().1, sent_before + 1);
 
         // Step 2: A switches its primary to k2 before B does; B accepts k2 already, and
         // B's packets under k1 are still accepted by A.
         da.set_peer_keys(A, B, &[k2.clone(), k1.clone(), k3.clone()])
             .unwrap();
         let ta2 = da.tables();
-        assert_eq!(ta2.tx[&B].tag, 2);
+        assert_eq!(ta2.tx[&B].tag(), 2);
         roundtrip(&ta2, &tb1, &mut w, b"a on k2").unwrap();
-        roundtrip(
-            &tb1_as_sender(&tb1),
-            &ta2_as_receiver(&ta2),
-            &mut w,
-            b"b on k1",
-        )
-        .unwrap();
+        let mut b_sends = EspTables::default();
+        b_sends.tx.insert(B, tb1.tx[&A].clone());
+        roundtrip(&b_sends, &ta2, &mut w, b"b on k1").unwrap();
 
         // Step 3: k1 pruned everywhere.
         let (ta3, tb3) = pair(
@@ -501,33 +695,133 @@ mod tests {
             &mut db,
         );
         assert_eq!(ta3.rx.len(), 3);
-        assert!(ta3.rx.values().all(|s| s.tag != 1));
+        assert!(ta3.rx.values().all(|s| s.tag() != 1));
         roundtrip(&ta3, &tb3, &mut w, b"after").unwrap();
     }
 
-    // Views of B's tables with the roles swapped, for sending B -> A.
-    fn tb1_as_sender(tb: &EspTables) -> EspTables {
-        let mut t = EspTables::default();
-        t.tx.insert(B, tb.tx[&A].clone());
-        t
+    /// With a small limit, the SA moves to a new epoch every `limit` packets and starts its
+    /// sequence numbers again; the receiver follows, every IV differs, nothing is lost.
+    #[test]
+    fn generations_roll_over_without_loss_or_repeated_iv() {
+        let src = epochs();
+        let mut da = SaDatabase::new(IcvLen::Icv8, src.clone()).with_seq_limit(16);
+        let mut db = db();
+        let (ta, tb) = pair(&[key(1, 1)], &[key(1, 1)], &mut da, &mut db);
+        let mut w = FxHashMap::default();
+        let mut ivs = std::collections::HashSet::new();
+        for i in 0..100u32 {
+            let tx = &ta.tx[&B];
+            let mut buf = HeapBuf::from_frame(&i.to_be_bytes(), 64);
+            seal(&mut buf, tx, 17).unwrap();
+            let d = buf.data();
+            assert!(ivs.insert(d[8..16].to_vec()), "IV repeated at packet {i}");
+            let seq = u32::from_be_bytes(d[4..8].try_into().unwrap());
+            assert_eq!(seq, i % 16 + 1);
+            let rx = &tb.rx[&tx.spi];
+            open(&mut buf, rx, w.entry(tx.spi).or_default()).unwrap();
+            assert_eq!(buf.data(), &i.to_be_bytes());
+        }
+        assert_eq!(ta.tx[&B].generations(), 7);
+        assert_eq!(src.peek(), 1000 + 7);
     }
-    fn ta2_as_receiver(ta: &EspTables) -> EspTables {
-        ta.clone()
+
+    /// A restarted sender (a new SA object for the same key, hence the same SPI, salt and
+    /// key) is accepted at once although its sequence numbers start at 1 again; packets of
+    /// the old generation replayed afterwards are dropped.
+    #[test]
+    fn a_restarted_sender_is_accepted_and_old_generations_are_not() {
+        let src = epochs();
+        let mut rx_db = db();
+        rx_db.set_peer_keys(B, A, &[key(1, 1)]).unwrap();
+        let tb = rx_db.tables();
+        let mut w = ReplayWindow::default();
+        let before = TxSa::new(
+            Spi::new(docker_spi(A, B, 1)).unwrap(),
+            A,
+            B,
+            &key(1, 1),
+            IcvLen::Icv8,
+            src.clone(),
+            SEQ_LIMIT,
+        )
+        .unwrap();
+        let rx = &tb.rx[&before.spi];
+        let mut old = Vec::new();
+        for _ in 0..5000 {
+            let mut buf = HeapBuf::from_frame(b"old life", 64);
+            seal(&mut buf, &before, 17).unwrap();
+            old.push(buf.clone());
+            open(&mut buf, rx, &mut w).unwrap();
+        }
+        // "Restart": same key, same SPI, a new SA object from the (persisted) source.
+        let after = TxSa::new(before.spi, A, B, &key(1, 1), IcvLen::Icv8, src, SEQ_LIMIT).unwrap();
+        assert_eq!(after.position(), (before.position().0 + 1, 0));
+        for _ in 0..3 {
+            let mut buf = HeapBuf::from_frame(b"new life", 64);
+            seal(&mut buf, &after, 17).unwrap();
+            assert_eq!(open(&mut buf, rx, &mut w), Ok(17));
+        }
+        let mut replay = old[4990].clone();
+        assert_eq!(open(&mut replay, rx, &mut w), Err(DropReason::StaleEpoch));
+        let mut replay = old[0].clone();
+        assert_eq!(open(&mut replay, rx, &mut w), Err(DropReason::StaleEpoch));
     }
 
     #[test]
-    fn sequence_exhaustion_refuses_to_send() {
-        let sa = TxSa::new(Spi::new(9).unwrap(), A, B, 1, [1; 16], IcvLen::Icv8).unwrap();
-        sa.seq.store(u32::MAX as u64 - 1, Ordering::Relaxed);
+    fn no_reserved_epoch_left_refuses_until_the_ceiling_rises() {
+        let src = Arc::new(EpochSource::new(5, 6));
+        let sa = TxSa::new(
+            Spi::new(9).unwrap(),
+            A,
+            B,
+            &key(1, 1),
+            IcvLen::Icv8,
+            src.clone(),
+            16,
+        )
+        .unwrap();
+        sa.set_position(5, 15);
         let mut buf = HeapBuf::from_frame(b"x", 64);
         seal(&mut buf, &sa, 17).unwrap();
         let mut buf = HeapBuf::from_frame(b"x", 64);
         assert_eq!(seal(&mut buf, &sa, 17), Err(DropReason::SeqExhausted));
+        src.raise_ceiling(7);
+        let mut buf = HeapBuf::from_frame(b"x", 64);
+        seal(&mut buf, &sa, 17).unwrap();
+        assert_eq!(sa.position(), (6, 1));
+        // And the default limit uses every 32-bit sequence number before moving on.
+        let big = Arc::new(EpochSource::new(1, 3));
+        let sa = TxSa::new(
+            Spi::new(9).unwrap(),
+            A,
+            B,
+            &key(1, 1),
+            IcvLen::Icv8,
+            big,
+            SEQ_LIMIT,
+        )
+        .unwrap();
+        sa.set_position(1, u32::MAX - 1);
+        assert_eq!(sa.next(), Ok((1, u32::MAX)));
+        assert_eq!(sa.next(), Ok((2, 1)));
+        assert_eq!(
+            TxSa::new(
+                Spi::new(9).unwrap(),
+                A,
+                B,
+                &key(1, 1),
+                IcvLen::Icv8,
+                Arc::new(EpochSource::empty()),
+                16
+            )
+            .err(),
+            Some(SaError::NoEpoch)
+        );
     }
 
     #[test]
     fn short_or_misaligned_esp_is_refused() {
-        let sa = RxSa::new(Spi::new(9).unwrap(), B, A, 1, [1; 16], IcvLen::Icv8).unwrap();
+        let sa = RxSa::new(Spi::new(9).unwrap(), B, A, &key(1, 1), IcvLen::Icv8).unwrap();
         let mut w = ReplayWindow::default();
         let mut buf = HeapBuf::from_frame(&[0, 0, 0, 9, 0, 0, 0, 1, 1, 2, 3], 0);
         assert_eq!(open(&mut buf, &sa, &mut w), Err(DropReason::Truncated));
