@@ -173,6 +173,8 @@ pub struct Counters {
     drops: [Counter; DropReason::COUNT],
     /// Packets handed to the exception path (the kernel, via the control side).
     pub exception: Counter,
+    /// Live connection-tracking entries evicted to make room (a full flow-table window).
+    pub flow_evictions: Counter,
 }
 
 impl Default for Counters {
@@ -184,6 +186,7 @@ impl Default for Counters {
                 .collect(),
             drops: core::array::from_fn(|_| Counter::default()),
             exception: Counter::default(),
+            flow_evictions: Counter::default(),
         }
     }
 }

@@ -25,7 +25,7 @@ use rustc_hash::FxHashMap;
 use crate::buf::PacketBuf;
 use crate::counters::{Counters, DropReason};
 use crate::esp::{self, ReplayWindow};
-use crate::flow::{FlowAction, FlowKey, FlowTable};
+use crate::flow::{FlowAction, FlowKey, FlowTable, Segment};
 use crate::hash::{flow_hash_v4, fmix64};
 use crate::maglev::VipService;
 use crate::nat::{self, Side};
@@ -150,8 +150,13 @@ impl Worker {
             "next array shorter than the burst"
         );
         self.adopt(tables);
+        let evictions = self.flows.evictions();
         for (p, n) in pkts.chunks_mut(BURST).zip(next.chunks_mut(BURST)) {
             self.burst(tables, rx_port, p, n);
+        }
+        let evicted = self.flows.evictions() - evictions;
+        if evicted > 0 {
+            self.counters.flow_evictions.add(evicted);
         }
     }
 
@@ -436,10 +441,11 @@ fn route(
     hl: usize,
 ) -> Step {
     let drop = |r: DropReason| Step::Done(Next::Drop(r));
-    let (flow, frag) = match Ipv4Packet::new_checked(&data[hl..]) {
+    let (flow, frag, seg) = match Ipv4Packet::new_checked(&data[hl..]) {
         Ok(p) => (
             Flow::with_ports(&p, nat::ports(&p).unwrap_or((0, 0))),
             p.is_fragment(),
+            segment(&p),
         ),
         Err(e) => return drop(e.into()),
     };
@@ -454,7 +460,7 @@ fn route(
             .vips
             .get(&ServiceKey::new(flow.dst, flow.proto, flow.dport))
             .or_else(|| net.vips.get(&ServiceKey::new(flow.dst, flow.proto, 0)));
-        match tracked(flows, &key, now, svc.map(|s| &**s)) {
+        match tracked(flows, &key, seg, now, svc.map(|s| &**s)) {
             Some(FlowAction::Dnat { ip, port, snat }) => {
                 if let Err(e) = dnat(&mut data[hl..], &flow, ip, port, snat) {
                     return drop(e);
@@ -505,7 +511,9 @@ fn route(
                     if let Err(e) = dnat(&mut data[hl..], &flow, b.ip, target, snat) {
                         return drop(e);
                     }
-                    track(flows, &flow, &b, target, snat, None, now);
+                    if opens(seg) {
+                        track(flows, &flow, &b, target, snat, None, now);
+                    }
                     dst_ip = b.ip;
                 }
             }
@@ -520,10 +528,11 @@ fn route(
 fn tracked(
     flows: &mut FlowTable,
     key: &FlowKey,
+    seg: Segment,
     now: u32,
     svc: Option<&VipService>,
 ) -> Option<FlowAction> {
-    match flows.lookup(key, now) {
+    match flows.lookup(key, seg, now) {
         Some(FlowAction::Dnat { ip, .. })
             if svc.is_some_and(|s| !s.backends().iter().any(|b| b.ip == ip)) =>
         {
@@ -662,9 +671,9 @@ fn ingress(
     hl: usize,
 ) -> Option<Step> {
     let drop = |r: DropReason| Some(Step::Done(Next::Drop(r)));
-    let (flow, frag) = {
+    let (flow, frag, seg) = {
         let p = Ipv4Packet::new_checked(&data[hl..]).ok()?;
-        (Flow::with_ports(&p, nat::ports(&p)?), p.is_fragment())
+        (Flow::with_ports(&p, nat::ports(&p)?), p.is_fragment(), segment(&p))
     };
     let (ni, svc) = t
         .ingress
@@ -675,23 +684,25 @@ fn ingress(
     let net = &t.networks()[*ni as usize];
     let r = net.router.as_ref()?;
     let hash = flow.hash();
-    let (ip, port) = match tracked(flows, &flow.key(), now, Some(svc)) {
+    let (ip, port) = match tracked(flows, &flow.key(), seg, now, Some(svc)) {
         Some(FlowAction::Dnat { ip, port, .. }) => (ip, port),
         _ => {
             let b = match svc.pick(hash) {
                 Some(b) => *b,
                 None => return drop(DropReason::NoBackend),
             };
-            let client_mac = EthernetFrame::new_unchecked(&*data).src_addr();
-            track(
-                flows,
-                &flow,
-                &b,
-                svc.target_port,
-                None,
-                Some(client_mac),
-                now,
-            );
+            if opens(seg) {
+                let client_mac = EthernetFrame::new_unchecked(&*data).src_addr();
+                track(
+                    flows,
+                    &flow,
+                    &b,
+                    svc.target_port,
+                    None,
+                    Some(client_mac),
+                    now,
+                );
+            }
             (b.ip, svc.target_port)
         }
     };
@@ -709,6 +720,24 @@ struct Flow {
     proto: u8,
     sport: u16,
     dport: u16,
+}
+
+/// What a packet says about its connection (read only on the load-balancing paths).
+#[inline]
+fn segment<T: AsRef<[u8]>>(p: &Ipv4Packet<T>) -> Segment {
+    if p.protocol() == IpProtocol::TCP && !p.is_fragment() {
+        // Byte 13 of the TCP header holds the flags; a header cut short has none.
+        p.payload().get(13).map_or(Segment::Other, |f| Segment::tcp(*f))
+    } else {
+        Segment::Datagram
+    }
+}
+
+/// Whether a packet of class `seg` without a tracked entry may create one: a TCP SYN or
+/// any UDP datagram. Other TCP is routed by Maglev's consistent choice, untracked.
+#[inline]
+fn opens(seg: Segment) -> bool {
+    matches!(seg, Segment::Syn | Segment::Datagram)
 }
 
 impl Flow {
@@ -764,17 +793,18 @@ fn translate(
     Ok(None)
 }
 
-/// Turns the ARP request in `data` (Ethernet header of `hl` bytes) into the reply, in
-/// place, if `answer` knows the target address.
-#[inline]
 /// Whether the frame's ARP payload is a reply (malformed ARP is not: it goes to
 /// [`arp_reply`], which counts it).
+#[inline]
 fn is_arp_reply(data: &[u8], hl: usize) -> bool {
     ArpPacket::new_checked(&data[hl..])
         .and_then(|p| ArpRepr::parse(&p))
         .is_ok_and(|r| r.operation == ArpOperation::Reply)
 }
 
+/// Turns the ARP request in `data` (Ethernet header of `hl` bytes) into the reply, in
+/// place, if `answer` knows the target address.
+#[inline]
 fn arp_reply(
     data: &mut [u8],
     hl: usize,

@@ -81,5 +81,6 @@ pub fn collect(
         "networks": nets,
         "drops": drops,
         "exception": sum(&|c| c.exception.get()),
+        "flow_evictions": sum(&|c| c.flow_evictions.get()),
     })
 }

@@ -99,6 +99,35 @@ pub mod frames {
         dport: u16,
         payload: &[u8],
     ) -> Vec<u8> {
+        tcp_with_flags(src_mac, dst_mac, src, dst, sport, dport, 0x18, payload)
+    }
+
+    /// A TCP SYN (a connection's first segment) as a full Ethernet frame.
+    pub fn tcp_syn(
+        src_mac: EthernetAddress,
+        dst_mac: EthernetAddress,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        tcp_with_flags(src_mac, dst_mac, src, dst, sport, dport, 0x02, payload)
+    }
+
+    /// A TCP segment with the given flags (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08,
+    /// ACK 0x10) as a full Ethernet frame, checksums complete.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tcp_with_flags(
+        src_mac: EthernetAddress,
+        dst_mac: EthernetAddress,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut v = ipv4_frame(
             src_mac,
             dst_mac,
@@ -112,7 +141,7 @@ pub mod frames {
         t[2..4].copy_from_slice(&dport.to_be_bytes());
         t[4..8].copy_from_slice(&1000u32.to_be_bytes());
         t[12] = 5 << 4;
-        t[13] = 0x18;
+        t[13] = flags;
         t[14..16].copy_from_slice(&64240u16.to_be_bytes());
         t[20..].copy_from_slice(payload);
         let c = !checksum::fold(

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use swarmgate_dataplane::tables::{docker_overlay_mtu, NetworkSpec, Router, Tables, Underlay};
 use swarmgate_dataplane::wire::{EthernetAddress, Ipv4Packet, Vni};
 use swarmgate_dataplane::{Counters, DropReason, HeapBuf, Next, PacketBuf, Worker};
-use swarmgate_tests::frames::{arp_request, l4_checksums_ok, tcp};
+use swarmgate_dataplane::flow::{FlowKey, FlowState, FlowTable};
+use swarmgate_tests::frames::{arp_request, l4_checksums_ok, tcp, tcp_syn, tcp_with_flags};
 use swarmgate_tests::{mac_of, underlay_mac, vip_service, vtep, PLAIN_PORT, UNDERLAY_PORT};
 
 const R: EthernetAddress = EthernetAddress([2, 0x42, 0xaa, 0, 0, 1]);
@@ -123,7 +124,7 @@ fn vip_connections_are_translated_both_ways_and_keep_their_task() {
     let mut w = Worker::new(Arc::new(Counters::default()));
     let mut chosen = Vec::new();
     for sport in 30000..30100u16 {
-        let syn = tcp(mac_of(ip(2)), R, ip(2), vip(), sport, 80, b"GET /");
+        let syn = tcp_syn(mac_of(ip(2)), R, ip(2), vip(), sport, 80, b"GET /");
         let (n, out) = run1(&mut w, &t, PLAIN_PORT, &syn);
         assert_eq!(n, Next::Tx(PLAIN_PORT));
         assert!(l4_checksums_ok(&out));
@@ -143,7 +144,7 @@ fn vip_connections_are_translated_both_ways_and_keep_their_task() {
     }
     assert!(chosen.contains(&ip(3)) && chosen.contains(&ip(4)));
     // Another port of the VIP: same port on a task, and back.
-    let syn = tcp(mac_of(ip(2)), R, ip(2), vip(), 999, 5432, b"");
+    let syn = tcp_syn(mac_of(ip(2)), R, ip(2), vip(), 999, 5432, b"");
     let (_, out) = run1(&mut w, &t, PLAIN_PORT, &syn);
     let b = ipv4(&out).dst_addr();
     assert_eq!(ports(&out), (999, 5432));
@@ -182,7 +183,7 @@ fn published_port_keeps_the_client_address_and_replies_go_back_to_its_mac() {
     let mut w = Worker::new(Arc::new(Counters::default()));
     let mut seen = std::collections::BTreeSet::new();
     for sport in 50000..50050u16 {
-        let syn = tcp(
+        let syn = tcp_syn(
             CLIENT_MAC,
             underlay_mac(1),
             client(),
@@ -232,7 +233,7 @@ fn tracked_flows_expire_when_idle() {
     let t = tables(1, &[ip(3), ip(4)]);
     let mut w = Worker::new(Arc::new(Counters::default()));
     w.set_now(10);
-    let syn = tcp(mac_of(ip(2)), R, ip(2), vip(), 1234, 80, b"");
+    let syn = tcp_syn(mac_of(ip(2)), R, ip(2), vip(), 1234, 80, b"");
     run1(&mut w, &t, PLAIN_PORT, &syn);
     assert_eq!(w.flows().len(), 2);
     // Long after the idle timeout, the reply entry no longer translates.
@@ -251,7 +252,7 @@ fn a_task_reaching_its_own_service_is_hairpinned_through_the_gateway() {
     // One backend, which is also the client.
     let t = tables(1, &[ip(2)]);
     let mut w = Worker::new(Arc::new(Counters::default()));
-    let syn = tcp(mac_of(ip(2)), R, ip(2), vip(), 41000, 80, b"GET /");
+    let syn = tcp_syn(mac_of(ip(2)), R, ip(2), vip(), 41000, 80, b"GET /");
     let (n, out) = run1(&mut w, &t, PLAIN_PORT, &syn);
     assert_eq!(n, Next::Tx(PLAIN_PORT));
     assert!(l4_checksums_ok(&out));
@@ -271,4 +272,65 @@ fn a_task_reaching_its_own_service_is_hairpinned_through_the_gateway() {
     // Later segments of the connection take the same path.
     let (_, again) = run1(&mut w, &t, PLAIN_PORT, &syn);
     assert_eq!(again, out);
+}
+
+/// A published port flooded with random-source SYNs and non-SYN garbage: an established
+/// connection keeps its task and its replies keep going back to the client; garbage without
+/// a SYN creates no state; the table never grows past its capacity and evictions are
+/// counted.
+#[test]
+fn a_flooded_published_port_keeps_established_connections() {
+    let t = tables(1, &[ip(3), ip(4)]);
+    let counters = Arc::new(Counters::default());
+    let mut w = Worker::with_flow_table(counters.clone(), FlowTable::new(4096, 300));
+    w.set_now(100);
+    // An established connection: SYN, the task's SYN-ACK, the client's ACK, data.
+    let syn = tcp_syn(CLIENT_MAC, underlay_mac(1), client(), vtep(1), 50000, 8080, b"");
+    let (_, out) = run1(&mut w, &t, UNDERLAY_PORT, &syn);
+    let task = ipv4(&out).dst_addr();
+    let synack = tcp_with_flags(mac_of(task), R, task, client(), 80, 50000, 0x12, b"");
+    assert_eq!(run1(&mut w, &t, PLAIN_PORT, &synack).0, Next::Tx(UNDERLAY_PORT));
+    let ack = tcp_with_flags(CLIENT_MAC, underlay_mac(1), client(), vtep(1), 50000, 8080, 0x10, b"");
+    run1(&mut w, &t, UNDERLAY_PORT, &ack);
+    let data = tcp(mac_of(task), R, task, client(), 80, 50000, b"200 OK");
+    run1(&mut w, &t, PLAIN_PORT, &data);
+    let fwd = FlowKey::new(6, client(), 50000, vtep(1), 8080);
+    assert_eq!(w.flows().state(&fwd), Some(FlowState::Established));
+
+    // The flood: 40 000 SYNs and 40 000 ACK-only segments from random sources.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let garbage_before = w.flows().len();
+    for _ in 0..40_000 {
+        let r = rnd();
+        let src = Ipv4Addr::from((r as u32) | 0x0100_0000);
+        let g = tcp_with_flags(CLIENT_MAC, underlay_mac(1), src, vtep(1), (r >> 32) as u16, 8080, 0x10, b"");
+        assert_eq!(run1(&mut w, &t, UNDERLAY_PORT, &g).0, Next::Tx(PLAIN_PORT), "routed by Maglev");
+    }
+    assert_eq!(w.flows().len(), garbage_before, "non-SYN segments create no state");
+    for i in 0..40_000u32 {
+        let r = rnd();
+        let src = Ipv4Addr::from((r as u32) | 0x0100_0000);
+        let s = tcp_syn(CLIENT_MAC, underlay_mac(1), src, vtep(1), (r >> 32) as u16, 8080, b"");
+        w.set_now(100 + i / 8000);
+        run1(&mut w, &t, UNDERLAY_PORT, &s);
+        assert!(w.flows().len() <= w.flows().capacity());
+    }
+    assert!(counters.flow_evictions.get() > 30_000, "{}", counters.flow_evictions.get());
+
+    // The connection still works both ways, on the same task.
+    let more = tcp(CLIENT_MAC, underlay_mac(1), client(), vtep(1), 50000, 8080, b"more");
+    let (n, out) = run1(&mut w, &t, UNDERLAY_PORT, &more);
+    assert_eq!(n, Next::Tx(PLAIN_PORT));
+    assert_eq!(ipv4(&out).dst_addr(), task);
+    let (n, back) = run1(&mut w, &t, PLAIN_PORT, &data);
+    assert_eq!(n, Next::Tx(UNDERLAY_PORT));
+    assert_eq!(&back[0..6], CLIENT_MAC.as_bytes());
+    assert_eq!(ipv4(&back).src_addr(), vtep(1));
+    assert_eq!(w.flows().capacity(), 4096);
 }
