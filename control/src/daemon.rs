@@ -23,10 +23,11 @@ use tonic::{Request, Response, Status};
 use crate::api;
 use crate::cluster::{
     self, bridge_name, now, ports_summary, random_id, Cluster, Desired, Meta, NodeRecord,
-    Status as TStatus, SwarmInfo, TaskRecord, GWBRIDGE, GWBRIDGE_GW, GWBRIDGE_PREFIX,
+    Status as TStatus, SwarmInfo, TaskRecord, GWBRIDGE, GWBRIDGE_GW, GWBRIDGE_NET, GWBRIDGE_PREFIX,
 };
 use crate::dataplane::{DataPlane, NodeState};
 use crate::dns::{Dns, DNS_ADDR};
+use crate::ipam::Subnet;
 use crate::network::CreateNetwork;
 use crate::publish::{self, PortConfig, PublishMode};
 use crate::service::{CreateService, EndpointMode, ServiceMode};
@@ -37,6 +38,10 @@ use crate::task::{process_start_time, Attachment, Task, TaskSpec, TaskState};
 const RESTART_DELAY: u64 = 1;
 /// Ended tasks kept per slot (Docker's task history retention limit).
 const HISTORY: usize = 5;
+/// Tasks the reconcile loop starts per round (once a second): each start creates a
+/// namespace and veths under the state lock, so a large service is brought up over
+/// several rounds instead of holding the lock for all of it.
+const STARTS_PER_ROUND: usize = 16;
 
 /// Where the daemon keeps things.
 #[derive(Debug, Clone)]
@@ -61,6 +66,8 @@ pub struct Daemon {
     dns: Dns,
     rt: tokio::runtime::Handle,
     applied: Option<NodeState>,
+    /// States written to the store so far (see `Api::call`).
+    saves: u64,
 }
 
 fn bad(msg: impl std::fmt::Display) -> Status {
@@ -86,6 +93,21 @@ impl Daemon {
         )
     }
 
+    /// The ranges of this node no overlay may overlap: the gateway bridge and the
+    /// underlay's subnet.
+    fn node_reserved(&self) -> Vec<(Subnet, String)> {
+        let mut v = vec![(
+            Subnet::new(GWBRIDGE_NET, GWBRIDGE_PREFIX).expect("valid"),
+            GWBRIDGE.to_owned(),
+        )];
+        let (a, p) = self.dp.underlay();
+        let masked = u32::from(a) & u32::MAX.checked_shl(32 - p as u32).unwrap_or(0);
+        if let Ok(s) = Subnet::new(Ipv4Addr::from(masked), p) {
+            v.push((s, "the underlay".to_owned()));
+        }
+        v
+    }
+
     fn require_swarm(&self) -> Result<&SwarmInfo, Status> {
         self.cluster.swarm.as_ref().ok_or_else(Self::not_swarm)
     }
@@ -95,6 +117,7 @@ impl Daemon {
         self.store
             .save(&self.cluster)
             .map_err(|e| Status::internal(format!("saving state: {e:#}")))?;
+        self.saves += 1;
         self.push()
     }
 
@@ -172,6 +195,7 @@ impl Daemon {
             availability: "active".into(),
             addr: advertise,
         }];
+        c.networks.set_node_reserved(self.node_reserved());
         c.networks
             .create(&CreateNetwork {
                 name: "ingress".into(),
@@ -258,6 +282,8 @@ impl Daemon {
                 })
                 .collect(),
         };
+        let reserved = self.node_reserved();
+        self.cluster.networks.set_node_reserved(reserved);
         self.cluster.networks.create(&req).map_err(bad)?;
         let meta = Meta::new();
         let id = meta.id.clone();
@@ -340,6 +366,9 @@ impl Daemon {
             let name = self
                 .network_name(n)
                 .ok_or_else(|| Status::not_found(format!("network {n} not found")))?;
+            if names.contains(&name) {
+                return Err(bad(format!("network {n} is named twice")));
+            }
             let net = self.cluster.networks.get(&name).expect("exists");
             if net.ingress {
                 if let Some(s) = self
@@ -1148,6 +1177,7 @@ impl Daemon {
             return changed;
         };
         let services: Vec<_> = self.cluster.services.iter().cloned().collect();
+        let mut starts = 0usize;
         for s in services {
             let want = self.desired_replicas(s.mode);
             let version = self
@@ -1170,6 +1200,10 @@ impl Daemon {
                 let live = self.cluster.running_tasks(&s.name).any(|t| t.slot == slot);
                 if live {
                     continue;
+                }
+                if starts == STARTS_PER_ROUND {
+                    changed = true; // more to do: the next round goes on
+                    break;
                 }
                 let last_end = self
                     .cluster
@@ -1212,6 +1246,7 @@ impl Daemon {
                     },
                 );
                 let nets: Vec<String> = s.networks.iter().map(|(n, _)| n.clone()).collect();
+                starts += 1;
                 if let Err(e) = self.start_task(&id, &nets) {
                     let t = self.cluster.tasks.get_mut(&id).expect("inserted");
                     t.desired = Desired::Shutdown;
@@ -1321,6 +1356,15 @@ pub struct Api {
     inner: Arc<Mutex<Daemon>>,
 }
 
+/// The daemon's state, even after a panic poisoned its lock: every path that changes it
+/// either completes or (through `Api::call`) restores it, so it is consistent to go on.
+fn lock_state(m: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
+    m.lock().unwrap_or_else(|e| {
+        m.clear_poison();
+        e.into_inner()
+    })
+}
+
 impl Api {
     async fn call<T: Send + 'static>(
         &self,
@@ -1328,10 +1372,26 @@ impl Api {
     ) -> Result<Response<T>, Status> {
         let d = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let mut g = d
-                .lock()
-                .map_err(|_| Status::internal("daemon state poisoned"))?;
-            f(&mut g)
+            let mut g = lock_state(&d);
+            // Every verb is all or nothing: a refusal before the new state is saved leaves
+            // memory exactly as it was (and so as on disk and in the data plane), however
+            // far the handler got. Handlers validate first anyway; this makes it structural.
+            let before = g.cluster.clone();
+            let saves = g.saves;
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut g)))
+                .unwrap_or_else(|p| {
+                    let what = p
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| p.downcast_ref::<&str>().copied())
+                        .unwrap_or("panic");
+                    eprintln!("swarmgate: a request failed with an internal error: {what}");
+                    Err(Status::internal(format!("internal error: {what}")))
+                });
+            if r.is_err() && g.saves == saves {
+                g.cluster = before;
+            }
+            r
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -1488,6 +1548,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         dns,
         rt: tokio::runtime::Handle::current(),
         applied: None,
+        saves: 0,
     };
     let d = tokio::task::spawn_blocking(move || -> anyhow::Result<Daemon> {
         d.restore().context("restoring tasks")?;
@@ -1517,8 +1578,8 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         loop {
             tick.tick().await;
             let d = bg.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                let Ok(mut d) = d.lock() else { return };
+            let r = tokio::task::spawn_blocking(move || {
+                let mut d = lock_state(&d);
                 if d.reconcile() {
                     if let Err(e) = d.commit() {
                         eprintln!("swarmgate: {}", e.message());
@@ -1529,6 +1590,11 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
                 }
             })
             .await;
+            if let Err(e) = r {
+                // A panic in housekeeping is logged and survived: the next round runs on
+                // the recovered state.
+                eprintln!("swarmgate: housekeeping failed, continuing: {e}");
+            }
         }
     });
 

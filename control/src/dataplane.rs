@@ -90,4 +90,8 @@ pub trait DataPlane: Send {
     fn stats(&self) -> serde_json::Value;
     /// This node's underlay address.
     fn address(&self) -> Ipv4Addr;
+    /// This node's underlay address and prefix length: the subnet no overlay may use.
+    fn underlay(&self) -> (Ipv4Addr, u8) {
+        (self.address(), 32)
+    }
 }

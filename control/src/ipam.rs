@@ -43,6 +43,28 @@ pub enum IpamError {
     /// Address not part of the subnet or not allocated.
     #[error("address {0} is not allocated in subnet {1}")]
     NotAllocated(Ipv4Addr, Subnet),
+    /// Overlaps a range the node itself routes (loopback, link-local, multicast, the
+    /// gateway bridge, the underlay): an overlay there would break routing.
+    #[error("invalid pool request: subnet {0} overlaps {1} ({2})")]
+    Reserved(Subnet, Subnet, String),
+    /// Larger than any overlay needs (a /0 is every address there is).
+    #[error("invalid subnet {0}: larger than /{1}")]
+    TooLarge(Subnet, u8),
+}
+
+/// The largest subnet a network may have (a /8: 16 million addresses).
+pub const MAX_SUBNET_PREFIX: u8 = 8;
+
+/// Ranges no overlay may use, whatever the node: they are routed by every host.
+fn always_reserved() -> [(Subnet, &'static str); 5] {
+    let s = |a: [u8; 4], p: u8| Subnet::new(Ipv4Addr::from(a), p).expect("valid");
+    [
+        (s([0, 0, 0, 0], 8), "\"this\" network"),
+        (s([127, 0, 0, 0], 8), "loopback"),
+        (s([169, 254, 0, 0], 16), "link-local"),
+        (s([224, 0, 0, 0], 4), "multicast"),
+        (s([240, 0, 0, 0], 4), "reserved, broadcast"),
+    ]
 }
 
 impl Subnet {
@@ -190,6 +212,10 @@ pub struct Ipam {
     pool: Subnet,
     size: u8,
     used: BTreeSet<Subnet>,
+    /// Ranges of this node that no network may overlap (the gateway bridge, the underlay),
+    /// set by the daemon at start; not persisted, since they belong to the node.
+    #[serde(skip)]
+    node_reserved: Vec<(Subnet, String)>,
 }
 
 impl Default for Ipam {
@@ -209,7 +235,23 @@ impl Ipam {
             pool,
             size: size.max(pool.prefix),
             used: BTreeSet::new(),
+            node_reserved: Vec::new(),
         }
+    }
+
+    /// Declares this node's own ranges (its gateway bridge, its underlay subnet): no
+    /// network may overlap them, and the pool skips them.
+    pub fn set_node_reserved(&mut self, ranges: Vec<(Subnet, String)>) {
+        self.node_reserved = ranges;
+    }
+
+    /// The reserved range `s` overlaps, if any.
+    fn reserved_overlap(&self, s: &Subnet) -> Option<(Subnet, String)> {
+        always_reserved()
+            .iter()
+            .map(|(r, w)| (*r, (*w).to_owned()))
+            .chain(self.node_reserved.iter().cloned())
+            .find(|(r, _)| r.overlaps(s))
     }
 
     /// Subnets in use.
@@ -228,6 +270,12 @@ impl Ipam {
             Some(s) => {
                 if s.prefix > 30 {
                     return Err(IpamError::TooSmall(s, s.prefix));
+                }
+                if s.prefix < MAX_SUBNET_PREFIX {
+                    return Err(IpamError::TooLarge(s, MAX_SUBNET_PREFIX));
+                }
+                if let Some((r, what)) = self.reserved_overlap(&s) {
+                    return Err(IpamError::Reserved(s, r, what));
                 }
                 if let Some(o) = self.used.iter().find(|o| o.overlaps(&s)) {
                     return Err(IpamError::Overlap(s, *o));
@@ -262,7 +310,7 @@ impl Ipam {
                 base: (self.pool.base as u64 + i * step) as u32,
                 prefix: self.size,
             };
-            if !self.used.iter().any(|o| o.overlaps(&s)) {
+            if !self.used.iter().any(|o| o.overlaps(&s)) && self.reserved_overlap(&s).is_none() {
                 return Ok(s);
             }
         }
@@ -421,5 +469,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn subnets_that_would_break_routing_are_refused() {
+        let mut ipam = Ipam::default();
+        ipam.set_node_reserved(vec![
+            (sn("172.18.0.0/16"), "sg_gwbridge".into()),
+            (sn("10.0.1.0/24"), "the underlay".into()),
+        ]);
+        for (bad, want) in [
+            ("0.0.0.0/0", "larger than /8"),
+            ("10.0.0.0/7", "larger than /8"),
+            ("127.0.0.0/24", "loopback"),
+            ("169.254.3.0/24", "link-local"),
+            ("224.1.0.0/16", "multicast"),
+            ("172.18.5.0/24", "sg_gwbridge"),
+            ("172.16.0.0/12", "sg_gwbridge"),
+            ("10.0.0.0/16", "the underlay"),
+        ] {
+            let e = ipam
+                .add_network(Some(sn(bad)), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        assert_eq!(ipam.subnets().count(), 0, "nothing taken by a refusal");
+        // The pool skips the underlay's subnet.
+        let a = ipam.add_network(None, None).unwrap();
+        let b = ipam.add_network(None, None).unwrap();
+        assert_eq!((a.subnet, b.subnet), (sn("10.0.0.0/24"), sn("10.0.2.0/24")));
     }
 }

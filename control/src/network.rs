@@ -118,6 +118,12 @@ impl Networks {
         }
     }
 
+    /// This node's own ranges, which no network may overlap (see
+    /// [`Ipam::set_node_reserved`]).
+    pub fn set_node_reserved(&mut self, ranges: Vec<(Subnet, String)>) {
+        self.ipam.set_node_reserved(ranges);
+    }
+
     /// `docker network create`. Validates everything before changing anything.
     pub fn create(&mut self, req: &CreateNetwork) -> Result<&Network, NetworkError> {
         if !valid_name(&req.name) {

@@ -127,6 +127,12 @@ pub fn parse(spec: &str) -> Result<Vec<PortConfig>, PublishError> {
             )),
         };
     let n = target.1 - target.0;
+    if n as usize >= crate::service::MAX_PUBLISHED_PORTS {
+        return Err(err(format!(
+            "a range publishes at most {} ports",
+            crate::service::MAX_PUBLISHED_PORTS
+        )));
+    }
     if let Some(p) = published {
         if p.1 - p.0 != n {
             return Err(err("published and target ranges differ in length".into()));

@@ -113,7 +113,36 @@ pub enum ServiceError {
     /// No free port in the dynamic range, or no free VIP.
     #[error("{0}")]
     Exhausted(String),
+    /// More replicas than a service may have.
+    #[error("invalid replicas {0}: a service has at most {MAX_REPLICAS}")]
+    TooManyReplicas(u32),
+    /// More published ports than a service may have.
+    #[error("a service publishes at most {MAX_PUBLISHED_PORTS} ports ({0} asked)")]
+    TooManyPorts(usize),
+    /// A port the node itself needs.
+    #[error("port {0}/{1} is reserved for the node's own {2} and cannot be published")]
+    NodePort(u16, Protocol, &'static str),
 }
+
+/// Most replicas one service may have. Docker sets no limit, but every replica here is a
+/// process with its own namespace and an address on each of the service's networks (a
+/// default /24 holds 253); the reconcile loop starts a bounded number per round.
+pub const MAX_REPLICAS: u32 = 1024;
+
+/// Most ports one service may publish: each published port is a load-balancing entry on
+/// every node (Docker sets no limit; `--publish 1-65535:1-65535` is refused here).
+pub const MAX_PUBLISHED_PORTS: usize = 256;
+
+/// Ports the node itself listens on, which no service may take from it (the seed's list:
+/// 2377 cluster management, 7946 gossip, 4789 the data path; and SSH, to keep the node
+/// reachable).
+pub const NODE_PORTS: [(u16, Protocol, &str); 5] = [
+    (22, Protocol::Tcp, "SSH"),
+    (2377, Protocol::Tcp, "cluster management (Raft)"),
+    (7946, Protocol::Tcp, "gossip"),
+    (7946, Protocol::Udp, "gossip"),
+    (4789, Protocol::Udp, "VXLAN data path"),
+];
 
 fn valid_name(n: &str) -> bool {
     let mut c = n.chars();
@@ -164,6 +193,20 @@ impl Services {
         }
         if self.by_name.contains_key(&req.name) {
             return Err(ServiceError::Duplicate(req.name.clone()));
+        }
+        if let Some(n) = req.replicas.filter(|n| *n > MAX_REPLICAS) {
+            return Err(ServiceError::TooManyReplicas(n));
+        }
+        if req.ports.len() > MAX_PUBLISHED_PORTS {
+            return Err(ServiceError::TooManyPorts(req.ports.len()));
+        }
+        for p in &req.ports {
+            if let Some((port, proto, what)) = NODE_PORTS
+                .iter()
+                .find(|(n, pr, _)| p.published == Some(*n) && p.protocol == *pr)
+            {
+                return Err(ServiceError::NodePort(*port, *proto, what));
+            }
         }
         let mode = match (req.mode.as_deref(), req.replicas) {
             (None | Some("replicated"), r) => ServiceMode::Replicated(r.unwrap_or(1)),
@@ -489,5 +532,56 @@ mod tests {
             ServiceError::NoIngress
         );
         assert_eq!(nets.get("my-overlay").unwrap().addressing.in_use(), 0);
+    }
+
+    #[test]
+    fn absurd_requests_are_bounded_and_node_ports_refused() {
+        let (mut svcs, mut nets) = cluster();
+        let mut r = web();
+        r.replicas = Some(4_000_000_000);
+        assert_eq!(
+            svcs.create(&r, &mut nets).unwrap_err().to_string(),
+            "invalid replicas 4000000000: a service has at most 1024"
+        );
+        assert!(crate::publish::parse("1-65535:1-65535")
+            .unwrap_err()
+            .to_string()
+            .contains("a range publishes at most 256 ports"));
+        let mut r = web();
+        r.ports.clear();
+        for spec in [
+            "40000-40099:1-100",
+            "40100-40199:101-200",
+            "40200-40299:201-300",
+        ] {
+            r.ports.extend(crate::publish::parse(spec).unwrap());
+        }
+        assert!(svcs
+            .create(&r, &mut nets)
+            .unwrap_err()
+            .to_string()
+            .contains("at most 256 ports"));
+        for (spec, want) in [
+            ("22:22", "port 22/tcp is reserved for the node's own SSH"),
+            (
+                "2377:80",
+                "port 2377/tcp is reserved for the node's own cluster management",
+            ),
+            (
+                "7946:80/udp",
+                "port 7946/udp is reserved for the node's own gossip",
+            ),
+            ("published=4789,target=53,protocol=udp", "VXLAN data path"),
+        ] {
+            let mut r = web();
+            r.ports = crate::publish::parse(spec).unwrap();
+            let e = svcs.create(&r, &mut nets).unwrap_err().to_string();
+            assert!(e.contains(want), "{spec}: {e}");
+        }
+        assert!(svcs.get("web").is_none(), "nothing created by a refusal");
+        // 7946/tcp is the node's, 7946/udp too, but 4789/tcp is anybody's.
+        let mut r = web();
+        r.ports = crate::publish::parse("4789:80").unwrap();
+        svcs.create(&r, &mut nets).unwrap();
     }
 }

@@ -187,8 +187,12 @@ impl FlowTable {
         // varies them per instance); two of its outputs make this table's key.
         let rs = std::collections::hash_map::RandomState::new();
         let mut k = [0u8; 16];
-        k[..8].copy_from_slice(&std::hash::BuildHasher::hash_one(&rs, 0x5157_4152_4d47_5445u64).to_le_bytes());
-        k[8..].copy_from_slice(&std::hash::BuildHasher::hash_one(&rs, 0x464c_4f57_5441_424cu64).to_le_bytes());
+        k[..8].copy_from_slice(
+            &std::hash::BuildHasher::hash_one(&rs, 0x5157_4152_4d47_5445u64).to_le_bytes(),
+        );
+        k[8..].copy_from_slice(
+            &std::hash::BuildHasher::hash_one(&rs, 0x464c_4f57_5441_424cu64).to_le_bytes(),
+        );
         FlowTable::with_key(capacity, idle_secs, k)
     }
 
@@ -287,10 +291,7 @@ impl FlowTable {
                     break;
                 }
                 Some(s) if self.live(&s, now) => {
-                    let rank = (
-                        s.state != FlowState::Established,
-                        now.wrapping_sub(s.seen),
-                    );
+                    let rank = (s.state != FlowState::Established, now.wrapping_sub(s.seen));
                     if victim.is_none_or(|(_, r)| rank > r) {
                         victim = Some((at, rank));
                     }
@@ -409,9 +410,16 @@ mod tests {
         // A SYN and nothing else: gone after 10 s.
         t.insert(key(1), dnat(1), 100);
         assert_eq!(t.state(&key(1)), Some(FlowState::Embryonic));
-        assert_eq!(t.lookup(&key(1), Segment::Syn, 105), Some(dnat(1)), "SYN retransmit");
+        assert_eq!(
+            t.lookup(&key(1), Segment::Syn, 105),
+            Some(dnat(1)),
+            "SYN retransmit"
+        );
         assert_eq!(t.state(&key(1)), Some(FlowState::Embryonic));
-        assert_eq!(t.lookup(&key(1), Segment::Other, 105 + EMBRYONIC_TCP_SECS + 1), None);
+        assert_eq!(
+            t.lookup(&key(1), Segment::Other, 105 + EMBRYONIC_TCP_SECS + 1),
+            None
+        );
         // Confirmed by a non-SYN segment: lives for the idle timeout.
         t.insert(key(2), dnat(2), 100);
         t.lookup(&key(2), Segment::Other, 101);
@@ -423,9 +431,18 @@ mod tests {
         t.lookup(&key(3), Segment::Other, 101);
         t.lookup(&key(3), Segment::Fin, 102);
         assert_eq!(t.state(&key(3)), Some(FlowState::Closing));
-        assert_eq!(t.lookup(&key(3), Segment::Other, 102 + CLOSING_SECS + 1), None);
+        assert_eq!(
+            t.lookup(&key(3), Segment::Other, 102 + CLOSING_SECS + 1),
+            None
+        );
         // UDP: embryonic for 30 s, established by a second datagram.
-        let u = FlowKey::new(17, Ipv4Addr::new(1, 1, 1, 1), 5000, Ipv4Addr::new(2, 2, 2, 2), 53);
+        let u = FlowKey::new(
+            17,
+            Ipv4Addr::new(1, 1, 1, 1),
+            5000,
+            Ipv4Addr::new(2, 2, 2, 2),
+            53,
+        );
         t.insert(u, dnat(4), 100);
         assert_eq!(t.lookup(&u, Segment::Datagram, 125), Some(dnat(4)));
         assert_eq!(t.state(&u), Some(FlowState::Established));
@@ -438,7 +455,10 @@ mod tests {
             t.insert(key(i), dnat((i % 250) as u8), i / 1000);
             assert!(t.len() <= t.capacity());
             // The newest entry is always found.
-            assert_eq!(t.lookup(&key(i), Segment::Syn, i / 1000), Some(dnat((i % 250) as u8)));
+            assert_eq!(
+                t.lookup(&key(i), Segment::Syn, i / 1000),
+                Some(dnat((i % 250) as u8))
+            );
         }
         assert_eq!(t.capacity(), 16);
         assert_eq!(t.len(), 16);
@@ -460,13 +480,23 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let k = FlowKey::new(6, Ipv4Addr::from(x as u32), (x >> 32) as u16, Ipv4Addr::new(192, 168, 77, 2), 8080);
+            let k = FlowKey::new(
+                6,
+                Ipv4Addr::from(x as u32),
+                (x >> 32) as u16,
+                Ipv4Addr::new(192, 168, 77, 2),
+                8080,
+            );
             t.insert(k, dnat(0), n / 20_000);
         }
         assert!(t.len() <= t.capacity());
         assert!(t.evictions() > 100_000);
         for (i, k) in established.iter().enumerate() {
-            assert_eq!(t.lookup(k, Segment::Other, 10), Some(dnat(i as u8)), "connection {i}");
+            assert_eq!(
+                t.lookup(k, Segment::Other, 10),
+                Some(dnat(i as u8)),
+                "connection {i}"
+            );
         }
     }
 
@@ -479,8 +509,15 @@ mod tests {
         let same = (0..1000u32)
             .filter(|i| a.index(&key(*i)) & a.mask == b.index(&key(*i)) & b.mask)
             .count();
-        assert!(same < 5, "{same} of 1000 keys in the same slot under two keys");
+        assert!(
+            same < 5,
+            "{same} of 1000 keys in the same slot under two keys"
+        );
         let (c, d) = (FlowTable::new(64, 300), FlowTable::new(64, 300));
-        assert_ne!(c.index(&key(1)), d.index(&key(1)), "fresh tables draw fresh keys");
+        assert_ne!(
+            c.index(&key(1)),
+            d.index(&key(1)),
+            "fresh tables draw fresh keys"
+        );
     }
 }

@@ -673,7 +673,11 @@ fn ingress(
     let drop = |r: DropReason| Some(Step::Done(Next::Drop(r)));
     let (flow, frag, seg) = {
         let p = Ipv4Packet::new_checked(&data[hl..]).ok()?;
-        (Flow::with_ports(&p, nat::ports(&p)?), p.is_fragment(), segment(&p))
+        (
+            Flow::with_ports(&p, nat::ports(&p)?),
+            p.is_fragment(),
+            segment(&p),
+        )
     };
     let (ni, svc) = t
         .ingress
@@ -727,7 +731,9 @@ struct Flow {
 fn segment<T: AsRef<[u8]>>(p: &Ipv4Packet<T>) -> Segment {
     if p.protocol() == IpProtocol::TCP && !p.is_fragment() {
         // Byte 13 of the TCP header holds the flags; a header cut short has none.
-        p.payload().get(13).map_or(Segment::Other, |f| Segment::tcp(*f))
+        p.payload()
+            .get(13)
+            .map_or(Segment::Other, |f| Segment::tcp(*f))
     } else {
         Segment::Datagram
     }

@@ -600,6 +600,9 @@ impl swarmgate_control::dataplane::DataPlane for Gateway {
             .map(|(a, _)| a)
             .unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
+    fn underlay(&self) -> (Ipv4Addr, u8) {
+        self.config.address().unwrap_or((Ipv4Addr::UNSPECIFIED, 32))
+    }
 }
 
 fn vip_service(

@@ -338,11 +338,35 @@ fn control_plane_end_to_end() {
         &["network", "create", "-d", "bridge", "b1"],
         "not supported",
     );
+    e.refused(
+        &["network", "create", "--subnet", "0.0.0.0/0", "everything"],
+        "larger than /8",
+    );
+    e.refused(
+        &["network", "create", "--subnet", "172.18.5.0/24", "ongw"],
+        "sg_gwbridge",
+    );
+    e.refused(
+        &["network", "create", "--subnet", "127.0.0.0/16", "lo"],
+        "loopback",
+    );
     assert_eq!(
         e.ok(&["network", "ls"]),
         before,
         "a refused create changed the networks"
     );
+    // Every argument is checked before anything changes: `rm a a` removes nothing.
+    e.ok(&["network", "create", "-d", "overlay", "dup-net"]);
+    let with_dup = e.ok(&["network", "ls"]);
+    e.refused(&["network", "rm", "dup-net", "dup-net"], "named twice");
+    e.refused(&["network", "rm", "dup-net", "no-such-net"], "not found");
+    assert_eq!(
+        e.ok(&["network", "ls"]),
+        with_dup,
+        "a refused rm changed the networks"
+    );
+    e.ok(&["network", "rm", "dup-net"]);
+    assert_eq!(e.ok(&["network", "ls"]), before);
 
     e.ok(&[
         "network",
@@ -386,6 +410,54 @@ fn control_plane_end_to_end() {
         "replicated mode",
     );
     e.refused(&["service", "create", "--name", "nocmd"], "command");
+    e.refused(
+        &[
+            "service",
+            "create",
+            "--name",
+            "huge",
+            "--replicas",
+            "4000000000",
+            "--",
+            "sleep",
+            "9",
+        ],
+        "at most 1024",
+    );
+    e.refused(
+        &[
+            "service",
+            "create",
+            "--name",
+            "allports",
+            "-p",
+            "1-65535:1-65535",
+            "--",
+            "sleep",
+            "9",
+        ],
+        "at most 256 ports",
+    );
+    e.refused(
+        &[
+            "service", "create", "--name", "raft", "-p", "2377:80", "--", "sleep", "9",
+        ],
+        "reserved for the node's own cluster management",
+    );
+    e.refused(
+        &[
+            "service",
+            "create",
+            "--name",
+            "ssh",
+            "-p",
+            "mode=host,published=22,target=22",
+            "--",
+            "sleep",
+            "9",
+        ],
+        "reserved for the node's own SSH",
+    );
     e.refused(
         &[
             "service",

@@ -6,10 +6,10 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use swarmgate_dataplane::flow::{FlowKey, FlowState, FlowTable};
 use swarmgate_dataplane::tables::{docker_overlay_mtu, NetworkSpec, Router, Tables, Underlay};
 use swarmgate_dataplane::wire::{EthernetAddress, Ipv4Packet, Vni};
 use swarmgate_dataplane::{Counters, DropReason, HeapBuf, Next, PacketBuf, Worker};
-use swarmgate_dataplane::flow::{FlowKey, FlowState, FlowTable};
 use swarmgate_tests::frames::{arp_request, l4_checksums_ok, tcp, tcp_syn, tcp_with_flags};
 use swarmgate_tests::{mac_of, underlay_mac, vip_service, vtep, PLAIN_PORT, UNDERLAY_PORT};
 
@@ -285,12 +285,32 @@ fn a_flooded_published_port_keeps_established_connections() {
     let mut w = Worker::with_flow_table(counters.clone(), FlowTable::new(4096, 300));
     w.set_now(100);
     // An established connection: SYN, the task's SYN-ACK, the client's ACK, data.
-    let syn = tcp_syn(CLIENT_MAC, underlay_mac(1), client(), vtep(1), 50000, 8080, b"");
+    let syn = tcp_syn(
+        CLIENT_MAC,
+        underlay_mac(1),
+        client(),
+        vtep(1),
+        50000,
+        8080,
+        b"",
+    );
     let (_, out) = run1(&mut w, &t, UNDERLAY_PORT, &syn);
     let task = ipv4(&out).dst_addr();
     let synack = tcp_with_flags(mac_of(task), R, task, client(), 80, 50000, 0x12, b"");
-    assert_eq!(run1(&mut w, &t, PLAIN_PORT, &synack).0, Next::Tx(UNDERLAY_PORT));
-    let ack = tcp_with_flags(CLIENT_MAC, underlay_mac(1), client(), vtep(1), 50000, 8080, 0x10, b"");
+    assert_eq!(
+        run1(&mut w, &t, PLAIN_PORT, &synack).0,
+        Next::Tx(UNDERLAY_PORT)
+    );
+    let ack = tcp_with_flags(
+        CLIENT_MAC,
+        underlay_mac(1),
+        client(),
+        vtep(1),
+        50000,
+        8080,
+        0x10,
+        b"",
+    );
     run1(&mut w, &t, UNDERLAY_PORT, &ack);
     let data = tcp(mac_of(task), R, task, client(), 80, 50000, b"200 OK");
     run1(&mut w, &t, PLAIN_PORT, &data);
@@ -309,22 +329,59 @@ fn a_flooded_published_port_keeps_established_connections() {
     for _ in 0..40_000 {
         let r = rnd();
         let src = Ipv4Addr::from((r as u32) | 0x0100_0000);
-        let g = tcp_with_flags(CLIENT_MAC, underlay_mac(1), src, vtep(1), (r >> 32) as u16, 8080, 0x10, b"");
-        assert_eq!(run1(&mut w, &t, UNDERLAY_PORT, &g).0, Next::Tx(PLAIN_PORT), "routed by Maglev");
+        let g = tcp_with_flags(
+            CLIENT_MAC,
+            underlay_mac(1),
+            src,
+            vtep(1),
+            (r >> 32) as u16,
+            8080,
+            0x10,
+            b"",
+        );
+        assert_eq!(
+            run1(&mut w, &t, UNDERLAY_PORT, &g).0,
+            Next::Tx(PLAIN_PORT),
+            "routed by Maglev"
+        );
     }
-    assert_eq!(w.flows().len(), garbage_before, "non-SYN segments create no state");
+    assert_eq!(
+        w.flows().len(),
+        garbage_before,
+        "non-SYN segments create no state"
+    );
     for i in 0..40_000u32 {
         let r = rnd();
         let src = Ipv4Addr::from((r as u32) | 0x0100_0000);
-        let s = tcp_syn(CLIENT_MAC, underlay_mac(1), src, vtep(1), (r >> 32) as u16, 8080, b"");
+        let s = tcp_syn(
+            CLIENT_MAC,
+            underlay_mac(1),
+            src,
+            vtep(1),
+            (r >> 32) as u16,
+            8080,
+            b"",
+        );
         w.set_now(100 + i / 8000);
         run1(&mut w, &t, UNDERLAY_PORT, &s);
         assert!(w.flows().len() <= w.flows().capacity());
     }
-    assert!(counters.flow_evictions.get() > 30_000, "{}", counters.flow_evictions.get());
+    assert!(
+        counters.flow_evictions.get() > 30_000,
+        "{}",
+        counters.flow_evictions.get()
+    );
 
     // The connection still works both ways, on the same task.
-    let more = tcp(CLIENT_MAC, underlay_mac(1), client(), vtep(1), 50000, 8080, b"more");
+    let more = tcp(
+        CLIENT_MAC,
+        underlay_mac(1),
+        client(),
+        vtep(1),
+        50000,
+        8080,
+        b"more",
+    );
     let (n, out) = run1(&mut w, &t, UNDERLAY_PORT, &more);
     assert_eq!(n, Next::Tx(PLAIN_PORT));
     assert_eq!(ipv4(&out).dst_addr(), task);
