@@ -239,6 +239,13 @@ impl Daemon {
 
     fn node_list(&self) -> Result<api::NodeListReply, Status> {
         let s = self.require_swarm()?;
+        // This node is Ready while its data plane forwards; it is the Leader as the one
+        // manager holding the state. Other nodes' status comes with multi-node heartbeats;
+        // until then they are Unknown.
+        let health = self.dp.health();
+        if let Err(why) = &health {
+            eprintln!("swarmgate: node is down: {why}");
+        }
         Ok(api::NodeListReply {
             nodes: self
                 .cluster
@@ -247,9 +254,19 @@ impl Daemon {
                 .map(|n| api::Node {
                     id: n.id.clone(),
                     hostname: n.hostname.clone(),
-                    status: "Ready".into(),
+                    status: match (n.id == s.node_id, &health) {
+                        (true, Ok(())) => "Ready",
+                        (true, Err(_)) => "Down",
+                        (false, _) => "Unknown",
+                    }
+                    .into(),
                     availability: capital(&n.availability),
-                    manager_status: n.manager_status.clone(),
+                    manager_status: match (n.role.as_str(), n.id == s.node_id) {
+                        ("manager", true) => "Leader",
+                        ("manager", false) => "Unreachable",
+                        _ => "",
+                    }
+                    .into(),
                     engine_version: env!("CARGO_PKG_VERSION").into(),
                     self_: n.id == s.node_id,
                     addr: n.addr.to_string(),
@@ -1587,6 +1604,12 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
                 }
                 if let Err(e) = d.dp.tick() {
                     eprintln!("swarmgate: data plane: {e:#}");
+                    if e.downcast_ref::<crate::dataplane::Fatal>().is_some() {
+                        // Never a silent half-dead node: exit so the supervisor restarts
+                        // the daemon, which adopts the running tasks.
+                        eprintln!("swarmgate: exiting on a fatal data-plane error");
+                        std::process::exit(70);
+                    }
                 }
             })
             .await;

@@ -78,6 +78,13 @@ pub struct NodeState {
     pub published: Vec<Published>,
 }
 
+/// A data-plane failure the node cannot carry on from: a poll-mode worker died, so some
+/// queues are no longer polled. The daemon exits on it (non-zero, loudly) so that its
+/// supervisor restarts it; tasks, namespaces and bridges survive that (live-restore).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
 /// The data plane as the daemon drives it.
 pub trait DataPlane: Send {
     /// Makes the data plane match `state`: creates and removes network ports and bridges,
@@ -88,6 +95,10 @@ pub trait DataPlane: Send {
     fn tick(&mut self) -> anyhow::Result<()>;
     /// Counters as JSON.
     fn stats(&self) -> serde_json::Value;
+    /// `Ok` while the data plane forwards (every worker running); why not otherwise.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// This node's underlay address.
     fn address(&self) -> Ipv4Addr;
     /// This node's underlay address and prefix length: the subnet no overlay may use.

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use swarmgate_aead::IcvLen;
-use swarmgate_control::dataplane::{Host, NetState, NodeState};
+use swarmgate_control::dataplane::{Fatal, Host, NetState, NodeState};
 use swarmgate_control::publish::Protocol;
 use swarmgate_dataplane::esp::{EpochSource, SaDatabase, SEQ_LIMIT};
 use swarmgate_dataplane::maglev::{Backend, VipService};
@@ -82,6 +82,8 @@ pub struct Gateway {
     /// The sender-epoch reservation, on nodes with datapath keys.
     epochs: Option<EpochStore>,
     epoch_error_logged: Option<Instant>,
+    /// Set once a worker is found dead: the gateway cannot go on.
+    dead: Option<String>,
     port_info: Vec<PortInfo>,
     network_ports: Vec<u16>,
     underlay_mac: EthernetAddress,
@@ -263,6 +265,7 @@ impl Gateway {
             sas,
             epochs,
             epoch_error_logged: None,
+            dead: None,
             port_info,
             network_ports,
             underlay_mac,
@@ -325,13 +328,25 @@ impl Gateway {
         Ok(())
     }
 
-    /// Stops the workers and takes their loops back (queues and flow tables intact).
-    fn pause(&mut self) -> Vec<WorkerLoop> {
+    /// Stops the workers and takes their loops back (queues and flow tables intact). A
+    /// worker that panicked has lost its queues: that is a [`Fatal`] error.
+    fn pause(&mut self) -> Result<Vec<WorkerLoop>, Fatal> {
         self.stop.store(true, Ordering::SeqCst);
-        self.workers
+        let n = self.workers.len();
+        let loops: Vec<WorkerLoop> = self
+            .workers
             .drain(..)
             .filter_map(|h| h.join().ok())
-            .collect()
+            .collect();
+        if loops.len() != n {
+            let msg = format!(
+                "{} of {n} data-plane workers died; their queues are no longer polled",
+                n - loops.len()
+            );
+            self.dead = Some(msg.clone());
+            return Err(Fatal(msg));
+        }
+        Ok(loops)
     }
 
     /// Makes the ports, bridges and tables match what the control plane asks for. Ports
@@ -352,7 +367,7 @@ impl Gateway {
             .collect();
         let mut result = Ok(());
         if !remove.is_empty() || !add.is_empty() {
-            let mut loops = self.pause();
+            let mut loops = self.pause()?;
             for vni in remove {
                 let d = self.dynamic.remove(&vni).expect("listed");
                 for l in loops.iter_mut() {
@@ -519,6 +534,10 @@ impl Gateway {
     /// One round of control work: learn underlay neighbours from the kernel, ask it to
     /// resolve missing ones (at most once a second each), republish when they changed.
     pub fn tick(&mut self) -> anyhow::Result<()> {
+        if let Some(msg) = &self.dead {
+            return Err(Fatal(msg.clone()).into());
+        }
+        check_workers(&self.workers)?;
         if let Some(e) = &self.epochs {
             // Workers take a fresh epoch whenever an SA's generation is used up. A failed
             // write leaves them the rest of the reservation (then counted drops); retried
@@ -564,13 +583,44 @@ impl Gateway {
 
     /// Counters and port statistics as JSON.
     pub fn stats(&self) -> serde_json::Value {
+        let mut nets: Vec<stats::NetworkSlot> = self
+            .config
+            .networks
+            .iter()
+            .enumerate()
+            .map(|(i, n)| stats::NetworkSlot {
+                name: n.name.clone(),
+                vni: n.vni,
+                encrypted: n.encrypted,
+                slot: i as u16,
+            })
+            .collect();
+        // What the control plane programmed (the daemon's networks).
+        for n in &self.state.networks {
+            if let Some(d) = self.dynamic.get(&n.vni) {
+                nets.push(stats::NetworkSlot {
+                    name: n.name.clone(),
+                    vni: n.vni,
+                    encrypted: n.encrypted,
+                    slot: d.slot,
+                });
+            }
+        }
         stats::collect(
             &self.counters,
             &self.ports,
             &self.port_info,
-            &self.config,
+            &nets,
             &self.tables.load(),
         )
+    }
+
+    /// `Ok` while every worker runs; the reason otherwise.
+    pub fn health(&self) -> Result<(), String> {
+        if let Some(msg) = &self.dead {
+            return Err(msg.clone());
+        }
+        check_workers(&self.workers).map_err(|e| e.0)
     }
 
     /// The ports and their roles.
@@ -580,7 +630,9 @@ impl Gateway {
 
     /// Stops the workers and waits for them.
     pub fn stop(&mut self) {
-        drop(self.pause());
+        if let Err(e) = self.pause() {
+            eprintln!("swarmgate: {e}");
+        }
     }
 }
 
@@ -594,6 +646,9 @@ impl swarmgate_control::dataplane::DataPlane for Gateway {
     fn stats(&self) -> serde_json::Value {
         Gateway::stats(self)
     }
+    fn health(&self) -> Result<(), String> {
+        Gateway::health(self)
+    }
     fn address(&self) -> Ipv4Addr {
         self.config
             .address()
@@ -603,6 +658,19 @@ impl swarmgate_control::dataplane::DataPlane for Gateway {
     fn underlay(&self) -> (Ipv4Addr, u8) {
         self.config.address().unwrap_or((Ipv4Addr::UNSPECIFIED, 32))
     }
+}
+
+/// Fails with [`Fatal`] if a worker thread has ended while it should be running (it can
+/// only have panicked: workers return only when told to stop).
+fn check_workers<T>(workers: &[JoinHandle<T>]) -> Result<(), Fatal> {
+    let dead = workers.iter().filter(|h| h.is_finished()).count();
+    if dead > 0 {
+        return Err(Fatal(format!(
+            "{dead} of {} data-plane workers died; their queues are no longer polled",
+            workers.len()
+        )));
+    }
+    Ok(())
 }
 
 fn vip_service(
@@ -658,5 +726,26 @@ impl Drop for Gateway {
         // Bridges stay: endpoints stay attached to them across a daemon restart, and the
         // next start re-attaches a new TAP (Docker's live-restore).
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_worker_is_fatal() {
+        let alive = std::thread::spawn(|| std::thread::sleep(Duration::from_secs(2)));
+        let dead = std::thread::spawn(|| panic!("worker bug"));
+        while !dead.is_finished() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(check_workers(std::slice::from_ref(&alive)).is_ok());
+        let hs = [alive, dead];
+        let e = check_workers(&hs).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "1 of 2 data-plane workers died; their queues are no longer polled"
+        );
     }
 }

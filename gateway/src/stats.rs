@@ -5,15 +5,29 @@ use swarmgate_dataplane::tables::Tables;
 use swarmgate_dataplane::{Counters, DropReason};
 use swarmgate_ffi::Port;
 
-use crate::config::Config;
 use crate::PortInfo;
+
+/// A network whose counters are reported: its name, VNI, whether encrypted, and its
+/// counter slot — the static configuration's networks and those the control plane
+/// programmed alike.
+#[derive(Debug, Clone)]
+pub struct NetworkSlot {
+    /// Name.
+    pub name: String,
+    /// VNI.
+    pub vni: u32,
+    /// `--opt encrypted`.
+    pub encrypted: bool,
+    /// Counter slot.
+    pub slot: u16,
+}
 
 /// Sums the per-worker counters (read while the workers run) and adds DPDK's port stats.
 pub fn collect(
     counters: &[std::sync::Arc<Counters>],
     ports: &[Port],
     info: &[PortInfo],
-    config: &Config,
+    networks: &[NetworkSlot],
     tables: &Tables,
 ) -> Value {
     let sum = |f: &dyn Fn(&Counters) -> u64| counters.iter().map(|c| f(c)).sum::<u64>();
@@ -38,8 +52,8 @@ pub fn collect(
         );
     }
     let mut nets = Map::new();
-    for (slot, n) in config.networks.iter().enumerate() {
-        let s = slot as u16;
+    for n in networks {
+        let s = n.slot;
         nets.insert(
             n.name.clone(),
             json!({

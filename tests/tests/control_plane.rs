@@ -788,6 +788,13 @@ print(data.split(b"\r\n\r\n", 1)[1].decode().strip())"#
         "history shown"
     );
 
+    // The data plane reports the networks the daemon programmed.
+    let st = json(&e.ok(&["stats"]));
+    assert!(
+        st["networks"]["ingress"]["vni"].as_u64().is_some(),
+        "ingress missing from the data plane's counters: {st}"
+    );
+
     // Publish another port, then remove it.
     e.ok(&["service", "update", "--publish-add", "9090:80", "web"]);
     assert!(e.fetch(&format!("http://{HOST_IP}:9090/")).is_some());
