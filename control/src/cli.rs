@@ -582,13 +582,15 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
             }
         }
         ClientCmd::Service(ServiceCmd::Logs { name }) => {
-            let r = c
+            let mut s = c
                 .service_logs(api::NamesRequest { names: vec![name] })
                 .await
                 .map_err(status)?
                 .into_inner();
-            for l in r.lines {
-                println!("{l}");
+            while let Some(r) = s.message().await.map_err(status)? {
+                for l in r.lines {
+                    println!("{l}");
+                }
             }
         }
         ClientCmd::Run(a) => {

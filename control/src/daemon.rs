@@ -619,7 +619,7 @@ impl Daemon {
             self.cluster.service_meta.remove(n);
             // Its logs and working directories go with it.
             for id in &ids {
-                let _ = std::fs::remove_file(self.log_path(id));
+                crate::logs::remove(&self.log_path(id));
                 let _ = std::fs::remove_dir_all(self.cfg.data_root.join("tasks").join(id));
             }
         }
@@ -748,9 +748,11 @@ impl Daemon {
         self.cfg.data_root.join("logs").join(format!("{id}.log"))
     }
 
-    fn service_logs(&self, r: api::NamesRequest) -> Result<api::LogsReply, Status> {
+    /// What `service logs` reads: each task's line prefix and log file. Only this is done
+    /// under the state lock; the files are read (and streamed) after it is released.
+    fn service_log_sources(&self, r: api::NamesRequest) -> Result<Vec<(String, PathBuf)>, Status> {
         self.require_swarm()?;
-        let mut lines = Vec::new();
+        let mut sources = Vec::new();
         for n in &r.names {
             if self.cluster.services.get(n).is_none() {
                 return Err(Status::not_found(format!("service {n} not found")));
@@ -767,14 +769,19 @@ impl Daemon {
                 .values()
                 .filter(|t| t.service.as_deref() == Some(n))
             {
-                if let Ok(text) = std::fs::read_to_string(self.log_path(&t.id)) {
-                    for l in text.lines() {
-                        lines.push(format!("{}@{host}    | {l}", t.full_name()));
-                    }
-                }
+                sources.push((format!("{}@{host}", t.full_name()), self.log_path(&t.id)));
             }
         }
-        Ok(api::LogsReply { lines })
+        Ok(sources)
+    }
+
+    /// Every task's log file (for rotation, outside the lock).
+    fn log_paths(&self) -> Vec<PathBuf> {
+        self.cluster
+            .tasks
+            .keys()
+            .map(|id| self.log_path(id))
+            .collect()
     }
 
     // ---- standalone endpoints ----
@@ -933,7 +940,7 @@ impl Daemon {
         for id in ids {
             self.stop_task(&id, TStatus::Shutdown);
             self.cluster.tasks.remove(&id);
-            let _ = std::fs::remove_file(self.log_path(&id));
+            crate::logs::remove(&self.log_path(&id));
         }
         self.commit()?;
         Ok(api::Empty {})
@@ -1286,7 +1293,7 @@ impl Daemon {
                 *k += 1;
                 if *k > HISTORY || slot > want {
                     self.cluster.tasks.remove(&id);
-                    let _ = std::fs::remove_file(self.log_path(&id));
+                    crate::logs::remove(&self.log_path(&id));
                     let _ = std::fs::remove_dir_all(self.cfg.data_root.join("tasks").join(&id));
                     changed = true;
                 }
@@ -1496,11 +1503,42 @@ impl api::swarmgate_server::Swarmgate for Api {
     ) -> Result<Response<api::Empty>, Status> {
         self.call(move |d| d.service_remove(r.into_inner())).await
     }
+    type ServiceLogsStream = tokio_stream::wrappers::ReceiverStream<Result<api::LogsReply, Status>>;
+
     async fn service_logs(
         &self,
         r: Request<api::NamesRequest>,
-    ) -> Result<Response<api::LogsReply>, Status> {
-        self.call(move |d| d.service_logs(r.into_inner())).await
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        let sources = self
+            .call(move |d| d.service_log_sources(r.into_inner()))
+            .await?
+            .into_inner();
+        // Streamed in batches of lines, a line at a time from disk: memory stays bounded
+        // whatever the logs hold, and the state lock is not held while reading.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::new();
+            let mut open = true;
+            for (prefix, path) in sources {
+                crate::logs::for_each_line(&path, crate::logs::MAX_FILES, |l| {
+                    batch.push(format!("{prefix}    | {l}"));
+                    if batch.len() == 512 {
+                        let lines = std::mem::take(&mut batch);
+                        open = tx.blocking_send(Ok(api::LogsReply { lines })).is_ok();
+                    }
+                    open
+                });
+                if !open {
+                    return; // the client went away
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.blocking_send(Ok(api::LogsReply { lines: batch }));
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
     async fn container_run(
         &self,
@@ -1596,19 +1634,30 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
             tick.tick().await;
             let d = bg.clone();
             let r = tokio::task::spawn_blocking(move || {
-                let mut d = lock_state(&d);
-                if d.reconcile() {
-                    if let Err(e) = d.commit() {
-                        eprintln!("swarmgate: {}", e.message());
+                let logs = {
+                    let mut d = lock_state(&d);
+                    if d.reconcile() {
+                        if let Err(e) = d.commit() {
+                            eprintln!("swarmgate: {}", e.message());
+                        }
                     }
-                }
-                if let Err(e) = d.dp.tick() {
-                    eprintln!("swarmgate: data plane: {e:#}");
-                    if e.downcast_ref::<crate::dataplane::Fatal>().is_some() {
-                        // Never a silent half-dead node: exit so the supervisor restarts
-                        // the daemon, which adopts the running tasks.
-                        eprintln!("swarmgate: exiting on a fatal data-plane error");
-                        std::process::exit(70);
+                    if let Err(e) = d.dp.tick() {
+                        eprintln!("swarmgate: data plane: {e:#}");
+                        if e.downcast_ref::<crate::dataplane::Fatal>().is_some() {
+                            // Never a silent half-dead node: exit so the supervisor
+                            // restarts the daemon, which adopts the running tasks.
+                            eprintln!("swarmgate: exiting on a fatal data-plane error");
+                            std::process::exit(70);
+                        }
+                    }
+                    d.log_paths()
+                };
+                // Log rotation is file I/O: done with the state lock released.
+                for p in logs {
+                    if let Err(e) =
+                        crate::logs::rotate(&p, crate::logs::MAX_SIZE, crate::logs::MAX_FILES)
+                    {
+                        eprintln!("swarmgate: rotating {}: {e}", p.display());
                     }
                 }
             })

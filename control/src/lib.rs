@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod dns;
 pub mod ipam;
+pub mod logs;
 pub mod network;
 pub mod publish;
 pub mod service;

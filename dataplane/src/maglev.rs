@@ -9,6 +9,9 @@
 
 use core::net::Ipv4Addr;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use crate::hash::stable_hash;
 use crate::wire::{EthernetAddress, IpProtocol};
 
@@ -77,14 +80,15 @@ impl MaglevTable {
         if names.len() >= NO_BACKEND as usize || names.len() > size {
             return Err(MaglevError::TooManyBackends);
         }
-        let mut entries = vec![NO_BACKEND; size].into_boxed_slice();
         let n = names.len();
         if n == 0 {
+            // No backends, no table: every lookup answers `None` without one.
             return Ok(MaglevTable {
-                entries,
+                entries: Box::new([]),
                 backends: 0,
             });
         }
+        let mut entries = vec![NO_BACKEND; size].into_boxed_slice();
         let m = size as u64;
         let perm: Vec<(u64, u64)> = names
             .iter()
@@ -121,6 +125,9 @@ impl MaglevTable {
     /// Index of the backend for `hash`, `None` without backends.
     #[inline]
     pub fn lookup(&self, hash: u64) -> Option<usize> {
+        if self.entries.is_empty() {
+            return None;
+        }
         let e = self.entries[(hash % self.entries.len() as u64) as usize];
         (e != NO_BACKEND).then_some(e as usize)
     }
@@ -139,6 +146,54 @@ impl MaglevTable {
             }
         }
         v
+    }
+}
+
+/// The stable names a backend set's table is built from: the addresses, in order.
+fn backend_names(backends: &[Backend]) -> Vec<[u8; 4]> {
+    backends.iter().map(|b| b.ip.octets()).collect()
+}
+
+/// Maglev tables by backend list, kept by the control side across snapshots: a table is
+/// built only when a backend list is new, and shared by every service over that list.
+#[derive(Debug, Default)]
+pub struct MaglevCache {
+    tables: HashMap<Vec<[u8; 4]>, Arc<MaglevTable>>,
+    built: u64,
+}
+
+impl MaglevCache {
+    /// The table for `backends` (in this order), built now if no service has it.
+    pub fn table(&mut self, backends: &[Backend]) -> Result<Arc<MaglevTable>, MaglevError> {
+        let names = backend_names(backends);
+        if let Some(t) = self.tables.get(&names) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(MaglevTable::new(&names, DEFAULT_TABLE_SIZE)?);
+        self.built += 1;
+        self.tables.insert(names, t.clone());
+        Ok(t)
+    }
+
+    /// Forgets tables no service holds any more (call after publishing a snapshot; a
+    /// table still held by an older snapshot goes at a later call).
+    pub fn prune(&mut self) {
+        self.tables.retain(|_, t| Arc::strong_count(t) > 1);
+    }
+
+    /// Tables built so far.
+    pub fn built(&self) -> u64 {
+        self.built
+    }
+
+    /// Tables held.
+    pub fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// True when no table is held.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
     }
 }
 
@@ -163,7 +218,7 @@ pub struct VipService {
     /// Port the tasks listen on (the target port).
     pub target_port: u16,
     backends: Vec<Backend>,
-    table: MaglevTable,
+    table: Arc<MaglevTable>,
 }
 
 impl VipService {
@@ -175,8 +230,32 @@ impl VipService {
         target_port: u16,
         backends: Vec<Backend>,
     ) -> Result<VipService, MaglevError> {
-        let names: Vec<[u8; 4]> = backends.iter().map(|b| b.ip.octets()).collect();
-        let table = MaglevTable::new(&names, DEFAULT_TABLE_SIZE)?;
+        let table = Arc::new(MaglevTable::new(
+            &backend_names(&backends),
+            DEFAULT_TABLE_SIZE,
+        )?);
+        Ok(VipService {
+            vip,
+            protocol,
+            port,
+            target_port,
+            backends,
+            table,
+        })
+    }
+
+    /// As [`VipService::new`], with the table taken from `cache`: services over the same
+    /// backends (the published ports of one service, its VIPs on several networks, the
+    /// same service in the next snapshot) share one table, built once.
+    pub fn cached(
+        vip: Ipv4Addr,
+        protocol: IpProtocol,
+        port: u16,
+        target_port: u16,
+        backends: Vec<Backend>,
+        cache: &mut MaglevCache,
+    ) -> Result<VipService, MaglevError> {
+        let table = cache.table(&backends)?;
         Ok(VipService {
             vip,
             protocol,
@@ -298,5 +377,50 @@ mod tests {
         let a = MaglevTable::new(&names(7), DEFAULT_TABLE_SIZE).unwrap();
         let b = MaglevTable::new(&names(7), DEFAULT_TABLE_SIZE).unwrap();
         assert_eq!(a.entries, b.entries);
+    }
+
+    #[test]
+    fn the_cache_builds_a_table_once_per_backend_list() {
+        let b = |i: u8| Backend {
+            ip: Ipv4Addr::new(10, 0, 0, i),
+            mac: EthernetAddress([2, 0x42, 10, 0, 0, i]),
+        };
+        let mut c = MaglevCache::default();
+        let vip = Ipv4Addr::new(192, 168, 1, 1);
+        // 200 published ports of one service: one table.
+        let ports: Vec<VipService> = (0..200u16)
+            .map(|p| {
+                VipService::cached(vip, IpProtocol::TCP, 8000 + p, 80, vec![b(2), b(3)], &mut c)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!((c.built(), c.len()), (1, 1));
+        assert!(Arc::ptr_eq(&ports[0].table, &ports[199].table));
+        // The next snapshot with the same backends builds nothing.
+        let again =
+            VipService::cached(vip, IpProtocol::TCP, 8000, 80, vec![b(2), b(3)], &mut c).unwrap();
+        assert_eq!(c.built(), 1);
+        assert_eq!(again.pick(42), ports[0].pick(42));
+        // A new backend list builds one more; a service without backends has no table.
+        let three = VipService::cached(
+            vip,
+            IpProtocol::TCP,
+            8000,
+            80,
+            vec![b(2), b(3), b(4)],
+            &mut c,
+        )
+        .unwrap();
+        let none = VipService::cached(vip, IpProtocol::TCP, 9000, 80, vec![], &mut c).unwrap();
+        assert_eq!(c.built(), 3);
+        assert_eq!(none.table.size(), 0, "no table without backends");
+        assert_eq!(none.pick(7), None);
+        // Tables nobody holds are pruned.
+        drop((ports, again, none));
+        c.prune();
+        assert_eq!(c.len(), 1);
+        drop(three);
+        c.prune();
+        assert!(c.is_empty());
     }
 }

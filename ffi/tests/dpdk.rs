@@ -71,6 +71,19 @@ fn wrappers_on_a_real_eal() {
     }
     let stats = port.stats().unwrap();
     assert_eq!((stats.opackets, stats.ipackets), (5, 5));
+    // Receiving into a burst that still holds packets frees them, never leaks them.
+    let mut full = RxBurst::default();
+    for _ in 0..4 {
+        full.push(pool.alloc().unwrap()).unwrap();
+    }
+    let held = pool.available();
+    assert_eq!(rxq.rx(&mut full), 0);
+    assert!(full.is_empty());
+    assert_eq!(
+        pool.available(),
+        held + 4,
+        "the burst's old packets went back to the pool"
+    );
     let _ = mac; // net_ring ports have an all-zero MAC; mac() succeeding is the check
 
     // rte_ring of mbufs.

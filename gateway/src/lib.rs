@@ -21,6 +21,8 @@
 //! `swarmgate gateway -c FILE` mode used by the interop tests, static networks and peers
 //! from the TOML file.
 
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod epoch_store;
 pub mod kernel;
@@ -40,7 +42,7 @@ use swarmgate_aead::IcvLen;
 use swarmgate_control::dataplane::{Fatal, Host, NetState, NodeState};
 use swarmgate_control::publish::Protocol;
 use swarmgate_dataplane::esp::{EpochSource, SaDatabase, SEQ_LIMIT};
-use swarmgate_dataplane::maglev::{Backend, VipService};
+use swarmgate_dataplane::maglev::{Backend, MaglevCache, VipService};
 use swarmgate_dataplane::tables::{NetworkSpec, Router, Tables, Underlay};
 use swarmgate_dataplane::wire::{EthernetAddress, IpProtocol, Vni};
 use swarmgate_dataplane::Counters;
@@ -84,6 +86,8 @@ pub struct Gateway {
     epoch_error_logged: Option<Instant>,
     /// Set once a worker is found dead: the gateway cannot go on.
     dead: Option<String>,
+    /// Maglev tables by backend list, kept across snapshots.
+    maglev: MaglevCache,
     port_info: Vec<PortInfo>,
     network_ports: Vec<u16>,
     underlay_mac: EthernetAddress,
@@ -266,6 +270,7 @@ impl Gateway {
             epochs,
             epoch_error_logged: None,
             dead: None,
+            maglev: MaglevCache::default(),
             port_info,
             network_ports,
             underlay_mac,
@@ -511,7 +516,14 @@ impl Gateway {
             for v in &n.vips {
                 t.add_vip(
                     vni,
-                    vip_service(v.ip, v.protocol, v.port, v.target, &v.backends)?,
+                    vip_service(
+                        v.ip,
+                        v.protocol,
+                        v.port,
+                        v.target,
+                        &v.backends,
+                        &mut self.maglev,
+                    )?,
                     router.mac,
                 )?;
             }
@@ -523,11 +535,19 @@ impl Gateway {
             }
             t.add_ingress(
                 vni,
-                vip_service(addr, p.protocol, p.port, p.target, &p.backends)?,
+                vip_service(
+                    addr,
+                    p.protocol,
+                    p.port,
+                    p.target,
+                    &p.backends,
+                    &mut self.maglev,
+                )?,
             )?;
         }
         t.esp = self.sas.tables();
         self.tables.store(Arc::new(t));
+        self.maglev.prune();
         Ok(())
     }
 
@@ -679,6 +699,7 @@ fn vip_service(
     port: u16,
     target: u16,
     backends: &[Host],
+    cache: &mut MaglevCache,
 ) -> anyhow::Result<VipService> {
     let proto = match protocol {
         Protocol::Tcp => IpProtocol::TCP,
@@ -691,7 +712,8 @@ fn vip_service(
             mac: h.mac,
         })
         .collect();
-    VipService::new(ip, proto, port, target, b).map_err(|e| anyhow::anyhow!("{ip}:{port}: {e:?}"))
+    VipService::cached(ip, proto, port, target, b, cache)
+        .map_err(|e| anyhow::anyhow!("{ip}:{port}: {e:?}"))
 }
 
 /// Opens, checks and configures port `name` with `nq` queue pairs.

@@ -3,6 +3,8 @@
 //! to it over its Unix socket; `gateway -c FILE` runs the data plane alone from static
 //! tables (interop tests with the kernel's VXLAN).
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
