@@ -106,6 +106,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     config.display()
                 );
             }
+            if cfg.dpdk.cores.len() > 1 {
+                // Connection tables are per worker, and nothing yet steers a connection's
+                // reply to the worker that translated it: several workers would break VIP
+                // and published-port connections, silently. Refused until that exists.
+                anyhow::bail!(
+                    "{}: the daemon runs one data-plane worker (dpdk.cores = [N]) until connections are steered between workers",
+                    config.display()
+                );
+            }
             let gw = Gateway::start(cfg, Duration::from_micros(idle_sleep_us))?;
             swarmgate_control::daemon::run(
                 swarmgate_control::daemon::DaemonConfig {

@@ -73,3 +73,32 @@ fn bad_inputs_get_one_clear_line() {
     assert_ne!(code, 0);
     assert!(err.contains("--bogus"));
 }
+
+#[test]
+fn the_daemon_refuses_several_worker_cores() {
+    let p = write(
+        "cores",
+        r#"
+[dpdk]
+cores = [0, 1]
+
+[underlay]
+device = "net_af_packet0,iface=b0"
+address = "192.168.77.2/24"
+"#,
+    );
+    let dir = std::env::temp_dir().join(format!("sg-cli-{}-root", std::process::id()));
+    let (code, _, err) = swarmgate(&[
+        "daemon",
+        "-c",
+        &p,
+        "--data-root",
+        &dir.display().to_string(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("the daemon runs one data-plane worker"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
