@@ -36,4 +36,4 @@ pub use eal::{hotplug, pin_current_thread, register_thread, Eal};
 pub use error::DpdkError;
 pub use mbuf::{Mbuf, Mempool, RxBurst, TxBatch, BURST_MAX};
 pub use port::{Port, PortStats, RxQueue, TxQueue};
-pub use ring::Ring;
+pub use ring::{spsc, Ring, SpscConsumer, SpscProducer};

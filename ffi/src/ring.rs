@@ -1,38 +1,34 @@
 //! `rte_ring`: a lock-free ring of mbufs between cores.
+//!
+//! Two kinds, and the type system keeps them apart:
+//! * [`Ring`] is multi-producer/multi-consumer: any number of threads may enqueue and
+//!   dequeue at once through `&Ring`, so it is `Send + Sync`;
+//! * [`spsc`] makes a single-producer/single-consumer ring (DPDK's faster mode, which is
+//!   undefined behaviour with two producers or two consumers) and hands out its two ends,
+//!   [`SpscProducer`] and [`SpscConsumer`]: each moves to one thread, and its operations
+//!   take `&mut self`, so a second producer or consumer cannot exist in safe code.
 
 use std::ffi::CString;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use crate::error::{non_null, DpdkError};
 use crate::mbuf::{Mbuf, RxBurst, TxBatch};
 use crate::sys;
 
-/// A multi-producer, multi-consumer ring of mbufs (or single-producer/single-consumer with
-/// [`Ring::new_spsc`]).
+/// The ring itself: created once, freed (drained first) when its last owner drops.
 #[derive(Debug)]
-pub struct Ring {
-    raw: NonNull<sys::rte_ring>,
-}
+struct RawRing(NonNull<sys::rte_ring>);
 
-// SAFETY: rte_ring is lock-free and safe for concurrent producers and consumers in the
-// mode it was created with; `new_spsc` rings are documented single-producer/consumer and
-// the gateway gives each end to one thread.
-unsafe impl Send for Ring {}
-// SAFETY: see above.
-unsafe impl Sync for Ring {}
+// SAFETY: an rte_ring may be used from any thread; which operations may run concurrently
+// is decided by the handle types built on it (see the module docs).
+unsafe impl Send for RawRing {}
+// SAFETY: shared only as `Ring` (MP/MC, safe concurrently) or inside the SPSC handles,
+// whose enqueue/dequeue need `&mut` of the one handle per end.
+unsafe impl Sync for RawRing {}
 
-impl Ring {
-    /// A ring of `size` slots (a power of two; one is kept empty).
-    pub fn new(name: &str, size: u32) -> Result<Ring, DpdkError> {
-        Self::create(name, size, 0)
-    }
-
-    /// A single-producer, single-consumer ring.
-    pub fn new_spsc(name: &str, size: u32) -> Result<Ring, DpdkError> {
-        Self::create(name, size, sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ)
-    }
-
-    fn create(name: &str, size: u32, flags: u32) -> Result<Ring, DpdkError> {
+impl RawRing {
+    fn create(name: &str, size: u32, flags: u32) -> Result<RawRing, DpdkError> {
         if !size.is_power_of_two() {
             return Err(DpdkError::InvalidArgument(format!(
                 "ring size {size} is not a power of two"
@@ -41,30 +37,31 @@ impl Ring {
         let c = CString::new(name).map_err(|_| DpdkError::InvalidArgument(name.to_owned()))?;
         // SAFETY: `c` valid for the call; socket -1 = any.
         let p = unsafe { sys::rte_ring_create(c.as_ptr(), size, -1, flags) };
-        Ok(Ring {
-            raw: non_null(p, "rte_ring_create")?,
-        })
+        Ok(RawRing(non_null(p, "rte_ring_create")?))
     }
 
-    /// Moves as many of `batch`'s mbufs into the ring as fit; the rest stay in `batch`.
-    pub fn enqueue(&self, batch: &mut TxBatch) -> usize {
+    /// Caller guarantees the ring's producer mode allows this call to run now.
+    fn enqueue(&self, batch: &mut TxBatch) -> usize {
         let (ptrs, len) = batch.raw();
         // SAFETY: the first `len` pointers are owned mbufs; the ring takes the first `n`.
         let n = unsafe {
-            sys::sg_ring_enqueue_burst(self.raw.as_ptr(), ptrs as *const *mut _ as _, len as u32)
+            sys::sg_ring_enqueue_burst(self.0.as_ptr(), ptrs as *const *mut _ as _, len as u32)
         };
         batch.consumed(n as usize);
         n as usize
     }
 
-    /// Moves up to a burst of mbufs from the ring into `burst` (which must be empty).
-    pub fn dequeue(&self, burst: &mut RxBurst) -> usize {
-        debug_assert!(burst.is_empty());
+    /// Caller guarantees the ring's consumer mode allows this call to run now.
+    fn dequeue(&self, burst: &mut RxBurst) -> usize {
+        // Packets still in the burst would be overwritten (leaked): free them first.
+        if !burst.is_empty() {
+            burst.drain().for_each(drop::<Mbuf>);
+        }
         // SAFETY: the slots have room for BURST_MAX pointers; every pointer in the ring is an
         // owned mbuf put there by `enqueue`.
         unsafe {
             let n = sys::sg_ring_dequeue_burst(
-                self.raw.as_ptr(),
+                self.0.as_ptr(),
                 burst.raw_slots() as _,
                 crate::BURST_MAX as u32,
             ) as usize;
@@ -73,10 +70,53 @@ impl Ring {
         }
     }
 
+    fn len(&self) -> usize {
+        // SAFETY: the ring is live; the count is a read of two indices, safe concurrently.
+        unsafe { sys::sg_ring_count(self.0.as_ptr()) as usize }
+    }
+}
+
+impl Drop for RawRing {
+    fn drop(&mut self) {
+        // Last owner: nobody else enqueues or dequeues any more.
+        let mut b = RxBurst::default();
+        while self.dequeue(&mut b) > 0 {
+            b.drain().for_each(drop::<Mbuf>);
+        }
+        // SAFETY: drained; freed once.
+        unsafe { sys::rte_ring_free(self.0.as_ptr()) }
+    }
+}
+
+/// A multi-producer, multi-consumer ring of mbufs, usable from any number of threads.
+#[derive(Debug)]
+pub struct Ring {
+    raw: RawRing,
+}
+
+impl Ring {
+    /// A ring of `size` slots (a power of two; one is kept empty).
+    pub fn new(name: &str, size: u32) -> Result<Ring, DpdkError> {
+        Ok(Ring {
+            raw: RawRing::create(name, size, 0)?,
+        })
+    }
+
+    /// Moves as many of `batch`'s mbufs into the ring as fit; the rest stay in `batch`.
+    pub fn enqueue(&self, batch: &mut TxBatch) -> usize {
+        // MP/MC ring: concurrent enqueues are what it is made for.
+        self.raw.enqueue(batch)
+    }
+
+    /// Moves up to a burst of mbufs from the ring into `burst` (packets still in `burst`
+    /// are freed first).
+    pub fn dequeue(&self, burst: &mut RxBurst) -> usize {
+        self.raw.dequeue(burst)
+    }
+
     /// Entries in the ring.
     pub fn len(&self) -> usize {
-        // SAFETY: the ring is live.
-        unsafe { sys::sg_ring_count(self.raw.as_ptr()) as usize }
+        self.raw.len()
     }
 
     /// True when empty.
@@ -85,13 +125,61 @@ impl Ring {
     }
 }
 
-impl Drop for Ring {
-    fn drop(&mut self) {
-        let mut b = RxBurst::default();
-        while self.dequeue(&mut b) > 0 {
-            b.drain().for_each(drop::<Mbuf>);
-        }
-        // SAFETY: drained; freed once.
-        unsafe { sys::rte_ring_free(self.raw.as_ptr()) }
+/// The one producing end of a single-producer/single-consumer ring.
+#[derive(Debug)]
+pub struct SpscProducer {
+    raw: Arc<RawRing>,
+}
+
+/// The one consuming end of a single-producer/single-consumer ring.
+#[derive(Debug)]
+pub struct SpscConsumer {
+    raw: Arc<RawRing>,
+}
+
+/// A single-producer, single-consumer ring of `size` slots, as its two ends.
+pub fn spsc(name: &str, size: u32) -> Result<(SpscProducer, SpscConsumer), DpdkError> {
+    let raw = Arc::new(RawRing::create(
+        name,
+        size,
+        sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ,
+    )?);
+    Ok((SpscProducer { raw: raw.clone() }, SpscConsumer { raw }))
+}
+
+impl SpscProducer {
+    /// Moves as many of `batch`'s mbufs into the ring as fit; the rest stay in `batch`.
+    pub fn enqueue(&mut self, batch: &mut TxBatch) -> usize {
+        // `&mut` of the only producer handle: no other enqueue can run.
+        self.raw.enqueue(batch)
+    }
+
+    /// Entries in the ring.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl SpscConsumer {
+    /// Moves up to a burst of mbufs from the ring into `burst` (packets still in `burst`
+    /// are freed first).
+    pub fn dequeue(&mut self, burst: &mut RxBurst) -> usize {
+        // `&mut` of the only consumer handle: no other dequeue can run.
+        self.raw.dequeue(burst)
+    }
+
+    /// Entries in the ring.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

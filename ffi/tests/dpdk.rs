@@ -2,7 +2,7 @@
 //! process, so this file is one test binary with one EAL, and every check runs in one test.
 
 use swarmgate_dataplane::PacketBuf;
-use swarmgate_ffi::{hotplug, Eal, Mempool, Port, Ring, RxBurst, TxBatch};
+use swarmgate_ffi::{hotplug, spsc, Eal, Mempool, Port, Ring, RxBurst, TxBatch};
 
 fn eal_args() -> Vec<String> {
     let prefix = format!("sg-ffi-test-{}", std::process::id());
@@ -98,6 +98,33 @@ fn wrappers_on_a_real_eal() {
     let mut burst = RxBurst::default();
     assert_eq!(ring.dequeue(&mut burst), 3);
     drop(burst);
+
+    // A single-producer/single-consumer ring: its two ends on two threads.
+    let (mut tx_end, mut rx_end) = spsc("test-spsc", 256).unwrap();
+    let mut to_send: Vec<TxBatch> = Vec::new();
+    for _ in 0..20 {
+        let mut b = TxBatch::default();
+        for _ in 0..16 {
+            b.push(pool.alloc().unwrap()).unwrap();
+        }
+        to_send.push(b);
+    }
+    let producer = std::thread::spawn(move || {
+        for mut b in to_send {
+            while !b.is_empty() {
+                tx_end.enqueue(&mut b);
+            }
+        }
+    });
+    let mut got = 0;
+    let mut burst = RxBurst::default();
+    while got < 320 {
+        got += rx_end.dequeue(&mut burst);
+        burst.drain().for_each(drop);
+    }
+    producer.join().unwrap();
+    assert!(rx_end.is_empty());
+    drop(rx_end);
 
     // Hot-plug: a device added while running becomes a port.
     hotplug::probe("net_null7").expect("probe net_null7");
