@@ -3,18 +3,42 @@
 use std::ffi::CString;
 use std::os::raw::c_char;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::error::{check, errno_error, DpdkError};
 use crate::sys;
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
 
-/// The initialised EAL. At most one per process; dropping it calls `rte_eal_cleanup`, after
-/// which DPDK cannot be used again in this process. Drop every port, ring, mbuf and mempool
-/// first.
+/// Set when a mempool was dropped while some of its mbufs were still out, so it was not
+/// freed: the EAL's memory must then stay mapped until the process ends.
+pub(crate) static POOL_LEAKED: AtomicBool = AtomicBool::new(false);
+
+/// Keeps the EAL up: held by the [`Eal`] handle and by every mempool, port, queue and
+/// ring made from it, so `rte_eal_cleanup` runs only after the last of them is gone.
+#[derive(Debug)]
+pub(crate) struct EalGuard {
+    _private: (),
+}
+
+impl Drop for EalGuard {
+    fn drop(&mut self) {
+        if POOL_LEAKED.load(Ordering::SeqCst) {
+            return; // mbufs may still point into EAL memory
+        }
+        // SAFETY: the last user of DPDK in this process is gone; cleanup once.
+        unsafe { sys::rte_eal_cleanup() };
+    }
+}
+
+/// The initialised EAL: at most one per process. Everything that needs DPDK up —
+/// mempools, ports, rings, hot-plug — takes `&Eal`, so using DPDK before `init` does not
+/// compile, and keeps the EAL alive: `rte_eal_cleanup` runs when the handle and every
+/// object made from it are gone, never under them. DPDK cannot be initialised again in
+/// the same process.
 #[derive(Debug)]
 pub struct Eal {
-    _private: (),
+    guard: Arc<EalGuard>,
 }
 
 impl Eal {
@@ -41,15 +65,15 @@ impl Eal {
             INITIALISED.store(false, Ordering::SeqCst);
             return Err(errno_error("rte_eal_init"));
         }
-        Ok(Eal { _private: () })
+        Ok(Eal {
+            guard: Arc::new(EalGuard { _private: () }),
+        })
     }
 }
 
-impl Drop for Eal {
-    fn drop(&mut self) {
-        // SAFETY: EAL was initialised by this value; cleanup releases its resources. Ports
-        // and pools are owned by values that the caller drops first (documented above).
-        unsafe { sys::rte_eal_cleanup() };
+impl Eal {
+    pub(crate) fn guard(&self) -> Arc<EalGuard> {
+        self.guard.clone()
     }
 }
 
@@ -97,7 +121,7 @@ pub mod hotplug {
     /// Probes a device from a devargs string, e.g. `net_tap3,iface=sg-4099`
     /// (`rte_dev_probe`). The new port is then found with
     /// [`Port::by_name`](crate::Port::by_name).
-    pub fn probe(devargs: &str) -> Result<(), DpdkError> {
+    pub fn probe(_eal: &Eal, devargs: &str) -> Result<(), DpdkError> {
         let c =
             CString::new(devargs).map_err(|_| DpdkError::InvalidArgument(devargs.to_owned()))?;
         // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
@@ -106,10 +130,19 @@ pub mod hotplug {
 
     /// Removes a probed device by its devargs name (`rte_dev_remove` is by device; DPDK's
     /// `rte_eal_hotplug_remove` wants bus and name: virtual devices live on `vdev`).
-    pub fn remove(name: &str) -> Result<(), DpdkError> {
+    /// Refused while a [`Port`](crate::Port) for it, or any of its queues, is alive:
+    /// detaching a device under a queue would leave the queue polling freed memory, and
+    /// DPDK may give the port id to the next device.
+    pub fn remove(_eal: &Eal, name: &str) -> Result<(), DpdkError> {
+        if crate::port::is_open(name) {
+            return Err(DpdkError::InvalidArgument(format!(
+                "device {name} still has an open port or queues"
+            )));
+        }
         let bus = CString::new("vdev").expect("no NUL");
         let c = CString::new(name).map_err(|_| DpdkError::InvalidArgument(name.to_owned()))?;
-        // SAFETY: both strings are valid NUL-terminated for the call's duration.
+        // SAFETY: both strings are valid NUL-terminated for the call's duration; no port
+        // value refers to the device (checked above).
         check(
             unsafe { sys::rte_eal_hotplug_remove(bus.as_ptr(), c.as_ptr()) },
             "rte_eal_hotplug_remove",

@@ -7,6 +7,9 @@ use std::ptr::NonNull;
 
 use swarmgate_dataplane::PacketBuf;
 
+use std::sync::Arc;
+
+use crate::eal::{Eal, EalGuard};
 use crate::error::{non_null, DpdkError};
 use crate::sys;
 
@@ -17,6 +20,8 @@ pub const BURST_MAX: usize = 32;
 #[derive(Debug)]
 pub struct Mempool {
     raw: NonNull<sys::rte_mempool>,
+    size: u32,
+    _eal: Arc<EalGuard>,
 }
 
 // SAFETY: DPDK mempools are designed for concurrent use from many threads (lock-free ring
@@ -28,12 +33,20 @@ unsafe impl Sync for Mempool {}
 impl Mempool {
     /// A pool of `n` mbufs with `cache` per-lcore cache entries and a data room of
     /// `data_room` bytes (headroom included; DPDK's default is 2048 + 128).
-    pub fn new(name: &str, n: u32, cache: u32, data_room: u16) -> Result<Mempool, DpdkError> {
+    pub fn new(
+        eal: &Eal,
+        name: &str,
+        n: u32,
+        cache: u32,
+        data_room: u16,
+    ) -> Result<Mempool, DpdkError> {
         let c = CString::new(name).map_err(|_| DpdkError::InvalidArgument(name.to_owned()))?;
         // SAFETY: `c` is valid for the call; socket -1 (SOCKET_ID_ANY) lets DPDK choose.
         let p = unsafe { sys::rte_pktmbuf_pool_create(c.as_ptr(), n, cache, 0, data_room, -1) };
         Ok(Mempool {
             raw: non_null(p, "rte_pktmbuf_pool_create")?,
+            size: n,
+            _eal: eal.guard(),
         })
     }
 
@@ -59,8 +72,15 @@ impl Mempool {
 
 impl Drop for Mempool {
     fn drop(&mut self) {
-        // SAFETY: owners stop and close ports (which hold mbufs from this pool) before
-        // dropping it; rte_mempool_free tolerates a pool that is no longer referenced.
+        // An `Mbuf` does not borrow its pool (a lifetime on every packet would tie the
+        // worker threads to the pool's owner). Instead a pool whose mbufs are not all back
+        // — held by an `Mbuf`, a burst, a ring or a port's descriptors — is never freed:
+        // its memory stays valid for them, and the EAL's memory stays mapped with it.
+        if self.available() < self.size {
+            crate::eal::POOL_LEAKED.store(true, std::sync::atomic::Ordering::SeqCst);
+            return;
+        }
+        // SAFETY: every mbuf of the pool is back in it; nothing refers to the pool.
         unsafe { sys::rte_mempool_free(self.raw.as_ptr()) }
     }
 }

@@ -6,6 +6,10 @@ use std::marker::PhantomData;
 
 use swarmgate_dataplane::wire::EthernetAddress;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::eal::{Eal, EalGuard};
 use crate::error::{check, DpdkError};
 use crate::mbuf::{Mempool, RxBurst, TxBatch, BURST_MAX};
 use crate::sys;
@@ -35,10 +39,44 @@ pub struct PortStats {
 /// per-queue handles from [`Port::queues`], each of which only one thread can hold.
 #[derive(Debug)]
 pub struct Port {
+    dev: Arc<Device>,
+    queues: u16,
+}
+
+/// An open ethdev: stopped and closed when the last of its [`Port`] and queues is gone,
+/// so a queue never polls a closed (or detached, or re-used) port id.
+#[derive(Debug)]
+struct Device {
     id: u16,
     name: String,
-    queues: u16,
-    started: bool,
+    started: AtomicBool,
+    _eal: Arc<EalGuard>,
+}
+
+/// Names of the devices with a live [`Device`]: one `Port` per device, and no hot-unplug
+/// under one.
+static OPEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Whether a port or queue of device `name` is alive.
+pub(crate) fn is_open(name: &str) -> bool {
+    OPEN.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|n| n == name)
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if self.started.load(Ordering::SeqCst) {
+            // SAFETY: valid port; no queue is left to poll it (this is the last owner).
+            unsafe { sys::rte_eth_dev_stop(self.id) };
+        }
+        // SAFETY: stopped; closing releases its queues and mbufs.
+        unsafe { sys::rte_eth_dev_close(self.id) };
+        OPEN.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|n| *n != self.name);
+    }
 }
 
 /// The receive side of one queue: `Send`, not `Sync`, not `Clone` — one poller per queue,
@@ -47,6 +85,7 @@ pub struct Port {
 pub struct RxQueue {
     port: u16,
     queue: u16,
+    _dev: Arc<Device>,
     _single_thread: PhantomData<Cell<()>>,
 }
 
@@ -55,13 +94,20 @@ pub struct RxQueue {
 pub struct TxQueue {
     port: u16,
     queue: u16,
+    _dev: Arc<Device>,
     _single_thread: PhantomData<Cell<()>>,
 }
 
 impl Port {
     /// The port DPDK created for device `name` (e.g. `net_af_packet0`).
-    pub fn by_name(name: &str) -> Result<Port, DpdkError> {
+    pub fn by_name(eal: &Eal, name: &str) -> Result<Port, DpdkError> {
         let c = CString::new(name).map_err(|_| DpdkError::InvalidArgument(name.to_owned()))?;
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        if open.iter().any(|n| n == name) {
+            return Err(DpdkError::InvalidArgument(format!(
+                "port {name} is already open"
+            )));
+        }
         let mut id = 0u16;
         // SAFETY: `c` and `id` are valid for the call.
         check(
@@ -69,22 +115,26 @@ impl Port {
             "rte_eth_dev_get_port_by_name",
         )
         .map_err(|_| DpdkError::InvalidArgument(format!("no DPDK port named {name}")))?;
+        open.push(name.to_owned());
         Ok(Port {
-            id,
-            name: name.to_owned(),
+            dev: Arc::new(Device {
+                id,
+                name: name.to_owned(),
+                started: AtomicBool::new(false),
+                _eal: eal.guard(),
+            }),
             queues: 0,
-            started: false,
         })
     }
 
     /// The port id.
     pub fn id(&self) -> u16 {
-        self.id
+        self.dev.id
     }
 
     /// The device name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.dev.name
     }
 
     /// Most receive and transmit queues the PMD offers.
@@ -92,7 +142,7 @@ impl Port {
         let (mut rx, mut tx) = (0u16, 0u16);
         // SAFETY: out-pointers valid for the call.
         check(
-            unsafe { sys::sg_port_max_queues(self.id, &mut rx, &mut tx) },
+            unsafe { sys::sg_port_max_queues(self.dev.id, &mut rx, &mut tx) },
             "rte_eth_dev_info_get",
         )?;
         Ok((rx, tx))
@@ -111,7 +161,7 @@ impl Port {
         if queues == 0 || queues > mrx || queues > mtx {
             return Err(DpdkError::InvalidArgument(format!(
                 "port {} offers {mrx} rx / {mtx} tx queues, {queues} asked",
-                self.name
+                self.dev.name
             )));
         }
         let mut rss = 0;
@@ -119,7 +169,7 @@ impl Port {
         check(
             unsafe {
                 sys::sg_port_configure(
-                    self.id,
+                    self.dev.id,
                     queues,
                     queues,
                     descriptors,
@@ -140,13 +190,15 @@ impl Port {
             .map(|q| {
                 (
                     RxQueue {
-                        port: self.id,
+                        port: self.dev.id,
                         queue: q,
+                        _dev: self.dev.clone(),
                         _single_thread: PhantomData,
                     },
                     TxQueue {
-                        port: self.id,
+                        port: self.dev.id,
                         queue: q,
+                        _dev: self.dev.clone(),
                         _single_thread: PhantomData,
                     },
                 )
@@ -158,22 +210,29 @@ impl Port {
     pub fn start(&mut self) -> Result<(), DpdkError> {
         // SAFETY: valid, configured port.
         check(
-            unsafe { sys::rte_eth_dev_start(self.id) },
+            unsafe { sys::rte_eth_dev_start(self.dev.id) },
             "rte_eth_dev_start",
         )?;
-        self.started = true;
+        self.dev.started.store(true, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Stops the port.
+    /// Stops the port. Refused while its queues are out: a worker may be polling them.
+    /// (Dropping the port and its queues stops it too, once the last of them is gone.)
     pub fn stop(&mut self) -> Result<(), DpdkError> {
-        if self.started {
-            // SAFETY: valid port.
+        if Arc::strong_count(&self.dev) > 1 {
+            return Err(DpdkError::InvalidArgument(format!(
+                "port {} still has queues in use",
+                self.dev.name
+            )));
+        }
+        if self.dev.started.load(Ordering::SeqCst) {
+            // SAFETY: valid port; no queue exists to poll it.
             check(
-                unsafe { sys::rte_eth_dev_stop(self.id) },
+                unsafe { sys::rte_eth_dev_stop(self.dev.id) },
                 "rte_eth_dev_stop",
             )?;
-            self.started = false;
+            self.dev.started.store(false, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -182,7 +241,7 @@ impl Port {
     pub fn promiscuous(&self) -> Result<(), DpdkError> {
         // SAFETY: valid port.
         check(
-            unsafe { sys::rte_eth_promiscuous_enable(self.id) },
+            unsafe { sys::rte_eth_promiscuous_enable(self.dev.id) },
             "rte_eth_promiscuous_enable",
         )
         .map(|_| ())
@@ -193,7 +252,7 @@ impl Port {
         let mut b = [0u8; 6];
         // SAFETY: `b` is 6 writable bytes.
         check(
-            unsafe { sys::sg_port_mac(self.id, b.as_mut_ptr()) },
+            unsafe { sys::sg_port_mac(self.dev.id, b.as_mut_ptr()) },
             "rte_eth_macaddr_get",
         )?;
         Ok(EthernetAddress(b))
@@ -202,7 +261,7 @@ impl Port {
     /// Link state without waiting.
     pub fn link_up(&self) -> bool {
         // SAFETY: valid port.
-        unsafe { sys::sg_port_link_up(self.id) != 0 }
+        unsafe { sys::sg_port_link_up(self.dev.id) != 0 }
     }
 
     /// The driver's counters.
@@ -210,7 +269,7 @@ impl Port {
         let mut s = sys::sg_port_stats::default();
         // SAFETY: `s` is valid for writes.
         check(
-            unsafe { sys::sg_port_stats(self.id, &mut s) },
+            unsafe { sys::sg_port_stats(self.dev.id, &mut s) },
             "rte_eth_stats_get",
         )?;
         Ok(PortStats {
@@ -223,14 +282,6 @@ impl Port {
             oerrors: s.oerrors,
             rx_nombuf: s.rx_nombuf,
         })
-    }
-}
-
-impl Drop for Port {
-    fn drop(&mut self) {
-        let _ = self.stop();
-        // SAFETY: the port is stopped; closing releases its queues and mbufs.
-        unsafe { sys::rte_eth_dev_close(self.id) };
     }
 }
 

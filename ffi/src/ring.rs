@@ -12,13 +12,17 @@ use std::ffi::CString;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use crate::eal::{Eal, EalGuard};
 use crate::error::{non_null, DpdkError};
 use crate::mbuf::{Mbuf, RxBurst, TxBatch};
 use crate::sys;
 
 /// The ring itself: created once, freed (drained first) when its last owner drops.
 #[derive(Debug)]
-struct RawRing(NonNull<sys::rte_ring>);
+struct RawRing {
+    raw: NonNull<sys::rte_ring>,
+    _eal: Arc<EalGuard>,
+}
 
 // SAFETY: an rte_ring may be used from any thread; which operations may run concurrently
 // is decided by the handle types built on it (see the module docs).
@@ -28,7 +32,7 @@ unsafe impl Send for RawRing {}
 unsafe impl Sync for RawRing {}
 
 impl RawRing {
-    fn create(name: &str, size: u32, flags: u32) -> Result<RawRing, DpdkError> {
+    fn create(eal: &Eal, name: &str, size: u32, flags: u32) -> Result<RawRing, DpdkError> {
         if !size.is_power_of_two() {
             return Err(DpdkError::InvalidArgument(format!(
                 "ring size {size} is not a power of two"
@@ -37,7 +41,10 @@ impl RawRing {
         let c = CString::new(name).map_err(|_| DpdkError::InvalidArgument(name.to_owned()))?;
         // SAFETY: `c` valid for the call; socket -1 = any.
         let p = unsafe { sys::rte_ring_create(c.as_ptr(), size, -1, flags) };
-        Ok(RawRing(non_null(p, "rte_ring_create")?))
+        Ok(RawRing {
+            raw: non_null(p, "rte_ring_create")?,
+            _eal: eal.guard(),
+        })
     }
 
     /// Caller guarantees the ring's producer mode allows this call to run now.
@@ -45,7 +52,7 @@ impl RawRing {
         let (ptrs, len) = batch.raw();
         // SAFETY: the first `len` pointers are owned mbufs; the ring takes the first `n`.
         let n = unsafe {
-            sys::sg_ring_enqueue_burst(self.0.as_ptr(), ptrs as *const *mut _ as _, len as u32)
+            sys::sg_ring_enqueue_burst(self.raw.as_ptr(), ptrs as *const *mut _ as _, len as u32)
         };
         batch.consumed(n as usize);
         n as usize
@@ -61,7 +68,7 @@ impl RawRing {
         // owned mbuf put there by `enqueue`.
         unsafe {
             let n = sys::sg_ring_dequeue_burst(
-                self.0.as_ptr(),
+                self.raw.as_ptr(),
                 burst.raw_slots() as _,
                 crate::BURST_MAX as u32,
             ) as usize;
@@ -72,7 +79,7 @@ impl RawRing {
 
     fn len(&self) -> usize {
         // SAFETY: the ring is live; the count is a read of two indices, safe concurrently.
-        unsafe { sys::sg_ring_count(self.0.as_ptr()) as usize }
+        unsafe { sys::sg_ring_count(self.raw.as_ptr()) as usize }
     }
 }
 
@@ -84,7 +91,7 @@ impl Drop for RawRing {
             b.drain().for_each(drop::<Mbuf>);
         }
         // SAFETY: drained; freed once.
-        unsafe { sys::rte_ring_free(self.0.as_ptr()) }
+        unsafe { sys::rte_ring_free(self.raw.as_ptr()) }
     }
 }
 
@@ -96,9 +103,9 @@ pub struct Ring {
 
 impl Ring {
     /// A ring of `size` slots (a power of two; one is kept empty).
-    pub fn new(name: &str, size: u32) -> Result<Ring, DpdkError> {
+    pub fn new(eal: &Eal, name: &str, size: u32) -> Result<Ring, DpdkError> {
         Ok(Ring {
-            raw: RawRing::create(name, size, 0)?,
+            raw: RawRing::create(eal, name, size, 0)?,
         })
     }
 
@@ -138,8 +145,9 @@ pub struct SpscConsumer {
 }
 
 /// A single-producer, single-consumer ring of `size` slots, as its two ends.
-pub fn spsc(name: &str, size: u32) -> Result<(SpscProducer, SpscConsumer), DpdkError> {
+pub fn spsc(eal: &Eal, name: &str, size: u32) -> Result<(SpscProducer, SpscConsumer), DpdkError> {
     let raw = Arc::new(RawRing::create(
+        eal,
         name,
         size,
         sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ,

@@ -31,7 +31,7 @@ fn wrappers_on_a_real_eal() {
         Eal::init(&eal_args()),
         Err(swarmgate_ffi::DpdkError::AlreadyInitialised)
     ));
-    let pool = Mempool::new("test-pool", 1023, 32, 2048 + 128).expect("mempool");
+    let pool = Mempool::new(&eal, "test-pool", 1023, 32, 2048 + 128).expect("mempool");
     let free0 = pool.available();
 
     // Mbuf as a PacketBuf: DPDK's default 128 bytes of headroom, bounds enforced.
@@ -51,7 +51,7 @@ fn wrappers_on_a_real_eal() {
     assert_eq!(pool.available(), free0, "dropping an Mbuf frees it");
 
     // net_ring0 loops transmitted packets back to its receive queue.
-    let mut port = Port::by_name("net_ring0").expect("port");
+    let mut port = Port::by_name(&eal, "net_ring0").expect("port");
     port.configure(1, 256, &pool).expect("configure");
     let (mut rxq, mut txq) = port.queues().pop().unwrap();
     port.start().expect("start");
@@ -87,8 +87,8 @@ fn wrappers_on_a_real_eal() {
     let _ = mac; // net_ring ports have an all-zero MAC; mac() succeeding is the check
 
     // rte_ring of mbufs.
-    let ring = Ring::new("test-ring", 64).unwrap();
-    assert!(Ring::new("bad", 100).is_err());
+    let ring = Ring::new(&eal, "test-ring", 64).unwrap();
+    assert!(Ring::new(&eal, "bad", 100).is_err());
     let mut batch = TxBatch::default();
     for _ in 0..3 {
         batch.push(pool.alloc().unwrap()).unwrap();
@@ -100,7 +100,7 @@ fn wrappers_on_a_real_eal() {
     drop(burst);
 
     // A single-producer/single-consumer ring: its two ends on two threads.
-    let (mut tx_end, mut rx_end) = spsc("test-spsc", 256).unwrap();
+    let (mut tx_end, mut rx_end) = spsc(&eal, "test-spsc", 256).unwrap();
     let mut to_send: Vec<TxBatch> = Vec::new();
     for _ in 0..20 {
         let mut b = TxBatch::default();
@@ -127,15 +127,42 @@ fn wrappers_on_a_real_eal() {
     drop(rx_end);
 
     // Hot-plug: a device added while running becomes a port.
-    hotplug::probe("net_null7").expect("probe net_null7");
-    let null = Port::by_name("net_null7").expect("hot-plugged port");
+    hotplug::probe(&eal, "net_null7").expect("probe net_null7");
+    let mut null = Port::by_name(&eal, "net_null7").expect("hot-plugged port");
     assert_ne!(null.id(), port.id());
-    assert!(Port::by_name("net_nonexistent").is_err());
+    assert!(Port::by_name(&eal, "net_nonexistent").is_err());
+    assert!(
+        Port::by_name(&eal, "net_null7").is_err(),
+        "one Port per device: two would close it twice"
+    );
+    // Its queues keep the device open after the Port is gone; unplugging it under them,
+    // or stopping it while they are out, is refused.
+    null.configure(1, 64, &pool).unwrap();
+    null.start().unwrap();
+    let (mut nrx, ntx) = null.queues().pop().unwrap();
+    assert!(null.stop().is_err(), "stop with queues out");
     drop(null);
+    assert!(
+        hotplug::remove(&eal, "net_null7").is_err(),
+        "unplug under live queues"
+    );
+    let mut b = RxBurst::default();
+    let _ = nrx.rx(&mut b); // still a valid, open port
+    drop(b);
+    drop((nrx, ntx));
+    hotplug::remove(&eal, "net_null7").expect("unplugged once nothing refers to it");
 
     drop(ring);
     drop(port);
     assert_eq!(pool.available(), free0, "every mbuf came back");
     drop(pool);
+
+    // A pool dropped while one of its mbufs is alive is not freed under it.
+    let small = Mempool::new(&eal, "test-pool-2", 63, 0, 2048 + 128).unwrap();
+    let mut m = small.alloc().unwrap();
+    drop(small);
+    m.append(8).unwrap().copy_from_slice(b"still ok");
+    assert_eq!(m.data(), b"still ok");
+    drop(m);
     drop(eal);
 }

@@ -160,13 +160,13 @@ impl Gateway {
                 .with_context(|| format!("taking {iface} from the kernel"))?;
         }
         let eal = Eal::init(&args).context("DPDK EAL initialisation")?;
-        let pool =
-            Mempool::new("sg-mbufs", config.dpdk.mbufs, 256, 2048 + 128).context("mbuf pool")?;
+        let pool = Mempool::new(&eal, "sg-mbufs", config.dpdk.mbufs, 256, 2048 + 128)
+            .context("mbuf pool")?;
 
         let mut ports = Vec::new();
         let mut port_info = Vec::new();
         let mut open = |name: &str, role: &str, iface: Option<String>| {
-            open_port(&pool, nq, name, role, iface, &mut port_info)
+            open_port(&eal, &pool, nq, name, role, iface, &mut port_info)
         };
 
         let underlay_name = if underlay_is_vdev {
@@ -204,7 +204,7 @@ impl Gateway {
         for n in &config.networks {
             let iface = format!("sg-{}", n.vni);
             let name = format!("net_tap_sg{}", n.vni);
-            hotplug::probe(&with_queues(&format!("{name},iface={iface}"), nq))
+            hotplug::probe(&eal, &with_queues(&format!("{name},iface={iface}"), nq))
                 .with_context(|| format!("creating the TAP for network {}", n.name))?;
             let mut p = open(&name, &n.name, Some(iface.clone()))?;
             p.start()
@@ -380,7 +380,7 @@ impl Gateway {
                 }
                 self.ports.retain(|p| p.id() != d.port_id); // drop: stop + close
                 self.port_info.retain(|p| p.id != d.port_id);
-                if let Err(e) = hotplug::remove(&d.port_name) {
+                if let Err(e) = hotplug::remove(&self._eal, &d.port_name) {
                     eprintln!("swarmgate: removing {}: {e}", d.port_name);
                 }
                 let _ = kernel::ip(&["link", "del", &d.bridge]);
@@ -415,9 +415,13 @@ impl Gateway {
         let slot = (self.config.networks.len() as u16..)
             .find(|s| self.dynamic.values().all(|d| d.slot != *s))
             .expect("slots");
-        hotplug::probe(&with_queues(&format!("{name},iface={iface}"), nq))
-            .with_context(|| format!("creating the TAP for network {}", n.name))?;
+        hotplug::probe(
+            &self._eal,
+            &with_queues(&format!("{name},iface={iface}"), nq),
+        )
+        .with_context(|| format!("creating the TAP for network {}", n.name))?;
         let mut p = match open_port(
+            &self._eal,
             &self._pool,
             nq,
             &name,
@@ -427,7 +431,7 @@ impl Gateway {
         ) {
             Ok(p) => p,
             Err(e) => {
-                let _ = hotplug::remove(&name);
+                let _ = hotplug::remove(&self._eal, &name);
                 return Err(e);
             }
         };
@@ -441,7 +445,7 @@ impl Gateway {
         if let Err(e) = setup {
             self.port_info.retain(|i| i.id != p.id());
             drop(p);
-            let _ = hotplug::remove(&name);
+            let _ = hotplug::remove(&self._eal, &name);
             return Err(e);
         }
         for (l, (rx, tx)) in loops.iter_mut().zip(p.queues()) {
@@ -718,6 +722,7 @@ fn vip_service(
 
 /// Opens, checks and configures port `name` with `nq` queue pairs.
 fn open_port(
+    eal: &Eal,
     pool: &Mempool,
     nq: usize,
     name: &str,
@@ -725,7 +730,7 @@ fn open_port(
     iface: Option<String>,
     port_info: &mut Vec<PortInfo>,
 ) -> anyhow::Result<Port> {
-    let mut p = Port::by_name(name).with_context(|| format!("{role} port {name}"))?;
+    let mut p = Port::by_name(eal, name).with_context(|| format!("{role} port {name}"))?;
     if p.id() as usize >= swarmgate_dataplane::counters::MAX_PORTS {
         anyhow::bail!(
             "{role} port {name} has DPDK port id {}, above the {} ports a worker handles",

@@ -32,11 +32,11 @@ fn main() -> anyhow::Result<()> {
         &prefix,
         &["net_ring0", "net_ring1", "net_ring2"],
     ))?;
-    let pool = Mempool::new("fwd-pool", 16383, 256, 2048 + 128)?;
+    let pool = Mempool::new(&eal, "fwd-pool", 16383, 256, 2048 + 128)?;
     let mut ports = Vec::new();
     let mut queues: Vec<Q> = Vec::new();
     for name in ["net_ring0", "net_ring1", "net_ring2"] {
-        let mut p = Port::by_name(name)?;
+        let mut p = Port::by_name(&eal, name)?;
         p.configure(1, 1024, &pool)?;
         let (rx, tx) = p.queues().pop().expect("one queue");
         p.start()?;

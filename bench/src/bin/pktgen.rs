@@ -23,9 +23,9 @@ fn main() -> anyhow::Result<()> {
     let secs: f64 = a[8].parse()?;
     anyhow::ensure!((60..=1514).contains(&len), "frame bytes must be 60..=1514");
     let eal = Eal::init(&swarmgate_bench::eal_args(prefix, &[devargs]))?;
-    let pool = Mempool::new("gen-pool", 8191, 256, 2048 + 128)?;
+    let pool = Mempool::new(&eal, "gen-pool", 8191, 256, 2048 + 128)?;
     let name = devargs.split(',').next().unwrap_or(devargs);
-    let mut port = Port::by_name(name)?;
+    let mut port = Port::by_name(&eal, name)?;
     port.configure(1, 1024, &pool)?;
     let (_rx, mut tx) = port.queues().pop().expect("queue");
     port.start()?;
