@@ -255,15 +255,10 @@ impl VipService {
         backends: Vec<Backend>,
         cache: &mut MaglevCache,
     ) -> Result<VipService, MaglevError> {
-        let table = cache.table(&backends)?;
-        Ok(VipService {
-            vip,
-            protocol,
-            port,
-            target_port,
-            backends,
-            table,
-        })
+        let mut svc = VipService::new(vip, protocol, port, target_port, Vec::new())?;
+        svc.table = cache.table(&backends)?;
+        svc.backends = backends;
+        Ok(svc)
     }
 
     /// The backend for a flow hash.

@@ -317,28 +317,27 @@ fn a_flooded_published_port_keeps_established_connections() {
     let fwd = FlowKey::new(6, client(), 50000, vtep(1), 8080);
     assert_eq!(w.flows().state(&fwd), Some(FlowState::Established));
 
-    // The flood: 40 000 SYNs and 40 000 ACK-only segments from random sources.
+    // The flood: 40 000 ACK-only segments, then 40 000 SYNs, from random sources.
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rnd = || {
+    let mut random_segment = |flags: u8| {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        x
-    };
-    let garbage_before = w.flows().len();
-    for _ in 0..40_000 {
-        let r = rnd();
-        let src = Ipv4Addr::from((r as u32) | 0x0100_0000);
-        let g = tcp_with_flags(
+        let src = Ipv4Addr::from((x as u32) | 0x0100_0000);
+        tcp_with_flags(
             CLIENT_MAC,
             underlay_mac(1),
             src,
             vtep(1),
-            (r >> 32) as u16,
+            (x >> 32) as u16,
             8080,
-            0x10,
+            flags,
             b"",
-        );
+        )
+    };
+    let garbage_before = w.flows().len();
+    for _ in 0..40_000 {
+        let g = random_segment(0x10);
         assert_eq!(
             run1(&mut w, &t, UNDERLAY_PORT, &g).0,
             Next::Tx(PLAIN_PORT),
@@ -351,17 +350,7 @@ fn a_flooded_published_port_keeps_established_connections() {
         "non-SYN segments create no state"
     );
     for i in 0..40_000u32 {
-        let r = rnd();
-        let src = Ipv4Addr::from((r as u32) | 0x0100_0000);
-        let s = tcp_syn(
-            CLIENT_MAC,
-            underlay_mac(1),
-            src,
-            vtep(1),
-            (r >> 32) as u16,
-            8080,
-            b"",
-        );
+        let s = random_segment(0x02);
         w.set_now(100 + i / 8000);
         run1(&mut w, &t, UNDERLAY_PORT, &s);
         assert!(w.flows().len() <= w.flows().capacity());
