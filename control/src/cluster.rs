@@ -230,6 +230,14 @@ pub const GWBRIDGE_PREFIX: u8 = 16;
 /// The node's address on it.
 pub const GWBRIDGE_GW: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
 
+/// Addresses a stopping task still holds (see [`Cluster::held_addresses`]).
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    swarm: Option<String>,
+    addresses: Vec<(String, String, Ipv4Addr)>,
+    gw_ip: Option<Ipv4Addr>,
+}
+
 /// Everything the daemon persists.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Cluster {
@@ -299,6 +307,45 @@ impl Cluster {
             .find(|a| !self.gw_used.contains(a))?;
         self.gw_used.insert(a);
         Some(a.into())
+    }
+
+    /// What task `id` holds, to give back later with [`Cluster::release_held`]: its
+    /// addresses with the identity of their network, and its gateway-bridge address with
+    /// the swarm's.
+    pub fn held_addresses(&self, id: &str) -> Held {
+        let Some(t) = self.tasks.get(id) else {
+            return Held::default();
+        };
+        Held {
+            swarm: self.swarm.as_ref().map(|s| s.id.clone()),
+            addresses: t
+                .addresses
+                .iter()
+                .filter_map(|(net, ip)| {
+                    self.network_meta
+                        .get(net)
+                        .map(|m| (net.clone(), m.id.clone(), *ip))
+                })
+                .collect(),
+            gw_ip: t.gw_ip,
+        }
+    }
+
+    /// Gives back what [`Cluster::held_addresses`] recorded, where the network (and the
+    /// swarm) is still the same one: an address of a network removed and created again
+    /// meanwhile may belong to somebody else now.
+    pub fn release_held(&mut self, h: &Held) {
+        for (net, id, ip) in &h.addresses {
+            if self.network_meta.get(net).is_some_and(|m| m.id == *id) {
+                if let Some(n) = self.networks.get_mut(net) {
+                    let _ = n.addressing.release(*ip);
+                }
+            }
+        }
+        let same_swarm = self.swarm.as_ref().map(|s| &s.id) == h.swarm.as_ref();
+        if let (Some(g), true) = (h.gw_ip, same_swarm) {
+            self.gw_used.remove(&u32::from(g));
+        }
     }
 
     /// Returns every address a task holds (overlay and gateway bridge).

@@ -68,6 +68,8 @@ pub struct Daemon {
     applied: Option<NodeState>,
     /// States written to the store so far (see `Api::call`).
     saves: u64,
+    /// Tasks being stopped off the state lock, with the addresses they still hold.
+    stopping: Vec<(JoinHandle<()>, cluster::Held)>,
 }
 
 fn bad(msg: impl std::fmt::Display) -> Status {
@@ -1144,18 +1146,28 @@ impl Daemon {
         }
     }
 
-    /// Stops task `id` (if running), removes its namespace, gives its addresses back and
-    /// records `status`.
+    /// Records `status` for task `id` and stops it: SIGTERM, up to 3 s, SIGKILL, then its
+    /// namespace and veths go — all of that on a blocking thread, never under the state
+    /// lock. Its addresses stay taken until then (so no new task gets an address its old
+    /// namespace still holds) and are given back by [`Daemon::reap_stopped`].
     fn stop_task(&mut self, id: &str, status: TStatus) {
         if let Some(h) = self.dns_servers.remove(id) {
             h.abort();
         }
         let was_live = self.cluster.tasks.get(id).is_some_and(|t| t.live());
-        if let Some(t) = self.running.remove(id) {
-            t.stop(Duration::from_secs(3));
-        }
-        if was_live {
-            self.cluster.release_addresses(id);
+        let held = if was_live {
+            self.cluster.held_addresses(id)
+        } else {
+            cluster::Held::default()
+        };
+        match self.running.remove(id) {
+            Some(t) => {
+                let h = self.rt.spawn_blocking(move || {
+                    t.stop(Duration::from_secs(3));
+                });
+                self.stopping.push((h, held));
+            }
+            None => self.cluster.release_held(&held),
         }
         if let Some(t) = self.cluster.tasks.get_mut(id) {
             t.desired = Desired::Shutdown;
@@ -1167,11 +1179,23 @@ impl Daemon {
         }
     }
 
+    /// Gives back the addresses of tasks whose stop has finished; true if any did.
+    fn reap_stopped(&mut self) -> bool {
+        let (done, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stopping)
+            .into_iter()
+            .partition(|(h, _)| h.is_finished());
+        self.stopping = pending;
+        for (_, held) in &done {
+            self.cluster.release_held(held);
+        }
+        !done.is_empty()
+    }
+
     /// Brings every service to its spec: records tasks that exited, replaces them (after
     /// [`RESTART_DELAY`]), starts missing replicas, stops extra ones and those of an older
     /// spec, and trims history. Returns true if anything changed.
     pub fn reconcile(&mut self) -> bool {
-        let mut changed = false;
+        let mut changed = self.reap_stopped();
         // 1. Exits.
         let mut exited = Vec::new();
         for (id, t) in self.running.iter_mut() {
@@ -1347,8 +1371,13 @@ impl Daemon {
         Ok(())
     }
 
-    /// Leaves every task running for the next daemon and saves the state.
+    /// Leaves every task running for the next daemon and saves the state; tasks being
+    /// stopped are waited for (3 s at most each, in parallel) and their addresses freed.
     fn shutdown(&mut self) {
+        for (h, held) in std::mem::take(&mut self.stopping) {
+            let _ = self.rt.block_on(h);
+            self.cluster.release_held(&held);
+        }
         for (_, h) in self.dns_servers.drain() {
             h.abort();
         }
@@ -1604,6 +1633,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         rt: tokio::runtime::Handle::current(),
         applied: None,
         saves: 0,
+        stopping: Vec::new(),
     };
     let d = tokio::task::spawn_blocking(move || -> anyhow::Result<Daemon> {
         d.restore().context("restoring tasks")?;
@@ -1691,9 +1721,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
     let _ = std::fs::remove_file(&cfg.socket);
     let d = inner.clone();
     tokio::task::spawn_blocking(move || {
-        if let Ok(mut d) = d.lock() {
-            d.shutdown();
-        }
+        lock_state(&d).shutdown();
     })
     .await?;
     println!("swarmgate: daemon stopped (tasks keep running)");

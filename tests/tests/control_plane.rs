@@ -503,6 +503,42 @@ fn control_plane_end_to_end() {
         "ingress",
     );
 
+    // Stopping tasks never holds the state lock: tasks that ignore SIGTERM take their 3 s
+    // grace in the background — right after `service rm` their namespaces are still
+    // there, and other verbs answer meanwhile.
+    e.ok(&[
+        "service",
+        "create",
+        "--name",
+        "stubborn",
+        "--replicas",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; while true; do sleep 1; done",
+    ]);
+    wait_for("stubborn tasks", 20, || {
+        running_tasks(&e, "stubborn").len() == 2
+    });
+    let stubborn: Vec<String> = running_tasks(&e, "stubborn")
+        .iter()
+        .map(|t| t["ID"].as_str().unwrap().to_owned())
+        .collect();
+    e.ok(&["service", "rm", "stubborn"]);
+    assert!(
+        stubborn
+            .iter()
+            .any(|id| std::fs::metadata(format!("/run/netns/sgt-{id}")).is_ok()),
+        "service rm waited for its tasks' grace period"
+    );
+    e.ok(&["network", "ls"]);
+    for id in &stubborn {
+        wait_for(&format!("{id}'s namespace to go"), 15, || {
+            std::fs::metadata(format!("/run/netns/sgt-{id}")).is_err()
+        });
+    }
+
     // The tutorial's service.
     e.ok(&[
         "service",
@@ -779,10 +815,10 @@ print(data.split(b"\r\n\r\n", 1)[1].decode().strip())"#
         old["CurrentState"].as_str().unwrap().starts_with("Failed"),
         "{old}"
     );
-    assert!(
-        std::fs::metadata(format!("/run/netns/sgt-{vid}")).is_err(),
-        "namespace left behind"
-    );
+    // Stopping happens off the state lock: the namespace goes within the stop grace.
+    wait_for("the failed task's namespace to go", 10, || {
+        std::fs::metadata(format!("/run/netns/sgt-{vid}")).is_err()
+    });
     assert!(
         e.ok(&["service", "ps", "web"]).contains("\\_ web."),
         "history shown"
@@ -848,10 +884,9 @@ print(data.split(b"\r\n\r\n", 1)[1].decode().strip())"#
     e.ok(&["service", "rm", "web"]);
     e.refused(&["service", "ps", "web"], "not found");
     for id in &ids_after {
-        assert!(
-            std::fs::metadata(format!("/run/netns/sgt-{id}")).is_err(),
-            "{id} left behind"
-        );
+        wait_for(&format!("{id}'s namespace to go"), 10, || {
+            std::fs::metadata(format!("/run/netns/sgt-{id}")).is_err()
+        });
     }
     let secure_vni = json(&e.ok(&["network", "inspect", "secure-net"]))[0]["Options"]
         ["com.docker.network.driver.overlay.vxlanid_list"]
