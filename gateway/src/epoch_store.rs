@@ -7,11 +7,12 @@
 //! begins at or above it: an (epoch, sequence number) pair, hence a GCM nonce, is never
 //! used twice under one key by this node, however it was stopped.
 //!
-//! The first epoch after a start is the largest of the file's ceiling and the wall clock in
-//! seconds, plus a random offset below 2^16. The clock covers a lost file; the random
-//! offset makes it unlikely that two nodes use the same epochs at the same time, which
-//! matters only in Docker's own corner case of two node pairs whose FNV SPIs — and hence
-//! GCM salts, under the one cluster-wide key — collide.
+//! The first epoch after a start is the larger of the file's ceiling and the wall clock in
+//! seconds. The clock covers a lost file as long as the previous run used fewer epochs than
+//! seconds have passed since it started (one epoch per SA and per sequence-number
+//! generation: few). No random offset is added: it would put used epochs ahead of the
+//! clock and undo that. (Docker's own corner case — two node pairs whose FNV SPIs, hence
+//! GCM salts under the one cluster-wide key, collide — is not covered by this scheme.)
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -50,10 +51,7 @@ impl EpochStore {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs().min(u32::MAX as u64) as u32)
             .unwrap_or(0);
-        let mut r = [0u8; 2];
-        swarmgate_aead::random_bytes(&mut r)
-            .map_err(|e| anyhow::anyhow!("random epoch offset: {e}"))?;
-        let first = stored.max(now).saturating_add(u16::from_be_bytes(r) as u32);
+        let first = stored.max(now);
         let ceiling = first.saturating_add(BLOCK);
         if ceiling == first {
             anyhow::bail!(
@@ -96,7 +94,11 @@ fn write_ceiling(path: &Path, ceiling: u32) -> anyhow::Result<()> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
+    // `<name>.tmp` next to it (appended, so that files differing only after a dot, such
+    // as `esp-epoch-10.0.0.1` and `-10.0.0.2`, never share a temporary file).
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp_name);
     let mut f =
         std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     writeln!(f, "{ceiling}")?;
@@ -143,7 +145,7 @@ mod tests {
             .as_secs() as u32;
         let s = EpochStore::open(&p).unwrap();
         let first = s.source().peek();
-        assert!(first >= now && first < now + 65536 + 10, "{first} vs {now}");
+        assert!(first >= now && first < now + 10, "{first} vs {now}");
         assert_eq!(
             std::fs::read_to_string(&p).unwrap().trim(),
             (first + BLOCK).to_string()

@@ -180,7 +180,8 @@ fn independent_esp_reaches_the_endpoint_byte_for_byte_and_bad_esp_is_counted() {
 /// One gateway is restarted in the middle of traffic. Its outbound SA starts again at
 /// sequence number 1 under the same SPI and key; the peer, whose replay window is far
 /// ahead, takes it back at once because the restarted sender's IV epoch is higher, and
-/// traffic resumes both ways within seconds. No IV is reused across the restart.
+/// traffic resumes both ways within seconds. The restarted SA starts a higher epoch (checked
+/// in its counters), so its IVs cannot repeat those sent before.
 #[test]
 fn a_restarted_gateway_is_taken_back_by_its_peer_within_seconds() {
     let Some(_g) = guard() else { return };
