@@ -14,6 +14,10 @@ python3-cryptography). Packets sent by `send` carry the Linux kernel's IV constr
                                                decrypt to UDP/VXLAN with an intact frame
   send     --key HEX:TAG ... --vni N --src-mac M --dst-mac M --src-ip A --dst-ip A
            --to VTEP --expect FILE             Docker-style ESP to VTEP, plus bad packets
+           [--rebuilds N]                      then re-create the first SA N times, as
+                                               Docker does on membership changes (fresh
+                                               random salt, each upper word lower than the
+                                               last, seq from 1)
   delivered PCAP FILE                          each expected frame arrived once, verbatim
 """
 import argparse
@@ -234,7 +238,10 @@ def cmd_send(a):
     src = a.src
     sas = {}
     for tag, key in keys.items():
-        sas[tag] = {"key": key, "spi": docker_spi(src, a.to, tag), "seq": 0, "iv_salt": os.urandom(8)}
+        salt = bytearray(os.urandom(8))
+        if a.rebuilds:
+            salt[0] |= 0x80  # room for the lower upper words of the rebuilds
+        sas[tag] = {"key": key, "spi": docker_spi(src, a.to, tag), "seq": 0, "iv_salt": bytes(salt)}
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
     expected, sent = [], []
 
@@ -261,11 +268,38 @@ def cmd_send(a):
     send(esp_packet(wrong, udp_frame(a, 200, b"WRONGSPI"), a.vni))
     # A replay of the first packet, byte for byte.
     send(sent[0])
+    # Docker re-creating the SA (moby `checkEncryption`: `removeEncryption` then
+    # `setupEncryption` when the nodes stop and start sharing an encrypted network): same
+    # key and SPI, a new kernel SA object with its own random IV salt and seq from 1. Each
+    # upper word is made lower than the last, the case an epoch-ordered window drops.
+    uppers = []
+    if a.rebuilds:
+        old = sas[first]
+        prev = struct.unpack(">I", old["iv_salt"][:4])[0]
+        uppers.append(prev)
+        rebuilt = []
+        for r in range(a.rebuilds):
+            upper = prev // 4 + struct.unpack(">I", os.urandom(4))[0] % (prev // 4)
+            sa = dict(old, seq=0, iv_salt=struct.pack(">I", upper) + os.urandom(4))
+            for n in range(3):
+                inner = udp_frame(a, 300, b"rebuild%d-%d" % (r, n))
+                send(esp_packet(sa, inner, a.vni))
+                expected.append(inner)
+            rebuilt.append(sent[-3])
+            uppers.append(upper)
+            prev = upper
+        # A straggler of the SA object before the rebuilds, still in flight.
+        inner = udp_frame(a, 300, b"straggler")
+        send(esp_packet(old, inner, a.vni))
+        expected.append(inner)
+        # A replay of the first rebuilt SA object's first packet.
+        send(rebuilt[0])
     with open(a.expect, "w") as f:
         for e in expected:
             f.write(e.hex() + "\n")
     print(json.dumps({"sent": len(sent), "expected": len(expected),
-                      "spis": {t: "%#x" % v["spi"] for t, v in sas.items()}}))
+                      "spis": {t: "%#x" % v["spi"] for t, v in sas.items()},
+                      "iv_upper_words": ["%#010x" % u for u in uppers]}))
 
 
 def cmd_delivered(a):
@@ -293,6 +327,7 @@ def main():
     s.add_argument("--vni", type=int, required=True)
     for f in ("src-mac", "dst-mac", "src-ip", "dst-ip", "src", "to", "expect"):
         s.add_argument("--" + f, required=True)
+    s.add_argument("--rebuilds", type=int, default=0)
     v = sub.add_parser("delivered")
     v.add_argument("pcap")
     v.add_argument("expected")

@@ -64,8 +64,9 @@ drop_reasons! {
     UnknownSpi = "unknown_spi",
     /// ESP sequence number already seen or left of the anti-replay window.
     Replayed = "replayed",
-    /// ESP from an older sender epoch (IV upper word) than the SA's window has moved to:
-    /// a replay of an earlier generation, or a peer whose new SA draws a lower IV base.
+    /// ESP whose IV upper word the SA's replay state cannot take: from a swarmgate peer, an
+    /// older epoch than the window has moved to (a replay of an earlier generation); from a
+    /// Docker peer, an SA object neither recent nor starting (see `esp::receive`).
     StaleEpoch = "esp_stale_epoch",
     /// ESP integrity check failed.
     AuthFailed = "auth_failed",

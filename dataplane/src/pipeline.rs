@@ -24,7 +24,7 @@ use rustc_hash::FxHashMap;
 
 use crate::buf::PacketBuf;
 use crate::counters::{Counters, DropReason};
-use crate::esp::{self, ReplayWindow};
+use crate::esp::{self, RxWindow};
 use crate::flow::{FlowAction, FlowKey, FlowTable, Segment};
 use crate::hash::{flow_hash_v4, fmix64};
 use crate::maglev::VipService;
@@ -77,7 +77,7 @@ enum Step {
 #[derive(Debug)]
 pub struct Worker {
     counters: Arc<Counters>,
-    replay: FxHashMap<Spi, ReplayWindow>,
+    replay: FxHashMap<Spi, RxWindow>,
     generation: Option<u64>,
     flows: FlowTable,
     now: u32,
@@ -122,15 +122,18 @@ impl Worker {
         &self.counters
     }
 
-    /// Makes per-SA state match a newly seen snapshot: a replay window for every inbound
-    /// SA (created here, so the packet path never allocates), none for SAs that are gone.
+    /// Makes per-SA state match a newly seen snapshot: replay state for every inbound SA, of
+    /// its sender's kind (created here, so the packet path never allocates), none for SAs that are gone.
     fn adopt(&mut self, tables: &Tables) {
         if self.generation == Some(tables.generation) {
             return;
         }
-        self.replay.retain(|spi, _| tables.esp.rx.contains_key(spi));
-        for spi in tables.esp.rx.keys() {
-            self.replay.entry(*spi).or_default();
+        self.replay
+            .retain(|spi, w| tables.esp.rx.get(spi).is_some_and(|sa| sa.ivs == w.ivs()));
+        for (spi, sa) in &tables.esp.rx {
+            self.replay
+                .entry(*spi)
+                .or_insert_with(|| RxWindow::new(sa.ivs));
         }
         self.generation = Some(tables.generation);
     }
@@ -299,7 +302,7 @@ impl Worker {
 }
 
 fn esp_open<B: PacketBuf>(
-    replay: &mut FxHashMap<Spi, ReplayWindow>,
+    replay: &mut FxHashMap<Spi, RxWindow>,
     t: &Tables,
     src: Ipv4Addr,
     buf: &mut B,

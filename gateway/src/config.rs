@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use serde::Deserialize;
-use swarmgate_dataplane::esp::DatapathKey;
+use swarmgate_dataplane::esp::{DatapathKey, SenderIvs};
 use swarmgate_dataplane::tables::docker_overlay_mtu;
 use swarmgate_dataplane::wire::{EthernetAddress, Vni};
 
@@ -171,6 +171,23 @@ pub struct PeerConfig {
     /// Its endpoints, each naming its network.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    /// A Docker Engine host (the Linux kernel's ESP) rather than a swarmgate node: its IVs
+    /// carry a random salt per SA object, and Docker re-creates its SAs whenever the two
+    /// nodes stop and start sharing an encrypted network, so its anti-replay state keeps a
+    /// window per SA object (`swarmgate_dataplane::esp::receive`). Off by default.
+    #[serde(default)]
+    pub docker: bool,
+}
+
+impl PeerConfig {
+    /// How this peer builds its ESP IVs.
+    pub fn sender_ivs(&self) -> SenderIvs {
+        if self.docker {
+            SenderIvs::KernelSeqiv
+        } else {
+            SenderIvs::Epochs
+        }
+    }
 }
 
 /// Datapath keys.
@@ -421,6 +438,10 @@ bridge = "br-4098"
 vtep = "192.168.77.1"
 endpoints = [{ network = "my-overlay", ip = "10.0.0.1" }]
 
+[[peer]]
+vtep = "192.168.77.3"
+docker = true
+
 [encryption]
 keys = [{ key = "000102030405060708090a0b0c0d0e0f", tag = 1 }]
 "#;
@@ -437,6 +458,8 @@ keys = [{ key = "000102030405060708090a0b0c0d0e0f", tag = 1 }]
         );
         assert_eq!(c.keys().unwrap()[0].tag, 1);
         assert_eq!(c.underlay.vxlan_port, 4789);
+        assert_eq!(c.peers[0].sender_ivs(), SenderIvs::Epochs);
+        assert_eq!(c.peers[1].sender_ivs(), SenderIvs::KernelSeqiv);
     }
 
     #[test]

@@ -241,7 +241,7 @@ impl Gateway {
             if let Some(e) = &epochs {
                 e.top_up()?;
             }
-            sas.set_peer_keys(addr, p.vtep, &keys)
+            sas.set_peer_keys(addr, p.vtep, &keys, p.sender_ivs())
                 .with_context(|| format!("building the SAs with {}", p.vtep))?;
         }
 

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use swarmgate_aead::IcvLen;
-use swarmgate_dataplane::esp::{DatapathKey, EpochSource, SaDatabase};
+use swarmgate_dataplane::esp::{DatapathKey, EpochSource, SaDatabase, SenderIvs};
 use swarmgate_dataplane::maglev::{Backend, VipService};
 use swarmgate_dataplane::tables::{docker_overlay_mtu, NetworkSpec, Tables, Underlay};
 use swarmgate_dataplane::wire::checksum;
@@ -279,7 +279,9 @@ impl Node {
     /// Rebuilds and publishes this node's tables with `keys`, letting `extra` add to them.
     pub fn publish(&mut self, keys: &[DatapathKey], extra: impl FnOnce(&mut Tables)) {
         let (i, o) = (self.index, self.peer());
-        self.sas.set_peer_keys(vtep(i), vtep(o), keys).unwrap();
+        self.sas
+            .set_peer_keys(vtep(i), vtep(o), keys, SenderIvs::Epochs)
+            .unwrap();
         let mut t = Tables::new(self.tables.underlay);
         t.generation = self.tables.generation + 1;
         t.set_neighbour(vtep(o), underlay_mac(o));

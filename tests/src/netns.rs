@@ -355,6 +355,7 @@ local = [{{ ip = "{ep}" }}]
 [[peer]]
 vtep = "{peer}"
 endpoints = [{{ network = "test-overlay", ip = "{pep}" }}]
+docker = {docker}
 {keys}"#,
             core = i - 1,
             id = self.id,
@@ -363,6 +364,9 @@ endpoints = [{{ network = "test-overlay", ip = "{pep}" }}]
             ep = Self::ep(i),
             peer = Self::vtep(o),
             pep = Self::ep(o),
+            // The kernel and bare sides stand for Docker hosts (the bare one sends the
+            // kernel's IVs).
+            docker = self.sides[o - 1] != Side::Swarmgate,
         );
         let config_path = self.dir.join(format!("gw{i}.toml"));
         let stats_path = self.dir.join(format!("gw{i}.json"));

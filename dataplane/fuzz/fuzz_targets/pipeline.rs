@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use swarmgate_dataplane::esp::{DatapathKey, EpochSource, SaDatabase};
+use swarmgate_dataplane::esp::{DatapathKey, EpochSource, SaDatabase, SenderIvs};
 use swarmgate_dataplane::flow::FlowTable;
 use swarmgate_dataplane::maglev::{Backend, VipService};
 use swarmgate_dataplane::tables::{NetworkSpec, Router, Tables, Underlay};
@@ -35,7 +35,7 @@ fn tables() -> &'static Arc<Tables> {
         let mut t = Tables::new(Underlay::new(0, EthernetAddress([2, 0, 0xc0, 0xa8, 0x32, 2]), me));
         t.set_neighbour(peer, EthernetAddress([2, 0, 0xc0, 0xa8, 0x32, 1]));
         let mut sas = SaDatabase::new(swarmgate_aead::IcvLen::Icv8, Arc::new(EpochSource::new(1, u32::MAX)));
-        sas.set_peer_keys(me, peer, &[DatapathKey { key: [1; 16], tag: 1 }, DatapathKey { key: [2; 16], tag: 2 }])
+        sas.set_peer_keys(me, peer, &[DatapathKey { key: [1; 16], tag: 1 }, DatapathKey { key: [2; 16], tag: 2 }], SenderIvs::KernelSeqiv)
             .unwrap();
         t.esp = sas.tables();
         for (vni, port, enc) in [(4097u32, 1u16, false), (4098, 2, true)] {

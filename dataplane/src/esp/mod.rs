@@ -31,16 +31,16 @@
 //!   key. Docker's kernel SAs have no replay window (`programSA` sets none; the kernel's
 //!   `xfrm_replay_check_legacy` accepts every sequence number when `replay_window` is 0),
 //!   so a Docker peer accepts the restart of the counter.
-//! * **Anti-replay across restarts.** Docker's SAs have no replay protection; ours do
-//!   ([`ReplayWindow`]), over a 64-bit number: the IV's upper word (the sender's epoch)
-//!   above the 32-bit ESP sequence number. A sender that restarted, or started a new
-//!   generation, sends under a higher epoch, which moves the window forward at once;
-//!   packets of an older generation are dropped ([`DropReason::StaleEpoch`]). The Linux
-//!   kernel's IV is `be64(seq) ⊕ salt` with a random per-SA salt (`crypto/seqiv.c`), so
-//!   for a Docker sender the upper word is constant while its SA lives: the window then
-//!   works on its sequence numbers as an RFC 4303 window would.
+//! * **Anti-replay across restarts.** Docker's SAs have no replay protection; ours do, per
+//!   inbound SA and per kind of sender ([`receive`]): for a swarmgate peer one
+//!   [`ReplayWindow`] over `epoch << 32 | seq`, where a restarted (or rolled-over) sender's
+//!   higher epoch moves the window at once and older epochs are
+//!   [`DropReason::StaleEpoch`]; for a Docker peer (the Linux kernel's IV, a random salt per
+//!   SA object, `crypto/seqiv.c`) a window per SA object, so that Docker re-creating its
+//!   SAs — on restarts and on every membership change — is taken at once too.
 
 pub mod epoch;
+pub mod receive;
 pub mod replay;
 
 use core::fmt;
@@ -57,6 +57,7 @@ use crate::hash::fnv1a32;
 use crate::wire::esp::{self as esp_wire, EspPacket, Spi, HEADER_LEN, IV_LEN};
 
 pub use epoch::EpochSource;
+pub use receive::{RxWindow, SenderIvs};
 pub use replay::{ReplayError, ReplayWindow};
 
 /// Bytes ESP adds in front of the protected datagram: SPI, sequence number and IV.
@@ -263,24 +264,29 @@ pub struct RxSa {
     pub src: Ipv4Addr,
     /// Our VTEP address (outer destination).
     pub dst: Ipv4Addr,
+    /// How the peer builds its IVs, which decides its anti-replay state ([`RxWindow`]).
+    pub ivs: SenderIvs,
     key: DatapathKey,
     cipher: AesGcm128,
     salt: [u8; 4],
 }
 
 impl RxSa {
-    /// An inbound SA keyed with `key`, salt = the big-endian SPI.
+    /// An inbound SA keyed with `key`, salt = the big-endian SPI, from a sender whose IVs
+    /// are built as `ivs` says.
     pub fn new(
         spi: Spi,
         src: Ipv4Addr,
         dst: Ipv4Addr,
         key: &DatapathKey,
         icv: IcvLen,
+        ivs: SenderIvs,
     ) -> Result<RxSa, SaError> {
         Ok(RxSa {
             spi,
             src,
             dst,
+            ivs,
             key: key.clone(),
             cipher: AesGcm128::new(&key.key, icv)?,
             salt: docker_salt(spi),
@@ -337,16 +343,10 @@ pub fn seal<B: PacketBuf>(buf: &mut B, sa: &TxSa, next_header: u8) -> Result<(),
 /// checking and then updating `window`; on success `buf` holds the protected datagram and
 /// the next-header value is returned. Only authenticated packets move the window.
 ///
-/// The window runs over `IV[0..4] << 32 | seq`: the sender's epoch above its sequence
-/// number (see the module docs). A packet from an older epoch than the window's is
-/// [`DropReason::StaleEpoch`]; one from a newer epoch starts the window again at its
-/// sequence number once it authenticates.
+/// `window` judges the IV's upper word and the sequence number as the sender's kind
+/// requires ([`receive`]); it must have been made for `sa.ivs`.
 #[inline]
-pub fn open<B: PacketBuf>(
-    buf: &mut B,
-    sa: &RxSa,
-    window: &mut ReplayWindow,
-) -> Result<u8, DropReason> {
+pub fn open<B: PacketBuf>(buf: &mut B, sa: &RxSa, window: &mut RxWindow) -> Result<u8, DropReason> {
     let icv = sa.icv_len();
     let p = EspPacket::new_checked(buf.data())?;
     p.check_gcm_len(icv)?;
@@ -356,18 +356,13 @@ pub fn open<B: PacketBuf>(
         return Err(DropReason::Replayed);
     }
     let data = buf.data_mut();
-    let epoch = u32::from_be_bytes([
+    let upper = u32::from_be_bytes([
         data[HEADER_LEN],
         data[HEADER_LEN + 1],
         data[HEADER_LEN + 2],
         data[HEADER_LEN + 3],
     ]);
-    let ext = pack(epoch, seq);
-    match window.check(ext) {
-        Ok(()) => {}
-        Err(_) if ext >> 32 < window.top() >> 32 => return Err(DropReason::StaleEpoch),
-        Err(_) => return Err(DropReason::Replayed),
-    }
+    window.check(upper, seq)?;
     let mut nonce = [0u8; NONCE_LEN];
     nonce[..4].copy_from_slice(&sa.salt);
     nonce[4..].copy_from_slice(&data[HEADER_LEN..ESP_PREFIX_LEN]);
@@ -377,7 +372,7 @@ pub fn open<B: PacketBuf>(
     sa.cipher
         .open_in_place(&nonce, &prefix[..HEADER_LEN], ct, tag)
         .map_err(|_| DropReason::AuthFailed)?;
-    window.update(ext).map_err(|_| DropReason::Replayed)?;
+    window.update(upper, seq)?;
     let (payload_len, next) = esp_wire::parse_trailer(ct).map_err(|_| DropReason::BadEspTrailer)?;
     let trailer = ct_len - payload_len + icv;
     if !(buf.adj(ESP_PREFIX_LEN) && buf.trim(trailer)) {
@@ -431,13 +426,15 @@ impl SaDatabase {
     /// three are used, as Docker keeps). Existing SAs whose key is unchanged are kept as
     /// they are, so their sequence numbers continue; an inbound SA for every key is in
     /// place in the same snapshot in which the primary's outbound SA switches, and a
-    /// removed key's inbound SA goes only when the key leaves the list. On error nothing
+    /// removed key's inbound SA goes only when the key leaves the list. `ivs` says how the
+    /// peer builds its IVs (a swarmgate node, or a Docker host's kernel). On error nothing
     /// changes.
     pub fn set_peer_keys(
         &mut self,
         local: Ipv4Addr,
         remote: Ipv4Addr,
         keys: &[DatapathKey],
+        ivs: SenderIvs,
     ) -> Result<(), SaError> {
         let keys = &keys[..keys.len().min(3)];
         let old = self.peers.get(&remote).cloned().unwrap_or_default();
@@ -447,13 +444,11 @@ impl SaDatabase {
                 Spi::new(docker_spi(src, dst, k.tag)).ok_or(SaError::ZeroSpi { tag: k.tag })
             };
             let in_spi = spi(remote, local)?;
-            let rx = match old
-                .rx
-                .iter()
-                .find(|s| s.spi == in_spi && s.key == *k && s.src == remote && s.dst == local)
-            {
+            let rx = match old.rx.iter().find(|s| {
+                s.spi == in_spi && s.key == *k && s.src == remote && s.dst == local && s.ivs == ivs
+            }) {
                 Some(s) => s.clone(),
-                None => Arc::new(RxSa::new(in_spi, remote, local, k, self.icv)?),
+                None => Arc::new(RxSa::new(in_spi, remote, local, k, self.icv, ivs)?),
             };
             next.rx.push(rx);
             if i == 0 {
@@ -555,7 +550,8 @@ mod tests {
         use aes_gcm::aead::{AeadInPlace, KeyInit};
         let mut da = db();
         let k = key(7, 0x5a);
-        da.set_peer_keys(A, B, &[k.clone()]).unwrap();
+        da.set_peer_keys(A, B, &[k.clone()], SenderIvs::Epochs)
+            .unwrap();
         let t = da.tables();
         let mut buf = HeapBuf::from_frame(b"0123456789abcdef-payload", 64);
         seal(&mut buf, &t.tx[&B], 17).unwrap();
@@ -586,15 +582,15 @@ mod tests {
         da: &mut SaDatabase,
         db: &mut SaDatabase,
     ) -> (EspTables, EspTables) {
-        da.set_peer_keys(A, B, keys_a).unwrap();
-        db.set_peer_keys(B, A, keys_b).unwrap();
+        da.set_peer_keys(A, B, keys_a, SenderIvs::Epochs).unwrap();
+        db.set_peer_keys(B, A, keys_b, SenderIvs::Epochs).unwrap();
         (da.tables(), db.tables())
     }
 
     fn roundtrip(
         ta: &EspTables,
         tb: &EspTables,
-        w: &mut FxHashMap<Spi, ReplayWindow>,
+        w: &mut FxHashMap<Spi, RxWindow>,
         payload: &[u8],
     ) -> Result<Vec<u8>, DropReason> {
         let tx = ta.tx.get(&B).unwrap();
@@ -602,7 +598,11 @@ mod tests {
         seal(&mut buf, tx, 17)?;
         let spi = EspPacket::new_checked(buf.data()).unwrap().spi().unwrap();
         let rx = tb.rx.get(&spi).ok_or(DropReason::UnknownSpi)?;
-        let next = open(&mut buf, rx, w.entry(spi).or_default())?;
+        let next = open(
+            &mut buf,
+            rx,
+            w.entry(spi).or_insert_with(|| RxWindow::new(rx.ivs)),
+        )?;
         assert_eq!(next, 17);
         Ok(buf.data().to_vec())
     }
@@ -633,12 +633,12 @@ mod tests {
         let mut bad = HeapBuf::from_frame(b"tamper", 64);
         seal(&mut bad, tx, 17).unwrap();
         bad.data_mut()[20] ^= 1;
-        let top = w[&spi].top();
+        let top = format!("{:?}", w[&spi]);
         assert_eq!(
             open(&mut bad, rx, w.get_mut(&spi).unwrap()),
             Err(DropReason::AuthFailed)
         );
-        assert_eq!(w[&spi].top(), top);
+        assert_eq!(format!("{:?}", w[&spi]), top);
         // A forged epoch (IV) is authenticated as part of the nonce.
         let mut forged = HeapBuf::from_frame(b"forged epoch", 64);
         seal(&mut forged, tx, 17).unwrap();
@@ -647,7 +647,7 @@ mod tests {
             open(&mut forged, rx, w.get_mut(&spi).unwrap()),
             Err(DropReason::AuthFailed)
         );
-        assert_eq!(w[&spi].top(), top);
+        assert_eq!(format!("{:?}", w[&spi]), top);
     }
 
     #[test]
@@ -678,8 +678,13 @@ mod tests {
 
         // Step 2: A switches its primary to k2 before B does; B accepts k2 already, and
         // B's packets under k1 are still accepted by A.
-        da.set_peer_keys(A, B, &[k2.clone(), k1.clone(), k3.clone()])
-            .unwrap();
+        da.set_peer_keys(
+            A,
+            B,
+            &[k2.clone(), k1.clone(), k3.clone()],
+            SenderIvs::Epochs,
+        )
+        .unwrap();
         let ta2 = da.tables();
         assert_eq!(ta2.tx[&B].tag(), 2);
         roundtrip(&ta2, &tb1, &mut w, b"a on k2").unwrap();
@@ -718,7 +723,12 @@ mod tests {
             let seq = u32::from_be_bytes(d[4..8].try_into().unwrap());
             assert_eq!(seq, i % 16 + 1);
             let rx = &tb.rx[&tx.spi];
-            open(&mut buf, rx, w.entry(tx.spi).or_default()).unwrap();
+            open(
+                &mut buf,
+                rx,
+                w.entry(tx.spi).or_insert_with(|| RxWindow::new(rx.ivs)),
+            )
+            .unwrap();
             assert_eq!(buf.data(), &i.to_be_bytes());
         }
         assert_eq!(ta.tx[&B].generations(), 7);
@@ -732,9 +742,11 @@ mod tests {
     fn a_restarted_sender_is_accepted_and_old_generations_are_not() {
         let src = epochs();
         let mut rx_db = db();
-        rx_db.set_peer_keys(B, A, &[key(1, 1)]).unwrap();
+        rx_db
+            .set_peer_keys(B, A, &[key(1, 1)], SenderIvs::Epochs)
+            .unwrap();
         let tb = rx_db.tables();
-        let mut w = ReplayWindow::default();
+        let mut w = RxWindow::new(SenderIvs::Epochs);
         let before = TxSa::new(
             Spi::new(docker_spi(A, B, 1)).unwrap(),
             A,
@@ -819,10 +831,93 @@ mod tests {
         );
     }
 
+    /// ESP as the Linux kernel sends it for Docker (`crypto/seqiv.c`: IV = be64(seq) ⊕ a
+    /// per-SA-object salt), sealed with RustCrypto's AES-GCM and the ICV cut to 8 bytes.
+    fn kernel_esp(k: &DatapathKey, spi: u32, seq: u32, salt: u64, payload: &[u8]) -> HeapBuf {
+        use aes_gcm::aead::{AeadInPlace, KeyInit};
+        let pad = esp_wire::pad_len(payload.len());
+        let mut pt = payload.to_vec();
+        pt.extend((1..=pad as u8).chain([pad as u8, 17]));
+        let iv = ((seq as u64) ^ salt).to_be_bytes();
+        let mut hdr = spi.to_be_bytes().to_vec();
+        hdr.extend_from_slice(&seq.to_be_bytes());
+        let mut nonce = spi.to_be_bytes().to_vec();
+        nonce.extend_from_slice(&iv);
+        let c = aes_gcm::Aes128Gcm::new_from_slice(&k.key).unwrap();
+        let tag = c
+            .encrypt_in_place_detached(aes_gcm::Nonce::from_slice(&nonce), &hdr, &mut pt)
+            .unwrap();
+        let mut pkt = hdr;
+        pkt.extend_from_slice(&iv);
+        pkt.extend_from_slice(&pt);
+        pkt.extend_from_slice(&tag[..8]);
+        HeapBuf::from_frame(&pkt, 0)
+    }
+
+    /// A Docker host re-creates its SA (same key and SPI, a new random salt — here a lower
+    /// one — and sequence numbers from 1): a peer marked as a kernel sender takes it at once
+    /// and still refuses replays; an epoch-ordered window would drop it until the next key.
+    #[test]
+    fn a_docker_sa_re_created_with_a_lower_salt_is_taken_from_a_kernel_peer() {
+        let k = key(3, 0x33);
+        let spi = docker_spi(A, B, 3);
+        let run = |ivs: SenderIvs| {
+            let mut rx_db = db();
+            rx_db
+                .set_peer_keys(B, A, std::slice::from_ref(&k), ivs)
+                .unwrap();
+            let t = rx_db.tables();
+            let rx = &t.rx[&Spi::new(spi).unwrap()];
+            assert_eq!(rx.ivs, ivs);
+            let mut w = RxWindow::new(ivs);
+            let mut results = Vec::new();
+            for (salt, seqs) in [
+                (0xC000_0000_1234_5678u64, 1..=50u32),
+                (0x4000_0000_8765_4321, 1..=50),
+                (0x0100_0000_0000_0001, 1..=50),
+            ] {
+                for seq in seqs {
+                    let mut p = kernel_esp(&k, spi, seq, salt, b"inner frame");
+                    results.push(open(&mut p, rx, &mut w).map(|_| p.data().to_vec()));
+                }
+            }
+            // Replays: a packet of the current SA object and one of the first.
+            let mut p = kernel_esp(&k, spi, 7, 0x0100_0000_0000_0001, b"inner frame");
+            let replay_current = open(&mut p, rx, &mut w);
+            let mut p = kernel_esp(&k, spi, 9, 0xC000_0000_1234_5678, b"inner frame");
+            let replay_first = open(&mut p, rx, &mut w);
+            (results, replay_current, replay_first)
+        };
+        let (ok, current, first) = run(SenderIvs::KernelSeqiv);
+        assert!(
+            ok.iter().all(|r| r.as_deref() == Ok(&b"inner frame"[..])),
+            "{ok:?}"
+        );
+        assert_eq!(current, Err(DropReason::Replayed));
+        assert_eq!(first, Err(DropReason::Replayed));
+        let (strict, _, _) = run(SenderIvs::Epochs);
+        assert_eq!(
+            strict
+                .iter()
+                .filter(|r| **r == Err(DropReason::StaleEpoch))
+                .count(),
+            100,
+            "the epoch window drops both lower-salt re-creations"
+        );
+    }
+
     #[test]
     fn short_or_misaligned_esp_is_refused() {
-        let sa = RxSa::new(Spi::new(9).unwrap(), B, A, &key(1, 1), IcvLen::Icv8).unwrap();
-        let mut w = ReplayWindow::default();
+        let sa = RxSa::new(
+            Spi::new(9).unwrap(),
+            B,
+            A,
+            &key(1, 1),
+            IcvLen::Icv8,
+            SenderIvs::Epochs,
+        )
+        .unwrap();
+        let mut w = RxWindow::new(SenderIvs::Epochs);
         let mut buf = HeapBuf::from_frame(&[0, 0, 0, 9, 0, 0, 0, 1, 1, 2, 3], 0);
         assert_eq!(open(&mut buf, &sa, &mut w), Err(DropReason::Truncated));
         let mut buf = HeapBuf::from_frame(&[0u8; 8 + 8 + 3 + 8], 0);
