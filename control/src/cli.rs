@@ -67,8 +67,39 @@ pub enum SwarmCmd {
         #[arg(long)]
         advertise_addr: Option<String>,
         /// Address for data-path (VXLAN) traffic.
-        #[arg(long)]
+        #[arg(long, alias = "data-path-addr")]
         datapath_addr: Option<String>,
+        /// Listen address for the cluster API (TCP 2377, mutual TLS).
+        #[arg(long, default_value = "0.0.0.0:2377")]
+        listen_addr: String,
+    },
+    /// Join a swarm as a node (the token decides the role).
+    Join {
+        /// The join token (`swarm join-token` on a manager prints it).
+        #[arg(long)]
+        token: String,
+        /// Address other nodes reach this one at.
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Address for data-path (VXLAN) traffic.
+        #[arg(long, alias = "data-path-addr")]
+        datapath_addr: Option<String>,
+        /// Listen address for the cluster API, should this node become a manager.
+        #[arg(long, default_value = "0.0.0.0:2377")]
+        listen_addr: String,
+        /// A manager's address, HOST[:PORT] (port 2377 by default).
+        remote: String,
+    },
+    /// Show or rotate the join token for a role.
+    JoinToken {
+        /// Only print the token.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Replace the token: the old one stops working at once.
+        #[arg(long)]
+        rotate: bool,
+        /// worker or manager.
+        role: String,
     },
     /// Leave the swarm (the last manager needs --force; removes everything).
     Leave {
@@ -313,11 +344,13 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
         ClientCmd::Swarm(SwarmCmd::Init {
             advertise_addr,
             datapath_addr,
+            listen_addr,
         }) => {
             let r = c
                 .swarm_init(api::SwarmInitRequest {
                     advertise_addr: advertise_addr.unwrap_or_default(),
                     datapath_addr: datapath_addr.unwrap_or_default(),
+                    listen_addr,
                 })
                 .await
                 .map_err(status)?
@@ -336,7 +369,52 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
                 "    swarmgate swarm join --token {} {}:2377\n",
                 r.manager_token, r.advertise_addr
             );
-            println!("(Joining more nodes arrives with multi-node support.)");
+        }
+        ClientCmd::Swarm(SwarmCmd::Join {
+            token,
+            advertise_addr,
+            datapath_addr,
+            listen_addr,
+            remote,
+        }) => {
+            let r = c
+                .swarm_join(api::SwarmJoinRequest {
+                    remote_addr: remote,
+                    token,
+                    advertise_addr: advertise_addr.unwrap_or_default(),
+                    datapath_addr: datapath_addr.unwrap_or_default(),
+                    listen_addr,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("This node joined a swarm as a {}.", r.role);
+        }
+        ClientCmd::Swarm(SwarmCmd::JoinToken {
+            quiet,
+            rotate,
+            role,
+        }) => {
+            let r = c
+                .swarm_join_token(api::JoinTokenRequest {
+                    role: role.clone(),
+                    rotate,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if quiet {
+                println!("{}", r.token);
+            } else {
+                if rotate {
+                    println!("Successfully rotated {role} join token.\n");
+                }
+                println!("To add a {role} to this swarm, run the following command:\n");
+                println!(
+                    "    swarmgate swarm join --token {} {}\n",
+                    r.token, r.manager_addr
+                );
+            }
         }
         ClientCmd::Swarm(SwarmCmd::Leave { force }) => {
             c.swarm_leave(api::SwarmLeaveRequest { force })

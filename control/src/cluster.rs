@@ -69,12 +69,55 @@ pub struct SwarmInfo {
     pub advertise_addr: Ipv4Addr,
     /// Address for VXLAN traffic.
     pub datapath_addr: Ipv4Addr,
-    /// Join token for workers.
+    /// Join token for workers (managers only).
     pub worker_token: String,
-    /// Join token for managers.
+    /// Join token for managers (managers only).
     pub manager_token: String,
     /// When.
     pub created: u64,
+    /// `manager` or `worker`: this node's role, as its certificate says.
+    #[serde(default = "manager_role")]
+    pub role: String,
+    /// The cluster's root certificate, PEM.
+    #[serde(default)]
+    pub root_ca_cert: String,
+    /// The root's key, PEM (managers only).
+    #[serde(default)]
+    pub root_ca_key: Option<String>,
+    /// This node's certificate, PEM.
+    #[serde(default)]
+    pub node_cert: String,
+    /// This node's key, PEM.
+    #[serde(default)]
+    pub node_key: String,
+    /// Where a manager listens (`--listen-addr`, 0.0.0.0:2377 by default).
+    #[serde(default = "default_listen")]
+    pub listen_addr: String,
+    /// The manager a worker keeps its session with (`ip:port`).
+    #[serde(default)]
+    pub manager_addr: Option<String>,
+    /// Node certificates' validity in seconds (`--cert-expiry`; 90 days).
+    #[serde(default = "default_cert_expiry")]
+    pub cert_expiry_secs: u64,
+}
+
+fn manager_role() -> String {
+    "manager".into()
+}
+
+fn default_listen() -> String {
+    format!("0.0.0.0:{}", crate::remote::PORT)
+}
+
+fn default_cert_expiry() -> u64 {
+    crate::ca::DEFAULT_NODE_EXPIRY.as_secs()
+}
+
+impl SwarmInfo {
+    /// Whether this node is a manager.
+    pub fn is_manager(&self) -> bool {
+        self.role == "manager"
+    }
 }
 
 /// A node of the cluster.

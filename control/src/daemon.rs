@@ -22,8 +22,8 @@ use tonic::{Request, Response, Status};
 
 use crate::api;
 use crate::cluster::{
-    self, bridge_name, now, ports_summary, random_id, Cluster, Desired, Meta, NodeRecord,
-    Status as TStatus, SwarmInfo, TaskRecord, GWBRIDGE, GWBRIDGE_GW, GWBRIDGE_NET, GWBRIDGE_PREFIX,
+    self, bridge_name, now, ports_summary, random_id, Cluster, Desired, Meta, Status as TStatus,
+    TaskRecord, GWBRIDGE, GWBRIDGE_GW, GWBRIDGE_NET, GWBRIDGE_PREFIX,
 };
 use crate::dataplane::{DataPlane, NodeState};
 use crate::dns::{Dns, DNS_ADDR};
@@ -33,6 +33,9 @@ use crate::publish::{self, PortConfig, PublishMode};
 use crate::service::{CreateService, EndpointMode, ServiceMode};
 use crate::store::Store;
 use crate::task::{process_start_time, Attachment, Task, TaskSpec, TaskState};
+
+mod membership;
+pub use membership::{Want, NOT_A_MANAGER};
 
 /// How long a slot waits after its task ended before a replacement starts.
 const RESTART_DELAY: u64 = 1;
@@ -70,6 +73,9 @@ pub struct Daemon {
     saves: u64,
     /// Tasks being stopped off the state lock, with the addresses they still hold.
     stopping: Vec<(JoinHandle<()>, cluster::Held)>,
+    /// On a manager: when each other node's last heartbeat arrived (not persisted: after
+    /// a restart every node is Down until it beats again).
+    heartbeats: HashMap<String, std::time::Instant>,
 }
 
 fn bad(msg: impl std::fmt::Display) -> Status {
@@ -110,10 +116,6 @@ impl Daemon {
         v
     }
 
-    fn require_swarm(&self) -> Result<&SwarmInfo, Status> {
-        self.cluster.swarm.as_ref().ok_or_else(Self::not_swarm)
-    }
-
     /// Persists the state and pushes it to the data plane and the DNS.
     fn commit(&mut self) -> Result<(), Status> {
         self.store
@@ -152,135 +154,10 @@ impl Daemon {
         Ok(())
     }
 
-    // ---- swarm and nodes ----
-
-    fn swarm_init(&mut self, r: api::SwarmInitRequest) -> Result<api::SwarmInitReply, Status> {
-        if self.cluster.swarm.is_some() {
-            return Err(Status::already_exists(
-                "This node is already part of a swarm. Use \"swarmgate swarm leave --force\" to leave this swarm and join another one.",
-            ));
-        }
-        let own = self.dp.address();
-        let parse = |s: &str, what: &str| -> Result<Ipv4Addr, Status> {
-            if s.is_empty() {
-                return Ok(own);
-            }
-            let a = s.split(':').next().unwrap_or(s);
-            a.parse()
-                .map_err(|_| bad(format!("invalid {what} {s:?}: expected an IPv4 address")))
-        };
-        let advertise = parse(&r.advertise_addr, "--advertise-addr")?;
-        let datapath = parse(&r.datapath_addr, "--datapath-addr")?;
-        if datapath != own {
-            return Err(bad(format!(
-                "--datapath-addr {datapath} is not this node's data-path address {own} (the underlay address in the daemon configuration)"
-            )));
-        }
-        Self::ensure_gwbridge().map_err(|e| Status::internal(format!("{e:#}")))?;
-        let mut c = self.cluster.clone();
-        let node_id = random_id(25);
-        let secret = |n| random_id(n);
-        c.swarm = Some(SwarmInfo {
-            id: random_id(25),
-            node_id: node_id.clone(),
-            advertise_addr: advertise,
-            datapath_addr: datapath,
-            worker_token: format!("SWMTKN-1-{}-{}", secret(50), secret(25)),
-            manager_token: format!("SWMTKN-1-{}-{}", secret(50), secret(25)),
-            created: now(),
-        });
-        c.nodes = vec![NodeRecord {
-            id: node_id,
-            hostname: hostname(),
-            role: "manager".into(),
-            manager_status: "Leader".into(),
-            availability: "active".into(),
-            addr: advertise,
-        }];
-        c.networks.set_node_reserved(self.node_reserved());
-        c.networks
-            .create(&CreateNetwork {
-                name: "ingress".into(),
-                driver: "overlay".into(),
-                ingress: true,
-                ..Default::default()
-            })
-            .map_err(bad)?;
-        c.network_meta.insert("ingress".into(), Meta::new());
-        let old = std::mem::replace(&mut self.cluster, c);
-        if let Err(e) = self.commit() {
-            self.cluster = old;
-            let _ = self.commit();
-            return Err(e);
-        }
-        let s = self.cluster.swarm.as_ref().expect("set");
-        Ok(api::SwarmInitReply {
-            node_id: s.node_id.clone(),
-            worker_token: s.worker_token.clone(),
-            manager_token: s.manager_token.clone(),
-            advertise_addr: s.advertise_addr.to_string(),
-        })
-    }
-
-    fn swarm_leave(&mut self, r: api::SwarmLeaveRequest) -> Result<api::Empty, Status> {
-        self.require_swarm()?;
-        if !r.force {
-            return Err(Status::failed_precondition(
-                "You are attempting to leave the swarm on a node that is the last manager. Removing it deletes the swarm state: use --force to do so.",
-            ));
-        }
-        let ids: Vec<String> = self.cluster.tasks.keys().cloned().collect();
-        for id in &ids {
-            self.stop_task(id, TStatus::Shutdown);
-        }
-        self.cluster = Cluster::default();
-        let _ = ip(&["link", "del", GWBRIDGE]);
-        self.commit()?;
-        Ok(api::Empty {})
-    }
-
-    fn node_list(&self) -> Result<api::NodeListReply, Status> {
-        let s = self.require_swarm()?;
-        // This node is Ready while its data plane forwards; it is the Leader as the one
-        // manager holding the state. Other nodes' status comes with multi-node heartbeats;
-        // until then they are Unknown.
-        let health = self.dp.health();
-        if let Err(why) = &health {
-            eprintln!("swarmgate: node is down: {why}");
-        }
-        Ok(api::NodeListReply {
-            nodes: self
-                .cluster
-                .nodes
-                .iter()
-                .map(|n| api::Node {
-                    id: n.id.clone(),
-                    hostname: n.hostname.clone(),
-                    status: match (n.id == s.node_id, &health) {
-                        (true, Ok(())) => "Ready",
-                        (true, Err(_)) => "Down",
-                        (false, _) => "Unknown",
-                    }
-                    .into(),
-                    availability: capital(&n.availability),
-                    manager_status: match (n.role.as_str(), n.id == s.node_id) {
-                        ("manager", true) => "Leader",
-                        ("manager", false) => "Unreachable",
-                        _ => "",
-                    }
-                    .into(),
-                    engine_version: env!("CARGO_PKG_VERSION").into(),
-                    self_: n.id == s.node_id,
-                    addr: n.addr.to_string(),
-                })
-                .collect(),
-        })
-    }
-
     // ---- networks ----
 
     fn network_create(&mut self, r: api::NetworkCreateRequest) -> Result<api::IdReply, Status> {
-        self.require_swarm()?;
+        self.require_manager()?;
         let req = CreateNetwork {
             name: r.name.clone(),
             driver: if r.driver.is_empty() {
@@ -321,7 +198,7 @@ impl Daemon {
     }
 
     fn network_list(&self) -> Result<api::NetworkListReply, Status> {
-        self.require_swarm()?;
+        self.require_manager()?;
         Ok(api::NetworkListReply {
             networks: self
                 .cluster
@@ -360,7 +237,7 @@ impl Daemon {
     }
 
     fn network_inspect(&self, r: api::NamesRequest) -> Result<api::JsonReply, Status> {
-        let s = self.require_swarm()?;
+        let s = self.require_manager()?;
         let mut docs = Vec::new();
         for n in &r.names {
             let name = self
@@ -378,7 +255,7 @@ impl Daemon {
     }
 
     fn network_remove(&mut self, r: api::NamesRequest) -> Result<api::Empty, Status> {
-        self.require_swarm()?;
+        self.require_manager()?;
         // All checked before anything is removed.
         let mut names = Vec::new();
         for n in &r.names {
@@ -453,7 +330,7 @@ impl Daemon {
     }
 
     fn service_create(&mut self, r: api::ServiceCreateRequest) -> Result<api::IdReply, Status> {
-        self.require_swarm()?;
+        self.require_manager()?;
         let mut networks = Vec::new();
         for n in &r.networks {
             networks.push(self.network_name(n).unwrap_or_else(|| n.clone()));
@@ -483,7 +360,7 @@ impl Daemon {
     }
 
     fn service_update(&mut self, r: api::ServiceUpdateRequest) -> Result<api::IdReply, Status> {
-        self.require_swarm()?;
+        self.require_manager()?;
         let old = self
             .cluster
             .services
@@ -599,7 +476,7 @@ impl Daemon {
     }
 
     fn service_remove(&mut self, r: api::NamesRequest) -> Result<api::Empty, Status> {
-        self.require_swarm()?;
+        self.require_manager()?;
         for n in &r.names {
             if self.cluster.services.get(n).is_none() {
                 return Err(Status::not_found(format!("service {n} not found")));
@@ -630,7 +507,7 @@ impl Daemon {
     }
 
     fn service_list(&self) -> Result<api::ServiceListReply, Status> {
-        self.require_swarm()?;
+        self.require_manager()?;
         Ok(api::ServiceListReply {
             services: self
                 .cluster
@@ -707,7 +584,7 @@ impl Daemon {
     }
 
     fn service_ps(&self, r: api::NamesRequest) -> Result<api::TaskListReply, Status> {
-        self.require_swarm()?;
+        self.require_manager()?;
         let mut tasks = Vec::new();
         for n in &r.names {
             if self.cluster.services.get(n).is_none() {
@@ -732,7 +609,7 @@ impl Daemon {
     }
 
     fn service_inspect(&self, r: api::NamesRequest) -> Result<api::JsonReply, Status> {
-        self.require_swarm()?;
+        self.require_manager()?;
         let mut docs = Vec::new();
         for n in &r.names {
             docs.push(
@@ -753,7 +630,7 @@ impl Daemon {
     /// What `service logs` reads: each task's line prefix and log file. Only this is done
     /// under the state lock; the files are read (and streamed) after it is released.
     fn service_log_sources(&self, r: api::NamesRequest) -> Result<Vec<(String, PathBuf)>, Status> {
-        self.require_swarm()?;
+        self.require_manager()?;
         let mut sources = Vec::new();
         for n in &r.names {
             if self.cluster.services.get(n).is_none() {
@@ -789,7 +666,7 @@ impl Daemon {
     // ---- standalone endpoints ----
 
     fn container_run(&mut self, r: api::ContainerRunRequest) -> Result<api::EndpointReply, Status> {
-        self.require_swarm()?;
+        self.require_manager()?;
         let name = r.name.clone();
         let valid = name
             .chars()
@@ -832,7 +709,7 @@ impl Daemon {
             }
             nets.push(net_name);
         }
-        let node = self.require_swarm()?.node_id.clone();
+        let node = self.require_manager()?.node_id.clone();
         let id = random_id(8);
         let t = TaskRecord {
             id: id.clone(),
@@ -1407,6 +1284,7 @@ fn capital(s: &str) -> String {
 #[derive(Clone)]
 pub struct Api {
     inner: Arc<Mutex<Daemon>>,
+    runtime: Arc<tokio::sync::Mutex<crate::runtime::ClusterRuntime>>,
 }
 
 /// The daemon's state, even after a panic poisoned its lock: every path that changes it
@@ -1419,7 +1297,8 @@ fn lock_state(m: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
 }
 
 impl Api {
-    async fn call<T: Send + 'static>(
+    /// Runs `f` on the daemon's state on a blocking thread, all or nothing.
+    pub(crate) async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Daemon) -> Result<T, Status> + Send + 'static,
     ) -> Result<Response<T>, Status> {
@@ -1458,13 +1337,40 @@ impl api::swarmgate_server::Swarmgate for Api {
         &self,
         r: Request<api::SwarmInitRequest>,
     ) -> Result<Response<api::SwarmInitReply>, Status> {
-        self.call(move |d| d.swarm_init(r.into_inner())).await
+        let reply = self.call(move |d| d.swarm_init(r.into_inner())).await?;
+        self.runtime.lock().await.ensure(self).await;
+        Ok(reply)
+    }
+    async fn swarm_join(
+        &self,
+        r: Request<api::SwarmJoinRequest>,
+    ) -> Result<Response<api::SwarmJoinReply>, Status> {
+        let r = r.into_inner();
+        let manager = crate::agent::manager_addr(&r.remote_addr).map_err(bad)?;
+        let plan = r.clone();
+        let me = self.call(move |d| d.join_plan(&plan)).await?.into_inner();
+        let joined = crate::agent::join(manager, &r.token, &me)
+            .await
+            .map_err(Status::failed_precondition)?;
+        let reply = self
+            .call(move |d| d.finish_join(joined, me, &r.listen_addr))
+            .await?;
+        self.runtime.lock().await.ensure(self).await;
+        Ok(reply)
+    }
+    async fn swarm_join_token(
+        &self,
+        r: Request<api::JoinTokenRequest>,
+    ) -> Result<Response<api::JoinTokenReply>, Status> {
+        self.call(move |d| d.join_token(r.into_inner())).await
     }
     async fn swarm_leave(
         &self,
         r: Request<api::SwarmLeaveRequest>,
     ) -> Result<Response<api::Empty>, Status> {
-        self.call(move |d| d.swarm_leave(r.into_inner())).await
+        let reply = self.call(move |d| d.swarm_leave(r.into_inner())).await?;
+        self.runtime.lock().await.ensure(self).await;
+        Ok(reply)
     }
     async fn node_list(
         &self,
@@ -1634,8 +1540,11 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         applied: None,
         saves: 0,
         stopping: Vec::new(),
+        heartbeats: HashMap::new(),
     };
     let d = tokio::task::spawn_blocking(move || -> anyhow::Result<Daemon> {
+        d.upgrade_swarm()
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         d.restore().context("restoring tasks")?;
         d.reconcile();
         d.commit().map_err(|e| anyhow::anyhow!("{}", e.message()))?;
@@ -1643,6 +1552,10 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
     })
     .await??;
     let inner = Arc::new(Mutex::new(d));
+    let api = Api {
+        inner: inner.clone(),
+        runtime: Default::default(),
+    };
 
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir)?;
@@ -1656,12 +1569,14 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
     }
     println!("swarmgate: daemon listening on {}", cfg.socket.display());
 
-    // Reconcile and data-plane housekeeping.
+    // Reconcile, data-plane housekeeping, and the cluster runtime.
     let bg = inner.clone();
+    let bg_api = api.clone();
     let housekeeping = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
+            bg_api.runtime.lock().await.ensure(&bg_api).await;
             let d = bg.clone();
             let r = tokio::task::spawn_blocking(move || {
                 let logs = {
@@ -1709,15 +1624,14 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         }
     };
     tonic::transport::Server::builder()
-        .add_service(api::swarmgate_server::SwarmgateServer::new(Api {
-            inner: inner.clone(),
-        }))
+        .add_service(api::swarmgate_server::SwarmgateServer::new(api.clone()))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,
         )
         .await?;
     housekeeping.abort();
+    api.runtime.lock().await.stop().await;
     let _ = std::fs::remove_file(&cfg.socket);
     let d = inner.clone();
     tokio::task::spawn_blocking(move || {

@@ -13,6 +13,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
+pub mod ca;
 pub mod cli;
 pub mod cluster;
 pub mod daemon;
@@ -22,12 +24,21 @@ pub mod ipam;
 pub mod logs;
 pub mod network;
 pub mod publish;
+pub mod remote;
+pub mod runtime;
 pub mod service;
 pub mod store;
 pub mod task;
+pub mod tls;
 
 /// The daemon API (gRPC, generated from `proto/swarmgate.proto`).
 #[allow(missing_docs, clippy::all)]
 pub mod api {
     tonic::include_proto!("swarmgate.v1");
+}
+
+/// What nodes and managers say on TCP 2377 (gRPC, generated from `proto/cluster.proto`).
+#[allow(missing_docs, clippy::all)]
+pub mod cluster_api {
+    tonic::include_proto!("swarmgate.cluster.v1");
 }

@@ -1,0 +1,167 @@
+//! The node's side of the cluster (SwarmKit's agent): joining with a token, and the
+//! heartbeat session with a manager.
+//!
+//! Joining (`ca/certificates.go` `GetRemoteCA`, `ca/config.go` `DownloadRootCA`,
+//! `GetRemoteSignedCertificate`): fetch the root over unverified TLS, trust it only if
+//! its digest is the token's, send a CSR with the token over TLS verified against that
+//! root, get the certificate, then prove it with a first heartbeat over mutual TLS. Only
+//! then does the daemon record that it joined; a refusal at any step leaves this node as it
+//! was.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::ca::{self, RootCa};
+use crate::cluster_api::{self as capi, ca_client::CaClient, dispatcher_client::DispatcherClient};
+use crate::tls;
+
+/// SwarmKit's default heartbeat period (`DefaultHeartBeatPeriod`).
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
+
+/// What a successful join hands back to the daemon.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The manager's address, `ip:port`.
+    pub manager: SocketAddr,
+    /// The cluster root, PEM (no key).
+    pub root_pem: String,
+    /// This node's key, PEM.
+    pub key_pem: String,
+    /// Its certificate, PEM.
+    pub cert_pem: String,
+    /// Its identity as the certificate says.
+    pub identity: ca::NodeIdentity,
+}
+
+/// This node, as it describes itself to managers.
+#[derive(Debug, Clone)]
+pub struct Description {
+    /// Host name.
+    pub hostname: String,
+    /// Address for 2377/7946.
+    pub advertise_addr: Ipv4Addr,
+    /// Address for VXLAN/ESP.
+    pub datapath_addr: Ipv4Addr,
+}
+
+impl Description {
+    fn heartbeat(&self) -> capi::HeartbeatRequest {
+        capi::HeartbeatRequest {
+            hostname: self.hostname.clone(),
+            advertise_addr: self.advertise_addr.to_string(),
+            datapath_addr: self.datapath_addr.to_string(),
+        }
+    }
+}
+
+/// `HOST[:PORT]` of a manager, the port 2377 by default.
+pub fn manager_addr(s: &str) -> Result<SocketAddr, String> {
+    let bad = || format!("invalid manager address {s:?}: expected IPv4[:PORT]");
+    let (ip, port) = match s.rsplit_once(':') {
+        Some((ip, p)) => (ip, p.parse::<u16>().map_err(|_| bad())?),
+        None => (s, crate::remote::PORT),
+    };
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    if port == 0 || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+        return Err(bad());
+    }
+    Ok(SocketAddr::from((ip, port)))
+}
+
+fn status_line(e: tonic::Status) -> String {
+    match e.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+            format!("could not reach the manager: {}", e.message())
+        }
+        _ => e.message().to_owned(),
+    }
+}
+
+/// Joins the swarm whose manager is at `manager` with `token`. Every failure is one line.
+pub async fn join(manager: SocketAddr, token: &str, me: &Description) -> Result<Joined, String> {
+    let parsed = ca::parse_token(token).map_err(|e| e.to_string())?;
+    let boot = tls::bootstrap_config().map_err(|e| e.to_string())?;
+    let pem = CaClient::new(tls::channel(manager, boot))
+        .get_root_ca_certificate(capi::Empty {})
+        .await
+        .map_err(status_line)?
+        .into_inner()
+        .certificate;
+    let root = RootCa::from_pem(&pem, None).map_err(|e| e.to_string())?;
+    root.check_against(&parsed).map_err(|e| e.to_string())?;
+
+    let (key_pem, csr) = ca::new_key_and_csr().map_err(|e| e.to_string())?;
+    let verified = tls::client_config(root.cert_pem(), None).map_err(|e| e.to_string())?;
+    let reply = CaClient::new(tls::channel(manager, verified))
+        .issue_node_certificate(capi::IssueRequest {
+            csr,
+            token: token.to_owned(),
+            hostname: me.hostname.clone(),
+            advertise_addr: me.advertise_addr.to_string(),
+            datapath_addr: me.datapath_addr.to_string(),
+        })
+        .await
+        .map_err(status_line)?
+        .into_inner();
+    let der = ca::pem_der(&reply.certificate, "node certificate").map_err(|e| e.to_string())?;
+    let identity = ca::identity(&der).map_err(|e| e.to_string())?;
+    if identity.node_id != reply.node_id || identity.cluster_id != reply.cluster_id {
+        return Err("the manager's certificate does not match its answer".into());
+    }
+    let joined = Joined {
+        manager,
+        root_pem: root.cert_pem().to_owned(),
+        key_pem,
+        cert_pem: reply.certificate,
+        identity,
+    };
+    // The certificate works: the first heartbeat over mutual TLS is accepted.
+    Session::new(
+        joined.manager,
+        &joined.root_pem,
+        &joined.cert_pem,
+        &joined.key_pem,
+        me,
+    )?
+    .beat()
+    .await
+    .map_err(|e| format!("the manager refused the new certificate: {e}"))?;
+    Ok(joined)
+}
+
+/// The heartbeat session with a manager over mutual TLS (one connection, re-established
+/// by the channel when it breaks).
+pub struct Session {
+    client: DispatcherClient<tonic::transport::Channel>,
+    me: Description,
+}
+
+impl Session {
+    /// A session with the manager at `manager`, verified against `root_pem`, as the node
+    /// whose certificate and key these are.
+    pub fn new(
+        manager: SocketAddr,
+        root_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        me: &Description,
+    ) -> Result<Session, String> {
+        let cfg =
+            tls::client_config(root_pem, Some((cert_pem, key_pem))).map_err(|e| e.to_string())?;
+        Ok(Session {
+            client: DispatcherClient::new(tls::channel(manager, cfg)),
+            me: me.clone(),
+        })
+    }
+
+    /// One heartbeat; returns the period the manager asks for.
+    pub async fn beat(&mut self) -> Result<Duration, String> {
+        let r = self
+            .client
+            .heartbeat(self.me.heartbeat())
+            .await
+            .map_err(status_line)?
+            .into_inner();
+        Ok(Duration::from_millis(r.period_ms.clamp(1000, 60_000)))
+    }
+}

@@ -1,0 +1,566 @@
+//! Swarm membership on the daemon's state: `swarm init`/`join`/`join-token`/`leave`,
+//! `node ls`, and the manager's side of the CA and dispatcher calls on 2377
+//! ([`crate::remote`]). The network side of joining is [`crate::agent`]'s.
+
+use std::net::Ipv4Addr;
+use std::time::{Instant, SystemTime};
+
+use tonic::Status;
+
+use super::{bad, capital, hostname, ip, Daemon, GWBRIDGE};
+use crate::agent::{self, Description, Joined};
+use crate::api;
+use crate::ca::{self, NodeIdentity, Role, RootCa};
+use crate::cluster::{now, random_id, Cluster, Meta, NodeRecord, SwarmInfo};
+use crate::cluster_api as capi;
+use crate::network::CreateNetwork;
+
+/// Docker's answer to a cluster command typed on a worker.
+pub const NOT_A_MANAGER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
+
+/// Heartbeats a node may miss before it is Down (SwarmKit's grace: 3 periods).
+const HEARTBEAT_GRACE: u32 = 3;
+
+/// What this node runs for the cluster, as its state asks ([`super::runtime`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    /// Not in a swarm.
+    Nothing,
+    /// A manager: the 2377 listener.
+    Listener {
+        /// Where.
+        listen: String,
+        /// The root, PEM.
+        root: String,
+        /// This node's certificate and key, PEM.
+        cert: String,
+        /// Its key.
+        key: String,
+    },
+    /// A worker: the heartbeat session.
+    Session {
+        /// The manager.
+        manager: std::net::SocketAddr,
+        /// The root, this node's certificate and key, PEM.
+        root: String,
+        /// Certificate.
+        cert: String,
+        /// Key.
+        key: String,
+        /// How it describes itself.
+        me: (String, Ipv4Addr, Ipv4Addr),
+    },
+}
+
+fn parse_listen(s: &str) -> Result<String, Status> {
+    if s.is_empty() {
+        return Ok(format!("0.0.0.0:{}", crate::remote::PORT));
+    }
+    let (ip, port) = match s.rsplit_once(':') {
+        Some((ip, p)) => (ip, p),
+        None => (s, "2377"),
+    };
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| bad(format!("invalid --listen-addr {s:?}: expected IPv4[:PORT]")))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| bad(format!("invalid --listen-addr {s:?}: bad port")))?;
+    Ok(format!("{ip}:{port}"))
+}
+
+fn status_of(e: ca::CaError) -> Status {
+    match e {
+        ca::CaError::WrongToken | ca::CaError::InvalidToken => {
+            Status::invalid_argument(e.to_string())
+        }
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+impl Daemon {
+    /// The swarm, on a manager; Docker's answer on a worker.
+    pub(super) fn require_manager(&self) -> Result<&SwarmInfo, Status> {
+        let s = self.cluster.swarm.as_ref().ok_or_else(Self::not_swarm)?;
+        if !s.is_manager() {
+            return Err(Status::failed_precondition(NOT_A_MANAGER));
+        }
+        Ok(s)
+    }
+
+    fn addr_or_own(&self, s: &str, what: &str) -> Result<Ipv4Addr, Status> {
+        if s.is_empty() {
+            return Ok(self.dp.address());
+        }
+        let a = s.split(':').next().unwrap_or(s);
+        a.parse()
+            .map_err(|_| bad(format!("invalid {what} {s:?}: expected an IPv4 address")))
+    }
+
+    fn check_datapath(&self, datapath: Ipv4Addr) -> Result<(), Status> {
+        let own = self.dp.address();
+        if datapath != own {
+            return Err(bad(format!(
+                "--datapath-addr {datapath} is not this node's data-path address {own} (the underlay address in the daemon configuration)"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn swarm_init(
+        &mut self,
+        r: api::SwarmInitRequest,
+    ) -> Result<api::SwarmInitReply, Status> {
+        if self.cluster.swarm.is_some() {
+            return Err(Status::already_exists(
+                "This node is already part of a swarm. Use \"swarmgate swarm leave --force\" to leave this swarm and join another one.",
+            ));
+        }
+        let advertise = self.addr_or_own(&r.advertise_addr, "--advertise-addr")?;
+        let datapath = self.addr_or_own(&r.datapath_addr, "--datapath-addr")?;
+        self.check_datapath(datapath)?;
+        let listen = parse_listen(&r.listen_addr)?;
+        // The listener must be possible before anything is recorded.
+        std::net::TcpListener::bind(&listen)
+            .map_err(|e| bad(format!("failed to listen on {listen}: {e}")))?;
+        Self::ensure_gwbridge().map_err(|e| Status::internal(format!("{e:#}")))?;
+        let now_t = SystemTime::now();
+        let root = RootCa::create(now_t).map_err(status_of)?;
+        let cluster_id = random_id(25);
+        let node_id = random_id(25);
+        let (key, csr) = ca::new_key_and_csr().map_err(status_of)?;
+        let expiry = ca::DEFAULT_NODE_EXPIRY;
+        let cert = root
+            .issue(&csr, &node_id, Role::Manager, &cluster_id, now_t, expiry)
+            .map_err(status_of)?;
+        let mut c = self.cluster.clone();
+        c.swarm = Some(SwarmInfo {
+            id: cluster_id,
+            node_id: node_id.clone(),
+            advertise_addr: advertise,
+            datapath_addr: datapath,
+            worker_token: root.new_join_token().map_err(status_of)?,
+            manager_token: root.new_join_token().map_err(status_of)?,
+            created: now(),
+            role: Role::Manager.name().into(),
+            root_ca_cert: root.cert_pem().to_owned(),
+            root_ca_key: root.key_pem().map(str::to_owned),
+            node_cert: cert,
+            node_key: key,
+            listen_addr: listen,
+            manager_addr: None,
+            cert_expiry_secs: expiry.as_secs(),
+        });
+        c.nodes = vec![NodeRecord {
+            id: node_id,
+            hostname: hostname(),
+            role: "manager".into(),
+            manager_status: "Leader".into(),
+            availability: "active".into(),
+            addr: advertise,
+        }];
+        c.networks.set_node_reserved(self.node_reserved());
+        c.networks
+            .create(&CreateNetwork {
+                name: "ingress".into(),
+                driver: "overlay".into(),
+                ingress: true,
+                ..Default::default()
+            })
+            .map_err(bad)?;
+        c.network_meta.insert("ingress".into(), Meta::new());
+        let old = std::mem::replace(&mut self.cluster, c);
+        if let Err(e) = self.commit() {
+            self.cluster = old;
+            let _ = self.commit();
+            return Err(e);
+        }
+        let s = self.cluster.swarm.as_ref().expect("set");
+        Ok(api::SwarmInitReply {
+            node_id: s.node_id.clone(),
+            worker_token: s.worker_token.clone(),
+            manager_token: s.manager_token.clone(),
+            advertise_addr: s.advertise_addr.to_string(),
+        })
+    }
+
+    /// A swarm recorded before node certificates existed (a manager whose tokens were
+    /// placeholders nothing accepted) gets its root CA, its certificate and SwarmKit-format
+    /// tokens. Called once at start, before the state is committed.
+    pub(super) fn upgrade_swarm(&mut self) -> Result<(), Status> {
+        let Some(s) = &self.cluster.swarm else {
+            return Ok(());
+        };
+        if !s.node_cert.is_empty() || !s.is_manager() {
+            return Ok(());
+        }
+        let now_t = SystemTime::now();
+        let root = RootCa::create(now_t).map_err(status_of)?;
+        let (key, csr) = ca::new_key_and_csr().map_err(status_of)?;
+        let cert = root
+            .issue(
+                &csr,
+                &s.node_id,
+                Role::Manager,
+                &s.id,
+                now_t,
+                ca::DEFAULT_NODE_EXPIRY,
+            )
+            .map_err(status_of)?;
+        let (w, m) = (
+            root.new_join_token().map_err(status_of)?,
+            root.new_join_token().map_err(status_of)?,
+        );
+        let s = self.cluster.swarm.as_mut().expect("checked");
+        s.root_ca_cert = root.cert_pem().to_owned();
+        s.root_ca_key = root.key_pem().map(str::to_owned);
+        s.node_cert = cert;
+        s.node_key = key;
+        s.worker_token = w;
+        s.manager_token = m;
+        eprintln!("swarmgate: the swarm has a root CA now; its join tokens changed");
+        Ok(())
+    }
+
+    /// What `swarm join` may do, checked before any network traffic: this node is in no
+    /// swarm, and the addresses are its own.
+    pub(super) fn join_plan(&self, r: &api::SwarmJoinRequest) -> Result<Description, Status> {
+        if self.cluster.swarm.is_some() {
+            return Err(Status::already_exists(
+                "This node is already part of a swarm. Use \"swarmgate swarm leave\" to leave this swarm and join another one.",
+            ));
+        }
+        let advertise = self.addr_or_own(&r.advertise_addr, "--advertise-addr")?;
+        let datapath = self.addr_or_own(&r.datapath_addr, "--datapath-addr")?;
+        self.check_datapath(datapath)?;
+        parse_listen(&r.listen_addr)?;
+        Ok(Description {
+            hostname: hostname(),
+            advertise_addr: advertise,
+            datapath_addr: datapath,
+        })
+    }
+
+    /// Records a join that [`agent::join`] completed.
+    pub(super) fn finish_join(
+        &mut self,
+        j: Joined,
+        me: Description,
+        listen_addr: &str,
+    ) -> Result<api::SwarmJoinReply, Status> {
+        if self.cluster.swarm.is_some() {
+            return Err(Status::already_exists(
+                "This node is already part of a swarm.",
+            ));
+        }
+        Self::ensure_gwbridge().map_err(|e| Status::internal(format!("{e:#}")))?;
+        let mut c = self.cluster.clone();
+        c.swarm = Some(SwarmInfo {
+            id: j.identity.cluster_id.clone(),
+            node_id: j.identity.node_id.clone(),
+            advertise_addr: me.advertise_addr,
+            datapath_addr: me.datapath_addr,
+            worker_token: String::new(),
+            manager_token: String::new(),
+            created: now(),
+            role: j.identity.role.name().into(),
+            root_ca_cert: j.root_pem,
+            root_ca_key: None,
+            node_cert: j.cert_pem,
+            node_key: j.key_pem,
+            listen_addr: parse_listen(listen_addr)?,
+            manager_addr: Some(j.manager.to_string()),
+            cert_expiry_secs: (j.identity.not_after - j.identity.not_before).max(0) as u64,
+        });
+        c.nodes.clear();
+        c.networks.set_node_reserved(self.node_reserved());
+        let old = std::mem::replace(&mut self.cluster, c);
+        if let Err(e) = self.commit() {
+            self.cluster = old;
+            let _ = self.commit();
+            return Err(e);
+        }
+        Ok(api::SwarmJoinReply {
+            node_id: j.identity.node_id,
+            role: j.identity.role.name().into(),
+        })
+    }
+
+    pub(super) fn join_token(
+        &mut self,
+        r: api::JoinTokenRequest,
+    ) -> Result<api::JoinTokenReply, Status> {
+        let role = match r.role.as_str() {
+            "worker" => Role::Worker,
+            "manager" => Role::Manager,
+            other => {
+                return Err(bad(format!(
+                    "unknown role {other}: expected worker or manager"
+                )))
+            }
+        };
+        let s = self.require_manager()?;
+        if r.rotate {
+            let root = RootCa::from_pem(&s.root_ca_cert, None).map_err(status_of)?;
+            let token = root.new_join_token().map_err(status_of)?;
+            let s = self.cluster.swarm.as_mut().expect("checked");
+            match role {
+                Role::Worker => s.worker_token = token,
+                Role::Manager => s.manager_token = token,
+            }
+            self.commit()?;
+        }
+        let s = self.cluster.swarm.as_ref().expect("checked");
+        Ok(api::JoinTokenReply {
+            token: match role {
+                Role::Worker => s.worker_token.clone(),
+                Role::Manager => s.manager_token.clone(),
+            },
+            manager_addr: format!(
+                "{}:{}",
+                s.advertise_addr,
+                s.listen_addr.rsplit_once(':').map_or("2377", |p| p.1)
+            ),
+        })
+    }
+
+    pub(super) fn swarm_leave(&mut self, r: api::SwarmLeaveRequest) -> Result<api::Empty, Status> {
+        let s = self
+            .cluster
+            .swarm
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("This node is not part of a swarm"))?;
+        if s.is_manager() && !r.force {
+            return Err(Status::failed_precondition(
+                "You are attempting to leave the swarm on a node that is the last manager. Removing it deletes the swarm state: use --force to do so.",
+            ));
+        }
+        let ids: Vec<String> = self.cluster.tasks.keys().cloned().collect();
+        for id in &ids {
+            self.stop_task(id, crate::cluster::Status::Shutdown);
+        }
+        self.cluster = Cluster::default();
+        self.heartbeats.clear();
+        let _ = ip(&["link", "del", GWBRIDGE]);
+        self.commit()?;
+        Ok(api::Empty {})
+    }
+
+    pub(super) fn node_list(&self) -> Result<api::NodeListReply, Status> {
+        let s = self.require_manager()?;
+        // This node is Ready while its data plane forwards; it is the Leader as the one
+        // manager holding the state. Other nodes are Ready while their heartbeats arrive
+        // within the grace (3 periods), Down otherwise.
+        let health = self.dp.health();
+        if let Err(why) = &health {
+            eprintln!("swarmgate: node is down: {why}");
+        }
+        let grace = agent::HEARTBEAT_PERIOD * HEARTBEAT_GRACE;
+        Ok(api::NodeListReply {
+            nodes: self
+                .cluster
+                .nodes
+                .iter()
+                .map(|n| api::Node {
+                    id: n.id.clone(),
+                    hostname: n.hostname.clone(),
+                    status: match (n.id == s.node_id, &health) {
+                        (true, Ok(())) => "Ready",
+                        (true, Err(_)) => "Down",
+                        (false, _) => match self.heartbeats.get(&n.id) {
+                            Some(t) if t.elapsed() <= grace => "Ready",
+                            _ => "Down",
+                        },
+                    }
+                    .into(),
+                    availability: capital(&n.availability),
+                    manager_status: match (n.role.as_str(), n.id == s.node_id) {
+                        ("manager", true) => "Leader",
+                        ("manager", false) => "Unreachable",
+                        _ => "",
+                    }
+                    .into(),
+                    engine_version: env!("CARGO_PKG_VERSION").into(),
+                    self_: n.id == s.node_id,
+                    addr: n.addr.to_string(),
+                })
+                .collect(),
+        })
+    }
+
+    // ---- the manager's side of 2377 ----
+
+    pub(crate) fn cluster_id(&self) -> Result<String, Status> {
+        Ok(self.require_manager()?.id.clone())
+    }
+
+    pub(crate) fn root_ca_reply(&self) -> Result<capi::RootCaReply, Status> {
+        Ok(capi::RootCaReply {
+            certificate: self.require_manager()?.root_ca_cert.clone(),
+        })
+    }
+
+    fn root(&self) -> Result<RootCa, Status> {
+        let s = self.require_manager()?;
+        RootCa::from_pem(&s.root_ca_cert, s.root_ca_key.as_deref()).map_err(status_of)
+    }
+
+    pub(crate) fn issue_node_certificate(
+        &mut self,
+        r: capi::IssueRequest,
+    ) -> Result<capi::IssueReply, Status> {
+        let s = self.require_manager()?;
+        let role =
+            ca::role_for_token(&r.token, &s.worker_token, &s.manager_token).map_err(status_of)?;
+        if role == Role::Manager {
+            return Err(Status::unimplemented(
+                "joining as a manager needs the replicated (Raft) store, which swarmgate does not have yet: join as a worker",
+            ));
+        }
+        let addr: Ipv4Addr = r
+            .advertise_addr
+            .parse()
+            .map_err(|_| bad(format!("invalid advertise address {:?}", r.advertise_addr)))?;
+        let name = valid_hostname(&r.hostname)?;
+        let (cluster_id, expiry) = (s.id.clone(), s.cert_expiry_secs);
+        let node_id = random_id(25);
+        let cert = self
+            .root()?
+            .issue(
+                &r.csr,
+                &node_id,
+                role,
+                &cluster_id,
+                SystemTime::now(),
+                std::time::Duration::from_secs(expiry),
+            )
+            .map_err(|e| bad(e.to_string()))?;
+        self.cluster.nodes.push(NodeRecord {
+            id: node_id.clone(),
+            hostname: name,
+            role: role.name().into(),
+            manager_status: String::new(),
+            availability: "active".into(),
+            addr,
+        });
+        self.commit()?;
+        eprintln!(
+            "swarmgate: node {node_id} ({addr}) joined as a {}",
+            role.name()
+        );
+        Ok(capi::IssueReply {
+            node_id,
+            certificate: cert,
+            cluster_id,
+            role: role.name().into(),
+        })
+    }
+
+    fn member(&self, id: &NodeIdentity) -> Result<&NodeRecord, Status> {
+        self.cluster
+            .nodes
+            .iter()
+            .find(|n| n.id == id.node_id)
+            .ok_or_else(|| {
+                eprintln!(
+                    "swarmgate: 2377: refused node {}: not a member (removed?)",
+                    id.node_id
+                );
+                Status::permission_denied(format!(
+                    "node {} is not a member of this swarm",
+                    id.node_id
+                ))
+            })
+    }
+
+    pub(crate) fn renew_node_certificate(
+        &mut self,
+        id: &NodeIdentity,
+        csr: &str,
+    ) -> Result<capi::IssueReply, Status> {
+        self.member(id)?;
+        let s = self.require_manager()?;
+        let (cluster_id, expiry) = (s.id.clone(), s.cert_expiry_secs);
+        let cert = self
+            .root()?
+            .issue(
+                csr,
+                &id.node_id,
+                id.role,
+                &cluster_id,
+                SystemTime::now(),
+                std::time::Duration::from_secs(expiry),
+            )
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(capi::IssueReply {
+            node_id: id.node_id.clone(),
+            certificate: cert,
+            cluster_id,
+            role: id.role.name().into(),
+        })
+    }
+
+    pub(crate) fn heartbeat(
+        &mut self,
+        id: &NodeIdentity,
+        r: capi::HeartbeatRequest,
+    ) -> Result<capi::HeartbeatReply, Status> {
+        let n = self.member(id)?;
+        let addr: Ipv4Addr = r.advertise_addr.parse().unwrap_or(n.addr);
+        let name = valid_hostname(&r.hostname).unwrap_or_else(|_| n.hostname.clone());
+        if n.addr != addr || n.hostname != name {
+            let n = self
+                .cluster
+                .nodes
+                .iter_mut()
+                .find(|n| n.id == id.node_id)
+                .expect("checked");
+            n.addr = addr;
+            n.hostname = name;
+            self.commit()?;
+        }
+        self.heartbeats.insert(id.node_id.clone(), Instant::now());
+        Ok(capi::HeartbeatReply {
+            period_ms: agent::HEARTBEAT_PERIOD.as_millis() as u64,
+        })
+    }
+
+    /// What the node runtime should run for the current state.
+    pub(crate) fn want(&self) -> Want {
+        let Some(s) = &self.cluster.swarm else {
+            return Want::Nothing;
+        };
+        if s.node_cert.is_empty() {
+            return Want::Nothing; // a state from before certificates: see `restore`
+        }
+        if s.is_manager() {
+            Want::Listener {
+                listen: s.listen_addr.clone(),
+                root: s.root_ca_cert.clone(),
+                cert: s.node_cert.clone(),
+                key: s.node_key.clone(),
+            }
+        } else {
+            match s.manager_addr.as_deref().and_then(|a| a.parse().ok()) {
+                Some(manager) => Want::Session {
+                    manager,
+                    root: s.root_ca_cert.clone(),
+                    cert: s.node_cert.clone(),
+                    key: s.node_key.clone(),
+                    me: (hostname(), s.advertise_addr, s.datapath_addr),
+                },
+                None => Want::Nothing,
+            }
+        }
+    }
+}
+
+/// A host name as a node may report it: 1–255 printable characters.
+fn valid_hostname(s: &str) -> Result<String, Status> {
+    if s.is_empty() || s.len() > 255 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad(format!("invalid host name {s:?}")));
+    }
+    Ok(s.to_owned())
+}

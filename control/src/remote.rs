@@ -1,0 +1,205 @@
+//! The manager's listener on TCP 2377: the CA, the dispatcher and the health service, over
+//! TLS, each call authorised by the caller's cluster certificate.
+//!
+//! Who may call what (SwarmKit's `ca.AuthorizeOrgAndRole` on each service):
+//! * `Ca.GetRootCaCertificate`, `Ca.IssueNodeCertificate` — anyone (the join token is the
+//!   credential);
+//! * `Ca.RenewNodeCertificate`, `Dispatcher.Heartbeat` — a node of this cluster (its
+//!   certificate's O is the cluster ID) that has not been removed;
+//! * `Health.Check` — managers only.
+//!
+//! Every refusal is logged with the caller's address and the reason. A handshake gets
+//! [`crate::tls::CONNECT_TIMEOUT`]; connections are served as they complete, so a slow
+//! client holds only its own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+use crate::ca::{self, NodeIdentity, Role};
+use crate::cluster_api::{self as capi, ca_server, dispatcher_server, health_server};
+use crate::daemon::Api;
+
+/// The port managers listen on.
+pub const PORT: u16 = 2377;
+/// At most this many TLS handshakes in flight; further connections wait in the backlog.
+const MAX_HANDSHAKES: usize = 64;
+
+/// Checks the caller's certificate: issued to a node of `cluster_id` with one of `roles`.
+pub fn authorize<T>(
+    req: &Request<T>,
+    cluster_id: &str,
+    roles: &[Role],
+    what: &str,
+) -> Result<NodeIdentity, Status> {
+    let from = req
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "?".into());
+    let refuse = |why: String| {
+        eprintln!("swarmgate: 2377: refused {what} from {from}: {why}");
+        Status::permission_denied(format!("{what}: {why}"))
+    };
+    let certs = req
+        .peer_certs()
+        .ok_or_else(|| refuse("no client certificate".into()))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| refuse("no client certificate".into()))?;
+    let id = ca::identity(leaf).map_err(|e| refuse(e.to_string()))?;
+    if id.cluster_id != cluster_id {
+        return Err(refuse(format!(
+            "certificate of another cluster ({})",
+            id.cluster_id
+        )));
+    }
+    if !roles.contains(&id.role) {
+        return Err(refuse(format!(
+            "a {} may not call this (needs {})",
+            id.role.name(),
+            roles
+                .iter()
+                .map(|r| r.name())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )));
+    }
+    Ok(id)
+}
+
+/// The services, all sharing the daemon.
+#[derive(Clone)]
+pub struct Remote {
+    api: Api,
+}
+
+impl Remote {
+    /// Services over the daemon behind `api`.
+    pub fn new(api: Api) -> Remote {
+        Remote { api }
+    }
+
+    /// Serves on `listener` with `tls` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_HANDSHAKES);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("swarmgate: 2377: accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let r = tokio::time::timeout(crate::tls::CONNECT_TIMEOUT, acceptor.accept(tcp))
+                        .await;
+                    drop(permit);
+                    match r {
+                        Ok(Ok(s)) => {
+                            let _ = tx.send(Ok::<_, std::io::Error>(s)).await;
+                        }
+                        Ok(Err(e)) => log_handshake(peer, &e.to_string()),
+                        Err(_) => log_handshake(peer, "handshake timed out"),
+                    }
+                });
+            }
+        });
+        let r = tonic::transport::Server::builder()
+            .timeout(crate::tls::CALL_TIMEOUT)
+            .add_service(ca_server::CaServer::new(self.clone()))
+            .add_service(dispatcher_server::DispatcherServer::new(self.clone()))
+            .add_service(health_server::HealthServer::new(self))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), shutdown)
+            .await;
+        accept.abort();
+        Ok(r?)
+    }
+}
+
+fn log_handshake(peer: SocketAddr, why: &str) {
+    eprintln!("swarmgate: 2377: TLS handshake with {peer} failed: {why}");
+}
+
+#[tonic::async_trait]
+impl ca_server::Ca for Remote {
+    async fn get_root_ca_certificate(
+        &self,
+        _: Request<capi::Empty>,
+    ) -> Result<Response<capi::RootCaReply>, Status> {
+        self.api.call(|d| d.root_ca_reply()).await
+    }
+
+    async fn issue_node_certificate(
+        &self,
+        r: Request<capi::IssueRequest>,
+    ) -> Result<Response<capi::IssueReply>, Status> {
+        let from = r.remote_addr();
+        let r = r.into_inner();
+        let res = self.api.call(move |d| d.issue_node_certificate(r)).await;
+        if let Err(e) = &res {
+            eprintln!(
+                "swarmgate: 2377: refused a join from {}: {}",
+                from.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
+                e.message()
+            );
+        }
+        res
+    }
+
+    async fn renew_node_certificate(
+        &self,
+        r: Request<capi::RenewRequest>,
+    ) -> Result<Response<capi::IssueReply>, Status> {
+        let cluster = self.api.call(|d| d.cluster_id()).await?.into_inner();
+        let id = authorize(
+            &r,
+            &cluster,
+            &[Role::Manager, Role::Worker],
+            "certificate renewal",
+        )?;
+        let csr = r.into_inner().csr;
+        self.api
+            .call(move |d| d.renew_node_certificate(&id, &csr))
+            .await
+    }
+}
+
+#[tonic::async_trait]
+impl dispatcher_server::Dispatcher for Remote {
+    async fn heartbeat(
+        &self,
+        r: Request<capi::HeartbeatRequest>,
+    ) -> Result<Response<capi::HeartbeatReply>, Status> {
+        let cluster = self.api.call(|d| d.cluster_id()).await?.into_inner();
+        let id = authorize(&r, &cluster, &[Role::Manager, Role::Worker], "heartbeat")?;
+        let r = r.into_inner();
+        self.api.call(move |d| d.heartbeat(&id, r)).await
+    }
+}
+
+#[tonic::async_trait]
+impl health_server::Health for Remote {
+    async fn check(&self, r: Request<capi::Empty>) -> Result<Response<capi::HealthReply>, Status> {
+        let cluster = self.api.call(|d| d.cluster_id()).await?.into_inner();
+        authorize(&r, &cluster, &[Role::Manager], "health check")?;
+        Ok(Response::new(capi::HealthReply {
+            status: "SERVING".into(),
+        }))
+    }
+}

@@ -1,0 +1,146 @@
+//! The node runtime's cluster side: what runs because of this node's place in the swarm —
+//! the 2377 listener on a manager, the heartbeat session on a worker — started, restarted
+//! and stopped to match the state ([`crate::daemon`]'s `want`). Checked after every
+//! membership change and on every housekeeping tick, so a listener that could not bind or
+//! a session whose manager is away is retried.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::agent::{Description, Session};
+use crate::daemon::{Api, Want};
+use crate::remote::Remote;
+
+/// What is running now.
+#[derive(Default)]
+pub struct ClusterRuntime {
+    running: Option<Running>,
+}
+
+struct Running {
+    want: Want,
+    task: JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl ClusterRuntime {
+    /// Makes what runs match what the state wants.
+    pub async fn ensure(&mut self, api: &Api) {
+        let want = match api.call(|d| Ok(d.want())).await {
+            Ok(w) => w.into_inner(),
+            Err(e) => {
+                eprintln!("swarmgate: cluster runtime: {}", e.message());
+                return;
+            }
+        };
+        if let Some(r) = &self.running {
+            if r.want == want && !r.task.is_finished() {
+                return;
+            }
+        }
+        self.stop().await;
+        self.running = match want.clone() {
+            Want::Nothing => None,
+            Want::Listener {
+                listen,
+                root,
+                cert,
+                key,
+            } => {
+                let tls = match crate::tls::server_config(&root, &cert, &key) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("swarmgate: 2377: TLS configuration: {e:#}");
+                        return;
+                    }
+                };
+                let listener = match tokio::net::TcpListener::bind(&listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("swarmgate: 2377: failed to listen on {listen}: {e} (retrying)");
+                        return;
+                    }
+                };
+                eprintln!("swarmgate: managing the swarm on {listen} (mutual TLS)");
+                let (tx, rx) = oneshot::channel();
+                let remote = Remote::new(api.clone());
+                let task = tokio::spawn(async move {
+                    let shutdown = async {
+                        let _ = rx.await;
+                    };
+                    if let Err(e) = remote.serve(listener, tls, shutdown).await {
+                        eprintln!("swarmgate: 2377: {e:#}");
+                    }
+                });
+                Some(Running {
+                    want,
+                    task,
+                    stop: Some(tx),
+                })
+            }
+            Want::Session {
+                manager,
+                root,
+                cert,
+                key,
+                me,
+            } => {
+                let me = Description {
+                    hostname: me.0,
+                    advertise_addr: me.1,
+                    datapath_addr: me.2,
+                };
+                let mut session = match Session::new(manager, &root, &cert, &key, &me) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("swarmgate: session with {manager}: {e}");
+                        return;
+                    }
+                };
+                let task = tokio::spawn(async move {
+                    let mut failing = false;
+                    loop {
+                        let wait = match session.beat().await {
+                            Ok(period) => {
+                                if failing {
+                                    eprintln!("swarmgate: session with manager {manager} restored");
+                                    failing = false;
+                                }
+                                period
+                            }
+                            Err(e) => {
+                                if !failing {
+                                    eprintln!("swarmgate: heartbeat to manager {manager}: {e}");
+                                    failing = true;
+                                }
+                                Duration::from_secs(1)
+                            }
+                        };
+                        tokio::time::sleep(wait).await;
+                    }
+                });
+                Some(Running {
+                    want,
+                    task,
+                    stop: None,
+                })
+            }
+        };
+    }
+
+    /// Stops whatever runs.
+    pub async fn stop(&mut self) {
+        if let Some(mut r) = self.running.take() {
+            match r.stop.take() {
+                Some(tx) => {
+                    let _ = tx.send(());
+                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut r.task).await;
+                    r.task.abort();
+                }
+                None => r.task.abort(),
+            }
+        }
+    }
+}
