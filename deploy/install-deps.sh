@@ -8,11 +8,12 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # System packages: a C toolchain for AWS-LC (aws-lc-sys); DPDK 22.11+ (headers, and the PMDs
 # that EAL loads as plugins) with libclang for bindgen; and what the namespace tests use:
-# iproute2, ethtool, ping, python3 with python3-cryptography (the independent ESP
+# openssl (the swarm tests verify certificates with it), iproute2, ethtool, ping,
+# python3 with python3-cryptography (the independent ESP
 # implementation of the interop tests), tcpdump and tshark; protoc for the daemon's gRPC schema;
 # util-linux for nsenter.
 pkgs=(build-essential pkg-config libdpdk-dev dpdk libclang-dev clang iproute2 ethtool iputils-ping
-      python3 python3-cryptography tcpdump tshark protobuf-compiler util-linux)
+      python3 python3-cryptography tcpdump tshark protobuf-compiler util-linux openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -133,6 +133,8 @@ pub async fn join(manager: SocketAddr, token: &str, me: &Description) -> Result<
 /// by the channel when it breaks).
 pub struct Session {
     client: DispatcherClient<tonic::transport::Channel>,
+    ca: CaClient<tonic::transport::Channel>,
+    cert_pem: String,
     me: Description,
 }
 
@@ -148,10 +150,34 @@ impl Session {
     ) -> Result<Session, String> {
         let cfg =
             tls::client_config(root_pem, Some((cert_pem, key_pem))).map_err(|e| e.to_string())?;
+        let ch = tls::channel(manager, cfg);
         Ok(Session {
-            client: DispatcherClient::new(tls::channel(manager, cfg)),
+            client: DispatcherClient::new(ch.clone()),
+            ca: CaClient::new(ch),
+            cert_pem: cert_pem.to_owned(),
             me: me.clone(),
         })
+    }
+
+    /// Whether this node's certificate is due for renewal ([`ca::renewal_due`]).
+    pub fn renewal_due(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        ca::renewal_due(&self.cert_pem, now)
+    }
+
+    /// Renews the certificate over mutual TLS with the current one: a new key, the same
+    /// node ID and role. Returns (certificate, key), PEM.
+    pub async fn renew(&mut self) -> Result<(String, String), String> {
+        let (key_pem, csr) = ca::new_key_and_csr().map_err(|e| e.to_string())?;
+        let r = self
+            .ca
+            .renew_node_certificate(capi::RenewRequest { csr })
+            .await
+            .map_err(status_line)?
+            .into_inner();
+        Ok((r.certificate, key_pem))
     }
 
     /// One heartbeat; returns the period the manager asks for.

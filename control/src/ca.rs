@@ -414,6 +414,19 @@ pub fn renewal_time(not_before: i64, not_after: i64, r: f64) -> i64 {
     not_before + (life * (0.5 + 0.3 * r.clamp(0.0, 1.0))) as i64
 }
 
+/// Whether the node certificate `cert_pem` is due for renewal at `now` (seconds since the
+/// epoch): its renewal point is drawn between 50 % and 80 % of its life from the
+/// certificate's own digest, so it is stable for one certificate and spread across nodes.
+/// An unreadable certificate is due.
+pub fn renewal_due(cert_pem: &str, now: i64) -> bool {
+    let Ok(id) = pem_der(cert_pem, "node certificate").and_then(|d| identity(&d)) else {
+        return true;
+    };
+    let h = Sha256::digest(cert_pem.as_bytes());
+    let r = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as f64 / (u32::MAX as f64 + 1.0);
+    now >= renewal_time(id.not_before, id.not_after, r)
+}
+
 /// `bytes` as a big-endian number in base 36, 0-padded to `width` (Go's `big.Int.Text(36)`
 /// with `%0*s`).
 fn base36(bytes: &[u8], width: usize) -> String {
@@ -570,6 +583,20 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().starts_with("invalid CSR"), "{e}");
         assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn a_certificate_is_due_for_renewal_between_half_and_four_fifths_of_its_life() {
+        let now = SystemTime::now();
+        let ca = RootCa::create(now).unwrap();
+        let (_k, csr) = new_key_and_csr().unwrap();
+        let life = Duration::from_secs(10_000);
+        let pem = ca.issue(&csr, "n1", Role::Worker, "c1", now, life).unwrap();
+        let id = identity(&pem_der(&pem, "c").unwrap()).unwrap();
+        let t = |f: f64| id.not_before + ((id.not_after - id.not_before) as f64 * f) as i64;
+        assert!(!renewal_due(&pem, t(0.49)));
+        assert!(renewal_due(&pem, t(0.81)));
+        assert!(renewal_due("garbage", 0));
     }
 
     #[test]

@@ -101,6 +101,12 @@ pub enum SwarmCmd {
         /// worker or manager.
         role: String,
     },
+    /// Change the swarm's settings.
+    Update {
+        /// Validity of node certificates issued from now on (e.g. 2160h, 90d; at least 1h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        cert_expiry: Option<std::time::Duration>,
+    },
     /// Leave the swarm (the last manager needs --force; removes everything).
     Leave {
         /// Required on the last manager.
@@ -117,6 +123,21 @@ pub enum NodeCmd {
         /// `json`: one JSON object per line.
         #[arg(long)]
         format: Option<String>,
+    },
+    /// Show nodes in detail (JSON).
+    Inspect {
+        /// IDs, ID prefixes or host names.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the swarm (a node that is not down needs --force).
+    Rm {
+        /// Remove even a node that is up.
+        #[arg(short, long)]
+        force: bool,
+        /// IDs, ID prefixes or host names.
+        #[arg(required = true)]
+        nodes: Vec<String>,
     },
 }
 
@@ -421,6 +442,33 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
                 .await
                 .map_err(status)?;
             println!("Node left the swarm.");
+        }
+        ClientCmd::Swarm(SwarmCmd::Update { cert_expiry }) => {
+            c.swarm_update(api::SwarmUpdateRequest {
+                cert_expiry_secs: cert_expiry.map_or(0, |d| d.as_secs().max(1)),
+            })
+            .await
+            .map_err(status)?;
+            println!("Swarm updated.");
+        }
+        ClientCmd::Node(NodeCmd::Inspect { nodes }) => {
+            let r = c
+                .node_inspect(api::NamesRequest { names: nodes })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("{}", r.json);
+        }
+        ClientCmd::Node(NodeCmd::Rm { force, nodes }) => {
+            c.node_remove(api::NodeRemoveRequest {
+                names: nodes.clone(),
+                force,
+            })
+            .await
+            .map_err(status)?;
+            for n in nodes {
+                println!("{n}");
+            }
         }
         ClientCmd::Node(NodeCmd::Ls { format }) => {
             let r = c

@@ -640,9 +640,13 @@ impl Cluster {
         for (k, v) in &n.options {
             options.insert(k.clone(), json!(v));
         }
+        // The nodes that have the network: tasks run only on this node so far (workers
+        // join, but nothing is scheduled on them yet), so only it.
+        let me = self.swarm.as_ref().map(|s| s.node_id.as_str());
         let peers: Vec<Value> = self
             .nodes
             .iter()
+            .filter(|nd| Some(nd.id.as_str()) == me)
             .map(|nd| json!({"Name": nd.hostname, "IP": nd.addr.to_string()}))
             .collect();
         Some(json!({

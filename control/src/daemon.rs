@@ -1378,6 +1378,24 @@ impl api::swarmgate_server::Swarmgate for Api {
     ) -> Result<Response<api::NodeListReply>, Status> {
         self.call(|d| d.node_list()).await
     }
+    async fn node_inspect(
+        &self,
+        r: Request<api::NamesRequest>,
+    ) -> Result<Response<api::JsonReply>, Status> {
+        self.call(move |d| d.node_inspect(r.into_inner())).await
+    }
+    async fn node_remove(
+        &self,
+        r: Request<api::NodeRemoveRequest>,
+    ) -> Result<Response<api::Empty>, Status> {
+        self.call(move |d| d.node_remove(r.into_inner())).await
+    }
+    async fn swarm_update(
+        &self,
+        r: Request<api::SwarmUpdateRequest>,
+    ) -> Result<Response<api::Empty>, Status> {
+        self.call(move |d| d.swarm_update(r.into_inner())).await
+    }
     async fn network_create(
         &self,
         r: Request<api::NetworkCreateRequest>,
@@ -1581,6 +1599,12 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
             let r = tokio::task::spawn_blocking(move || {
                 let logs = {
                     let mut d = lock_state(&d);
+                    if let Err(e) = d.renew_own_certificate() {
+                        eprintln!(
+                            "swarmgate: renewing this manager's certificate: {}",
+                            e.message()
+                        );
+                    }
                     if d.reconcile() {
                         if let Err(e) = d.commit() {
                             eprintln!("swarmgate: {}", e.message());

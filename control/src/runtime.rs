@@ -99,9 +99,29 @@ impl ClusterRuntime {
                         return;
                     }
                 };
+                let api = api.clone();
                 let task = tokio::spawn(async move {
                     let mut failing = false;
                     loop {
+                        if session.renewal_due() {
+                            // Stored in the state, the new certificate changes what is
+                            // wanted: the next `ensure` restarts the session with it.
+                            match session.renew().await {
+                                Ok((cert, key)) => {
+                                    match api
+                                        .call(move |d| d.store_node_certificate(cert, key))
+                                        .await
+                                    {
+                                        Ok(_) => return, // restarted with the new one
+                                        Err(e) => eprintln!(
+                                            "swarmgate: keeping the renewed certificate: {}",
+                                            e.message()
+                                        ),
+                                    }
+                                }
+                                Err(e) => eprintln!("swarmgate: certificate renewal: {e}"),
+                            }
+                        }
                         let wait = match session.beat().await {
                             Ok(period) => {
                                 if failing {

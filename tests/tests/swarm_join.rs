@@ -3,7 +3,9 @@
 //! `swarm init` on one, `swarm join` on the other, with the refusals SwarmKit gives —
 //! a malformed token, a token for another CA, a rotated token, a manager token (not yet
 //! supported), a client without a certificate, a worker calling a manager-only service —
-//! and the worker's heartbeats making it Ready, then Down when its daemon stops.
+//! and the worker's heartbeats making it Ready, then Down when its daemon stops; node
+//! inspect and rm, `swarm update --cert-expiry`, a certificate renewed over mutual TLS,
+//! and a removed node refused.
 //!
 //! Checked against implementations that share no code with swarmgate: the token's digest
 //! recomputed by Python's hashlib from the root certificate the manager serves, and the
@@ -256,6 +258,22 @@ fn node_rows(h: &Host) -> Vec<serde_json::Value> {
         .collect()
 }
 
+fn probe_desc() -> Description {
+    Description {
+        hostname: "probe".into(),
+        advertise_addr: WORKER_IP.parse().unwrap(),
+        datapath_addr: WORKER_IP.parse().unwrap(),
+    }
+}
+
+fn probe_beat() -> capi::HeartbeatRequest {
+    capi::HeartbeatRequest {
+        hostname: "probe".into(),
+        advertise_addr: WORKER_IP.into(),
+        datapath_addr: WORKER_IP.into(),
+    }
+}
+
 fn write(dir: &Path, name: &str, s: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, s).unwrap();
@@ -416,34 +434,27 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     // Without a client certificate only the CA's join calls answer; with a worker's, the
     // dispatcher answers and the manager-only health service refuses.
     let probe_token = worker_token.clone();
-    let (no_cert, worker_beat, worker_health) = in_netns(&w.ns, async move {
-        let addr = format!("{MANAGER_IP}:2377").parse().unwrap();
+    let addr: std::net::SocketAddr = format!("{MANAGER_IP}:2377").parse().unwrap();
+    let (no_cert, probe, worker_beat, worker_health) = in_netns(&w.ns, async move {
         let anon = tls::channel(addr, tls::bootstrap_config().unwrap());
         let no_cert = DispatcherClient::new(anon)
             .heartbeat(capi::HeartbeatRequest::default())
             .await
             .unwrap_err();
         // A second worker identity, obtained the way any node gets one.
-        let me = Description {
-            hostname: "probe".into(),
-            advertise_addr: WORKER_IP.parse().unwrap(),
-            datapath_addr: WORKER_IP.parse().unwrap(),
-        };
-        let j = agent::join(addr, &probe_token, &me).await.unwrap();
+        let j = agent::join(addr, &probe_token, &probe_desc())
+            .await
+            .unwrap();
         let cfg = tls::client_config(&j.root_pem, Some((&j.cert_pem, &j.key_pem))).unwrap();
         let beat = DispatcherClient::new(tls::channel(addr, cfg.clone()))
-            .heartbeat(capi::HeartbeatRequest {
-                hostname: "probe".into(),
-                advertise_addr: WORKER_IP.into(),
-                datapath_addr: WORKER_IP.into(),
-            })
+            .heartbeat(probe_beat())
             .await
             .map(|r| r.into_inner().period_ms);
         let health = HealthClient::new(tls::channel(addr, cfg))
             .check(capi::Empty {})
             .await
             .unwrap_err();
-        (no_cert, beat, health)
+        (no_cert, j, beat, health)
     });
     assert_eq!(no_cert.code(), tonic::Code::PermissionDenied, "{no_cert:?}");
     assert_eq!(worker_beat.unwrap(), 5000);
@@ -461,6 +472,91 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
         log.contains("refused health check from") && log.contains("a worker may not call this"),
         "{log}"
     );
+
+    // Node management: inspect, removal rules, certificate lifetime.
+    let worker_id = node_rows(m)
+        .into_iter()
+        .find(|n| n["Addr"] == WORKER_IP && n["Hostname"] != "probe")
+        .unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&m.ok(&format!("node inspect {worker_id}"))).unwrap();
+    assert_eq!(inspect[0]["Spec"]["Role"], "worker", "{inspect}");
+    assert_eq!(inspect[0]["Status"]["State"], "ready", "{inspect}");
+    let out = m.err(&format!("node rm {worker_id}"));
+    assert!(out.contains("is not down and can't be removed"), "{out}");
+    let out = m.err(&format!("node rm {manager_id}"));
+    assert!(
+        out.contains("must be demoted to worker before removal"),
+        "{out}"
+    );
+    let out = m.err("swarm update --cert-expiry 30m");
+    assert!(
+        out.contains("minimum certificate expiry time is 1h0m0s"),
+        "{out}"
+    );
+    m.ok("swarm update --cert-expiry 2h");
+
+    // The probe renews its certificate over mutual TLS: same node, same role, the new
+    // lifetime; OpenSSL verifies it against the root. Once removed, it is refused.
+    let (renewed, renewed_key) = in_netns(&w.ns, {
+        let j = probe.clone();
+        async move {
+            let mut s =
+                agent::Session::new(addr, &j.root_pem, &j.cert_pem, &j.key_pem, &probe_desc())
+                    .unwrap();
+            s.renew().await.unwrap()
+        }
+    });
+    let renewed_file = write(&m.dir, "renewed.pem", &renewed);
+    let verify = must(&format!(
+        "openssl verify -CAfile {} -purpose sslclient {}",
+        root_file.display(),
+        renewed_file.display()
+    ));
+    assert!(verify.contains(": OK"), "{verify}");
+    let subject = must(&format!(
+        "openssl x509 -noout -subject -nameopt RFC2253 -in {}",
+        renewed_file.display()
+    ));
+    assert!(
+        subject.contains(&format!("CN={}", probe.identity.node_id)),
+        "{subject}"
+    );
+    assert!(subject.contains("OU=swarm-worker"), "{subject}");
+    let dates = must(&format!(
+        "openssl x509 -noout -startdate -enddate -dateopt iso_8601 -in {}",
+        renewed_file.display()
+    ));
+    let stamp = |k: &str| {
+        let v = dates
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .trim()
+            .to_owned();
+        must(&format!("date -u -d '{v}' +%s"))
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+    };
+    assert_eq!(
+        stamp("notAfter=") - stamp("notBefore="),
+        2 * 3600 + 60,
+        "{dates}"
+    );
+    m.ok(&format!("node rm --force {}", probe.identity.node_id));
+    let refused = in_netns(&w.ns, async move {
+        let cfg = tls::client_config(&probe.root_pem, Some((&renewed, &renewed_key))).unwrap();
+        DispatcherClient::new(tls::channel(addr, cfg))
+            .heartbeat(probe_beat())
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(m.log().contains("not a member"), "{}", m.log());
 
     // The worker's daemon stops: it is Down on the manager within the grace.
     e.worker.stop();

@@ -353,11 +353,9 @@ impl Daemon {
         // This node is Ready while its data plane forwards; it is the Leader as the one
         // manager holding the state. Other nodes are Ready while their heartbeats arrive
         // within the grace (3 periods), Down otherwise.
-        let health = self.dp.health();
-        if let Err(why) = &health {
+        if let Err(why) = self.dp.health() {
             eprintln!("swarmgate: node is down: {why}");
         }
-        let grace = agent::HEARTBEAT_PERIOD * HEARTBEAT_GRACE;
         Ok(api::NodeListReply {
             nodes: self
                 .cluster
@@ -366,15 +364,7 @@ impl Daemon {
                 .map(|n| api::Node {
                     id: n.id.clone(),
                     hostname: n.hostname.clone(),
-                    status: match (n.id == s.node_id, &health) {
-                        (true, Ok(())) => "Ready",
-                        (true, Err(_)) => "Down",
-                        (false, _) => match self.heartbeats.get(&n.id) {
-                            Some(t) if t.elapsed() <= grace => "Ready",
-                            _ => "Down",
-                        },
-                    }
-                    .into(),
+                    status: if self.node_ready(n) { "Ready" } else { "Down" }.into(),
                     availability: capital(&n.availability),
                     manager_status: match (n.role.as_str(), n.id == s.node_id) {
                         ("manager", true) => "Leader",
@@ -388,6 +378,172 @@ impl Daemon {
                 })
                 .collect(),
         })
+    }
+
+    /// A node by ID, unique ID prefix or host name (as `docker node` takes them).
+    fn find_node(&self, name: &str) -> Result<&NodeRecord, Status> {
+        let nodes = &self.cluster.nodes;
+        let found = nodes.iter().find(|n| n.id == name).or_else(|| {
+            let m: Vec<_> = nodes
+                .iter()
+                .filter(|n| !name.is_empty() && (n.id.starts_with(name) || n.hostname == name))
+                .collect();
+            (m.len() == 1).then(|| m[0])
+        });
+        found.ok_or_else(|| Status::not_found(format!("node {name} not found")))
+    }
+
+    fn node_ready(&self, n: &NodeRecord) -> bool {
+        let me = self.cluster.swarm.as_ref().map(|s| s.node_id.as_str());
+        Some(n.id.as_str()) == me && self.dp.health().is_ok()
+            || self
+                .heartbeats
+                .get(&n.id)
+                .is_some_and(|t| t.elapsed() <= agent::HEARTBEAT_PERIOD * HEARTBEAT_GRACE)
+    }
+
+    pub(super) fn node_inspect(&self, r: api::NamesRequest) -> Result<api::JsonReply, Status> {
+        self.require_manager()?;
+        let mut out = Vec::new();
+        for name in &r.names {
+            let n = self.find_node(name)?;
+            out.push(serde_json::json!({
+                "ID": n.id,
+                "Spec": { "Role": n.role, "Availability": n.availability },
+                "Description": { "Hostname": n.hostname },
+                "Status": {
+                    "State": if self.node_ready(n) { "ready" } else { "down" },
+                    "Addr": n.addr.to_string(),
+                },
+                "ManagerStatus": (n.role == "manager").then(|| serde_json::json!({
+                    "Leader": n.manager_status == "Leader",
+                    "Reachability": "reachable",
+                })),
+            }));
+        }
+        Ok(api::JsonReply {
+            json: serde_json::to_string_pretty(&out).expect("json"),
+        })
+    }
+
+    /// `node rm [--force]`: a node that is not down needs `--force` (SwarmKit's
+    /// `RemoveNode`); a manager must be demoted first. A removed node's certificate stops
+    /// working at once: every call on 2377 checks membership.
+    pub(super) fn node_remove(&mut self, r: api::NodeRemoveRequest) -> Result<api::Empty, Status> {
+        self.require_manager()?;
+        let mut ids = Vec::new();
+        for name in &r.names {
+            let n = self.find_node(name)?;
+            if n.role == "manager" {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal",
+                    n.id
+                )));
+            }
+            if !r.force && self.node_ready(n) {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is not down and can't be removed",
+                    n.id
+                )));
+            }
+            ids.push(n.id.clone());
+        }
+        self.cluster.nodes.retain(|n| !ids.contains(&n.id));
+        for id in &ids {
+            self.heartbeats.remove(id);
+        }
+        self.commit()?;
+        Ok(api::Empty {})
+    }
+
+    /// `swarm update --cert-expiry`: the validity of certificates issued from now on
+    /// (SwarmKit's `validateClusterSpec`: at least an hour).
+    pub(super) fn swarm_update(
+        &mut self,
+        r: api::SwarmUpdateRequest,
+    ) -> Result<api::Empty, Status> {
+        self.require_manager()?;
+        if r.cert_expiry_secs != 0 {
+            if r.cert_expiry_secs < ca::MIN_NODE_EXPIRY.as_secs() {
+                return Err(bad("minimum certificate expiry time is 1h0m0s"));
+            }
+            if r.cert_expiry_secs > ca::ROOT_EXPIRY.as_secs() {
+                return Err(bad(
+                    "certificate expiry cannot exceed the root CA's (20 years)",
+                ));
+            }
+            self.cluster
+                .swarm
+                .as_mut()
+                .expect("checked")
+                .cert_expiry_secs = r.cert_expiry_secs;
+        }
+        self.commit()?;
+        Ok(api::Empty {})
+    }
+
+    /// On a manager, renews its own certificate from the local CA once it is due
+    /// ([`ca::renewal_due`]); the listener picks the new one up from the state. Returns
+    /// whether it did.
+    pub(crate) fn renew_own_certificate(&mut self) -> Result<bool, Status> {
+        let Some(s) = &self.cluster.swarm else {
+            return Ok(false);
+        };
+        let now_t = SystemTime::now();
+        let secs = now_t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if !s.is_manager() || s.node_cert.is_empty() || !ca::renewal_due(&s.node_cert, secs) {
+            return Ok(false);
+        }
+        let (key, csr) = ca::new_key_and_csr().map_err(status_of)?;
+        let cert = self
+            .root()?
+            .issue(
+                &csr,
+                &s.node_id,
+                Role::Manager,
+                &s.id,
+                now_t,
+                std::time::Duration::from_secs(s.cert_expiry_secs),
+            )
+            .map_err(status_of)?;
+        let s = self.cluster.swarm.as_mut().expect("checked");
+        let old = (
+            std::mem::replace(&mut s.node_cert, cert),
+            std::mem::replace(&mut s.node_key, key),
+        );
+        if let Err(e) = self.commit() {
+            let s = self.cluster.swarm.as_mut().expect("checked");
+            (s.node_cert, s.node_key) = old;
+            return Err(e);
+        }
+        eprintln!("swarmgate: renewed this manager's certificate");
+        Ok(true)
+    }
+
+    /// On a worker, keeps the certificate a manager renewed, if it is for this node.
+    pub(crate) fn store_node_certificate(
+        &mut self,
+        cert: String,
+        key: String,
+    ) -> Result<(), Status> {
+        let id = ca::pem_der(&cert, "node certificate")
+            .and_then(|d| ca::identity(&d))
+            .map_err(|e| bad(e.to_string()))?;
+        let s = self
+            .cluster
+            .swarm
+            .as_mut()
+            .ok_or_else(|| Status::failed_precondition("not in a swarm"))?;
+        if id.node_id != s.node_id || id.cluster_id != s.id {
+            return Err(bad("the renewed certificate is for another node"));
+        }
+        s.node_cert = cert;
+        s.node_key = key;
+        self.commit()?;
+        eprintln!("swarmgate: renewed this node's certificate");
+        Ok(())
     }
 
     // ---- the manager's side of 2377 ----
