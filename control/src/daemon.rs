@@ -1019,7 +1019,7 @@ impl Daemon {
             Ok(h) => {
                 self.dns_servers.insert(id.to_owned(), h);
             }
-            Err(e) => eprintln!("swarmgate: DNS for {id}: {e:#}"),
+            Err(e) => tracing::warn!(endpoint = %id, "DNS server: {e:#}"),
         }
     }
 
@@ -1028,6 +1028,14 @@ impl Daemon {
     /// lock. Its addresses stay taken until then (so no new task gets an address its old
     /// namespace still holds) and are given back by [`Daemon::reap_stopped`].
     fn stop_task(&mut self, id: &str, status: TStatus) {
+        if let Some(t) = self.cluster.tasks.get(id).filter(|t| t.live()) {
+            tracing::info!(
+                service = t.service.as_deref().unwrap_or(""),
+                task = %id,
+                status = status.word(),
+                "task stopping"
+            );
+        }
         if let Some(h) = self.dns_servers.remove(id) {
             h.abort();
         }
@@ -1172,10 +1180,16 @@ impl Daemon {
                 );
                 let nets: Vec<String> = s.networks.iter().map(|(n, _)| n.clone()).collect();
                 starts += 1;
-                if let Err(e) = self.start_task(&id, &nets) {
-                    let t = self.cluster.tasks.get_mut(&id).expect("inserted");
-                    t.desired = Desired::Shutdown;
-                    t.error = Some(e);
+                match self.start_task(&id, &nets) {
+                    Ok(()) => {
+                        tracing::info!(node = %node, service = %s.name, slot, task = %id, "task started")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %node, service = %s.name, slot, task = %id, "task rejected: {e}");
+                        let t = self.cluster.tasks.get_mut(&id).expect("inserted");
+                        t.desired = Desired::Shutdown;
+                        t.error = Some(e);
+                    }
                 }
                 changed = true;
             }
@@ -1267,7 +1281,7 @@ impl Daemon {
             }
         }
         if let Err(e) = self.store.save(&self.cluster) {
-            eprintln!("swarmgate: saving state at exit: {e:#}");
+            tracing::error!("saving state at exit: {e:#}");
         }
     }
 }
@@ -1317,7 +1331,7 @@ impl Api {
                         .map(String::as_str)
                         .or_else(|| p.downcast_ref::<&str>().copied())
                         .unwrap_or("panic");
-                    eprintln!("swarmgate: a request failed with an internal error: {what}");
+                    tracing::error!("a request failed with an internal error: {what}");
                     Err(Status::internal(format!("internal error: {what}")))
                 });
             if r.is_err() && g.saves == saves {
@@ -1585,7 +1599,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o660))?;
     }
-    println!("swarmgate: daemon listening on {}", cfg.socket.display());
+    tracing::info!(socket = %cfg.socket.display(), "daemon listening");
 
     // Reconcile, data-plane housekeeping, and the cluster runtime.
     let bg = inner.clone();
@@ -1600,22 +1614,19 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
                 let logs = {
                     let mut d = lock_state(&d);
                     if let Err(e) = d.renew_own_certificate() {
-                        eprintln!(
-                            "swarmgate: renewing this manager's certificate: {}",
-                            e.message()
-                        );
+                        tracing::error!("renewing this manager's certificate: {}", e.message());
                     }
                     if d.reconcile() {
                         if let Err(e) = d.commit() {
-                            eprintln!("swarmgate: {}", e.message());
+                            tracing::error!("{}", e.message());
                         }
                     }
                     if let Err(e) = d.dp.tick() {
-                        eprintln!("swarmgate: data plane: {e:#}");
+                        tracing::error!("data plane: {e:#}");
                         if e.downcast_ref::<crate::dataplane::Fatal>().is_some() {
                             // Never a silent half-dead node: exit so the supervisor
                             // restarts the daemon, which adopts the running tasks.
-                            eprintln!("swarmgate: exiting on a fatal data-plane error");
+                            tracing::error!("exiting on a fatal data-plane error");
                             std::process::exit(70);
                         }
                     }
@@ -1626,7 +1637,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
                     if let Err(e) =
                         crate::logs::rotate(&p, crate::logs::MAX_SIZE, crate::logs::MAX_FILES)
                     {
-                        eprintln!("swarmgate: rotating {}: {e}", p.display());
+                        tracing::warn!(file = %p.display(), "rotating a task log: {e}");
                     }
                 }
             })
@@ -1634,7 +1645,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
             if let Err(e) = r {
                 // A panic in housekeeping is logged and survived: the next round runs on
                 // the recovered state.
-                eprintln!("swarmgate: housekeeping failed, continuing: {e}");
+                tracing::error!("housekeeping failed, continuing: {e}");
             }
         }
     });
@@ -1662,6 +1673,6 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         lock_state(&d).shutdown();
     })
     .await?;
-    println!("swarmgate: daemon stopped (tasks keep running)");
+    tracing::info!("daemon stopped (tasks keep running)");
     Ok(())
 }

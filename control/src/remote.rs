@@ -39,7 +39,7 @@ pub fn authorize<T>(
         .map(|a| a.to_string())
         .unwrap_or_else(|| "?".into());
     let refuse = |why: String| {
-        eprintln!("swarmgate: 2377: refused {what} from {from}: {why}");
+        tracing::warn!(call = what, peer = %from, "2377: refused {what}: {why}");
         Status::permission_denied(format!("{what}: {why}"))
     };
     let certs = req
@@ -99,7 +99,7 @@ impl Remote {
                 let (tcp, peer) = match listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
-                        eprintln!("swarmgate: 2377: accept: {e}");
+                        tracing::warn!("2377: accept: {e}");
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
                     }
@@ -133,7 +133,7 @@ impl Remote {
 }
 
 fn log_handshake(peer: SocketAddr, why: &str) {
-    eprintln!("swarmgate: 2377: TLS handshake with {peer} failed: {why}");
+    tracing::info!(%peer, "2377: TLS handshake failed: {why}");
 }
 
 #[tonic::async_trait]
@@ -153,9 +153,9 @@ impl ca_server::Ca for Remote {
         let r = r.into_inner();
         let res = self.api.call(move |d| d.issue_node_certificate(r)).await;
         if let Err(e) = &res {
-            eprintln!(
-                "swarmgate: 2377: refused a join from {}: {}",
-                from.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
+            tracing::warn!(
+                peer = %from.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
+                "2377: refused a join: {}",
                 e.message()
             );
         }

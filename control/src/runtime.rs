@@ -31,7 +31,7 @@ impl ClusterRuntime {
         let want = match api.call(|d| Ok(d.want())).await {
             Ok(w) => w.into_inner(),
             Err(e) => {
-                eprintln!("swarmgate: cluster runtime: {}", e.message());
+                tracing::error!("cluster runtime: {}", e.message());
                 return;
             }
         };
@@ -52,18 +52,18 @@ impl ClusterRuntime {
                 let tls = match crate::tls::server_config(&root, &cert, &key) {
                     Ok(t) => t,
                     Err(e) => {
-                        eprintln!("swarmgate: 2377: TLS configuration: {e:#}");
+                        tracing::error!("2377: TLS configuration: {e:#}");
                         return;
                     }
                 };
                 let listener = match tokio::net::TcpListener::bind(&listen).await {
                     Ok(l) => l,
                     Err(e) => {
-                        eprintln!("swarmgate: 2377: failed to listen on {listen}: {e} (retrying)");
+                        tracing::error!(%listen, "2377: failed to listen: {e} (retrying)");
                         return;
                     }
                 };
-                eprintln!("swarmgate: managing the swarm on {listen} (mutual TLS)");
+                tracing::info!(%listen, "managing the swarm (mutual TLS on 2377)");
                 let (tx, rx) = oneshot::channel();
                 let remote = Remote::new(api.clone());
                 let task = tokio::spawn(async move {
@@ -71,7 +71,7 @@ impl ClusterRuntime {
                         let _ = rx.await;
                     };
                     if let Err(e) = remote.serve(listener, tls, shutdown).await {
-                        eprintln!("swarmgate: 2377: {e:#}");
+                        tracing::error!("2377: {e:#}");
                     }
                 });
                 Some(Running {
@@ -95,7 +95,7 @@ impl ClusterRuntime {
                 let mut session = match Session::new(manager, &root, &cert, &key, &me) {
                     Ok(s) => s,
                     Err(e) => {
-                        eprintln!("swarmgate: session with {manager}: {e}");
+                        tracing::error!(%manager, "session: {e}");
                         return;
                     }
                 };
@@ -113,26 +113,26 @@ impl ClusterRuntime {
                                         .await
                                     {
                                         Ok(_) => return, // restarted with the new one
-                                        Err(e) => eprintln!(
-                                            "swarmgate: keeping the renewed certificate: {}",
+                                        Err(e) => tracing::error!(
+                                            "keeping the renewed certificate: {}",
                                             e.message()
                                         ),
                                     }
                                 }
-                                Err(e) => eprintln!("swarmgate: certificate renewal: {e}"),
+                                Err(e) => tracing::warn!(%manager, "certificate renewal: {e}"),
                             }
                         }
                         let wait = match session.beat().await {
                             Ok(period) => {
                                 if failing {
-                                    eprintln!("swarmgate: session with manager {manager} restored");
+                                    tracing::info!(%manager, "session with the manager restored");
                                     failing = false;
                                 }
                                 period
                             }
                             Err(e) => {
                                 if !failing {
-                                    eprintln!("swarmgate: heartbeat to manager {manager}: {e}");
+                                    tracing::warn!(%manager, "heartbeat failed: {e}");
                                     failing = true;
                                 }
                                 Duration::from_secs(1)

@@ -320,10 +320,10 @@ impl Gateway {
                 .name(format!("sg-worker-{i}"))
                 .spawn(move || {
                     if let Err(e) = swarmgate_ffi::pin_current_thread(core) {
-                        eprintln!("swarmgate: worker {i}: cannot pin to CPU {core}: {e}");
+                        tracing::warn!(worker = i, cpu = core, "cannot pin the worker: {e}");
                     }
                     if let Err(e) = swarmgate_ffi::register_thread() {
-                        eprintln!("swarmgate: worker {i}: {e}");
+                        tracing::warn!(worker = i, "registering the worker thread: {e}");
                     }
                     worker::run(w, tables, stop, cfg, epoch)
                 })
@@ -381,7 +381,7 @@ impl Gateway {
                 self.ports.retain(|p| p.id() != d.port_id); // drop: stop + close
                 self.port_info.retain(|p| p.id != d.port_id);
                 if let Err(e) = hotplug::remove(&self._eal, &d.port_name) {
-                    eprintln!("swarmgate: removing {}: {e}", d.port_name);
+                    tracing::warn!(port = %d.port_name, "removing the port: {e}");
                 }
                 let _ = kernel::ip(&["link", "del", &d.bridge]);
             }
@@ -571,7 +571,7 @@ impl Gateway {
                     .epoch_error_logged
                     .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
                 {
-                    eprintln!("swarmgate: extending the ESP epoch reservation: {err:#}");
+                    tracing::error!("extending the ESP epoch reservation: {err:#}");
                     self.epoch_error_logged = Some(Instant::now());
                 }
             }
@@ -655,7 +655,7 @@ impl Gateway {
     /// Stops the workers and waits for them.
     pub fn stop(&mut self) {
         if let Err(e) = self.pause() {
-            eprintln!("swarmgate: {e}");
+            tracing::warn!("pausing the workers: {e}");
         }
     }
 }

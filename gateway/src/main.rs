@@ -65,6 +65,10 @@ enum Cmd {
         /// instead of those in /etc/resolv.conf.
         #[arg(long)]
         dns_upstream: Option<std::net::SocketAddr>,
+        /// Logging level (`RUST_LOG`, when set, takes precedence and may name modules).
+        #[arg(short = 'l', long, default_value = "info",
+              value_parser = ["trace", "debug", "info", "warn", "error"])]
+        log_level: String,
     },
     #[command(flatten)]
     Client(swarmgate_control::cli::ClientCmd),
@@ -76,6 +80,24 @@ fn main() {
         eprintln!("swarmgate: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Logs to stderr through `tracing`: `RUST_LOG` if set, else `level`. One line per event,
+/// with the event's fields (node, service, task, peer, ...).
+fn init_logs(level: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => {
+            tracing_subscriber::EnvFilter::try_new(v).context("RUST_LOG")?
+        }
+        _ => tracing_subscriber::EnvFilter::try_new(level)?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    Ok(())
 }
 
 fn write_stats(path: &Option<PathBuf>, gw: &Gateway) -> anyhow::Result<()> {
@@ -98,7 +120,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_root,
             idle_sleep_us,
             dns_upstream,
+            log_level,
         } => {
+            init_logs(&log_level)?;
             let cfg = Config::load(&config)?;
             if !cfg.networks.is_empty() || !cfg.peers.is_empty() {
                 anyhow::bail!(
@@ -135,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             stats,
             idle_sleep_us,
         } => {
+            init_logs("info")?;
             let cfg = Config::load(&config)?;
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -465,11 +465,11 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     );
     let log = m.log();
     assert!(
-        log.contains("refused heartbeat from") && log.contains("no client certificate"),
+        log.contains("refused heartbeat:") && log.contains("no client certificate"),
         "{log}"
     );
     assert!(
-        log.contains("refused health check from") && log.contains("a worker may not call this"),
+        log.contains("refused health check:") && log.contains("a worker may not call this"),
         "{log}"
     );
 

@@ -220,7 +220,7 @@ impl Daemon {
         s.node_key = key;
         s.worker_token = w;
         s.manager_token = m;
-        eprintln!("swarmgate: the swarm has a root CA now; its join tokens changed");
+        tracing::warn!("the swarm has a root CA now; its join tokens changed");
         Ok(())
     }
 
@@ -354,7 +354,7 @@ impl Daemon {
         // manager holding the state. Other nodes are Ready while their heartbeats arrive
         // within the grace (3 periods), Down otherwise.
         if let Err(why) = self.dp.health() {
-            eprintln!("swarmgate: node is down: {why}");
+            tracing::warn!("this node is down: {why}");
         }
         Ok(api::NodeListReply {
             nodes: self
@@ -518,7 +518,7 @@ impl Daemon {
             (s.node_cert, s.node_key) = old;
             return Err(e);
         }
-        eprintln!("swarmgate: renewed this manager's certificate");
+        tracing::info!("renewed this manager's certificate");
         Ok(true)
     }
 
@@ -542,7 +542,7 @@ impl Daemon {
         s.node_cert = cert;
         s.node_key = key;
         self.commit()?;
-        eprintln!("swarmgate: renewed this node's certificate");
+        tracing::info!("renewed this node's certificate");
         Ok(())
     }
 
@@ -602,10 +602,7 @@ impl Daemon {
             addr,
         });
         self.commit()?;
-        eprintln!(
-            "swarmgate: node {node_id} ({addr}) joined as a {}",
-            role.name()
-        );
+        tracing::info!(node = %node_id, %addr, role = role.name(), "node joined");
         Ok(capi::IssueReply {
             node_id,
             certificate: cert,
@@ -620,10 +617,7 @@ impl Daemon {
             .iter()
             .find(|n| n.id == id.node_id)
             .ok_or_else(|| {
-                eprintln!(
-                    "swarmgate: 2377: refused node {}: not a member (removed?)",
-                    id.node_id
-                );
+                tracing::warn!(node = %id.node_id, "2377: refused: not a member (removed?)");
                 Status::permission_denied(format!(
                     "node {} is not a member of this swarm",
                     id.node_id
