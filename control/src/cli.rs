@@ -130,6 +130,20 @@ pub enum NodeCmd {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+    /// Change a node: availability, labels.
+    Update {
+        /// active, pause (no new tasks) or drain (its service tasks stop; none start).
+        #[arg(long)]
+        availability: Option<String>,
+        /// Add or change a label, KEY=VALUE.
+        #[arg(long = "label-add")]
+        label_add: Vec<String>,
+        /// Remove a label, KEY.
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        /// ID, ID prefix or host name.
+        node: String,
+    },
     /// Remove nodes from the swarm (a node that is not down needs --force).
     Rm {
         /// Remove even a node that is up.
@@ -208,6 +222,12 @@ pub struct ServiceCreateArgs {
     /// `vip` or `dnsrr`.
     #[arg(long)]
     endpoint_mode: Option<String>,
+    /// Placement constraints (`node.role==manager`, `node.labels.zone!=east`, ...).
+    #[arg(long = "constraint")]
+    constraints: Vec<String>,
+    /// At most this many tasks of the service on one node.
+    #[arg(long, default_value_t = 0)]
+    replicas_max_per_node: u64,
     /// The command each task runs (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
@@ -459,6 +479,22 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
                 .into_inner();
             println!("{}", r.json);
         }
+        ClientCmd::Node(NodeCmd::Update {
+            availability,
+            label_add,
+            label_rm,
+            node,
+        }) => {
+            c.node_update(api::NodeUpdateRequest {
+                name: node.clone(),
+                availability: availability.unwrap_or_default(),
+                label_add,
+                label_rm,
+            })
+            .await
+            .map_err(status)?;
+            println!("{node}");
+        }
         ClientCmd::Node(NodeCmd::Rm { force, nodes }) => {
             c.node_remove(api::NodeRemoveRequest {
                 names: nodes.clone(),
@@ -586,6 +622,8 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
                     publish: a.publish,
                     endpoint_mode: a.endpoint_mode.unwrap_or_default(),
                     command: a.command,
+                    constraints: a.constraints,
+                    replicas_max_per_node: a.replicas_max_per_node,
                 })
                 .await
                 .map_err(status)?

@@ -135,6 +135,9 @@ pub struct NodeRecord {
     pub availability: String,
     /// Its address.
     pub addr: Ipv4Addr,
+    /// Node labels (`node update --label-add`), for placement constraints.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Per-object bookkeeping docker shows: id and times.
@@ -191,6 +194,8 @@ pub enum Status {
     Shutdown,
     /// Could not be started.
     Rejected,
+    /// Waiting for a suitable node (its error says why, as SwarmKit's scheduler does).
+    Pending,
 }
 
 impl Status {
@@ -202,6 +207,7 @@ impl Status {
             Status::Failed => "Failed",
             Status::Shutdown => "Shutdown",
             Status::Rejected => "Rejected",
+            Status::Pending => "Pending",
         }
     }
 }
@@ -248,6 +254,37 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// A new task of `service` for `slot` at spec `version`, not placed and not started
+    /// (status Rejected until it runs).
+    pub fn new(
+        id: String,
+        service: &str,
+        slot: u32,
+        version: u64,
+        command: &[String],
+    ) -> TaskRecord {
+        TaskRecord {
+            id,
+            service: Some(service.to_owned()),
+            slot,
+            version,
+            name: None,
+            node: String::new(),
+            desired: Desired::Running,
+            status: Status::Rejected,
+            exit_code: None,
+            error: None,
+            created: now(),
+            changed: now(),
+            addresses: Vec::new(),
+            gw_ip: None,
+            spec: None,
+            pid: None,
+            detached: true,
+            command: command.to_vec(),
+        }
+    }
+
     /// docker's task name: `service.slot.id`, or the container name.
     pub fn full_name(&self) -> String {
         match (&self.service, &self.name) {
@@ -730,6 +767,10 @@ impl Cluster {
                 "TaskTemplate": {
                     "ContainerSpec": {"Command": s.command},
                     "Networks": nets,
+                    "Placement": {
+                        "Constraints": s.constraints,
+                        "MaxReplicas": s.max_replicas_per_node,
+                    },
                 },
                 "Mode": mode,
                 "EndpointSpec": {"Mode": em, "Ports": ports},

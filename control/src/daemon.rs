@@ -343,6 +343,8 @@ impl Daemon {
             ports: Self::parse_ports(&r.publish)?,
             endpoint_mode: (!r.endpoint_mode.is_empty()).then_some(r.endpoint_mode),
             command: r.command,
+            constraints: r.constraints,
+            max_replicas_per_node: r.replicas_max_per_node,
         };
         self.cluster
             .services
@@ -446,6 +448,8 @@ impl Daemon {
                 .into(),
             ),
             command: old.command.clone(),
+            constraints: old.constraints.clone(),
+            max_replicas_per_node: old.max_replicas_per_node,
         };
         // Validate on copies: the old service's VIPs and ports are free while the new spec
         // is checked; a refusal leaves the real state untouched.
@@ -1076,9 +1080,40 @@ impl Daemon {
         !done.is_empty()
     }
 
+    /// Whether the scheduler would place one more task of `service` on this node, the
+    /// only one that runs tasks so far ([`crate::scheduler::place`]); why not if not.
+    fn place_here(
+        &self,
+        node: &str,
+        service: &str,
+        placement: &crate::scheduler::Placement,
+    ) -> Result<(), String> {
+        let Some(n) = self.cluster.nodes.iter().find(|n| n.id == node) else {
+            return Err("no suitable node".into());
+        };
+        let live = |t: &&TaskRecord| t.live() && t.node == node;
+        let tasks: Vec<&TaskRecord> = self.cluster.tasks.values().filter(live).collect();
+        let me = crate::scheduler::Candidate {
+            id: &n.id,
+            hostname: &n.hostname,
+            addr: n.addr,
+            role: &n.role,
+            availability: &n.availability,
+            labels: &n.labels,
+            ready: self.dp.health().is_ok(),
+            service_tasks: tasks
+                .iter()
+                .filter(|t| t.service.as_deref() == Some(service))
+                .count(),
+            tasks: tasks.iter().filter(|t| t.service.is_some()).count(),
+        };
+        crate::scheduler::place(&[me], placement).map(|_| ())
+    }
+
     /// Brings every service to its spec: records tasks that exited, replaces them (after
-    /// [`RESTART_DELAY`]), starts missing replicas, stops extra ones and those of an older
-    /// spec, and trims history. Returns true if anything changed.
+    /// [`RESTART_DELAY`]), starts missing replicas where the scheduler allows (else records
+    /// them Pending with its reason), stops the tasks of a drained node, extra ones and
+    /// those of an older spec, and trims history. Returns true if anything changed.
     pub fn reconcile(&mut self) -> bool {
         let mut changed = self.reap_stopped();
         // 1. Exits.
@@ -1110,6 +1145,25 @@ impl Daemon {
             return changed;
         };
         let services: Vec<_> = self.cluster.services.iter().cloned().collect();
+        // A drained node runs no service tasks (standalone containers stay, as Docker's).
+        let drained = self
+            .cluster
+            .nodes
+            .iter()
+            .any(|n| n.id == node && n.availability == "drain");
+        if drained {
+            let ids: Vec<String> = self
+                .cluster
+                .tasks
+                .values()
+                .filter(|t| t.service.is_some() && t.live() && t.node == node)
+                .map(|t| t.id.clone())
+                .collect();
+            for id in ids {
+                self.stop_task(&id, TStatus::Shutdown);
+                changed = true;
+            }
+        }
         let mut starts = 0usize;
         for s in services {
             let want = self.desired_replicas(s.mode);
@@ -1129,10 +1183,60 @@ impl Daemon {
                 self.stop_task(&id, TStatus::Shutdown);
                 changed = true;
             }
+            // Pending tasks of slots no longer wanted, or of an older spec, just go.
+            let before = self.cluster.tasks.len();
+            self.cluster.tasks.retain(|_, t| {
+                !(t.service.as_deref() == Some(&s.name)
+                    && t.status == TStatus::Pending
+                    && (t.version != version || t.slot > want))
+            });
+            changed |= self.cluster.tasks.len() != before;
+            let placement = s.placement();
             for slot in 1..=want {
                 let live = self.cluster.running_tasks(&s.name).any(|t| t.slot == slot);
                 if live {
                     continue;
+                }
+                let pending = self
+                    .cluster
+                    .tasks
+                    .values()
+                    .find(|t| {
+                        t.service.as_deref() == Some(&s.name)
+                            && t.slot == slot
+                            && t.status == TStatus::Pending
+                    })
+                    .map(|t| t.id.clone());
+                // The scheduler's choice among the nodes that run tasks — this one, until
+                // workers get a task runtime; its answer is SwarmKit's.
+                if let Err(why) = self.place_here(&node, &s.name, &placement) {
+                    match pending.and_then(|id| self.cluster.tasks.get_mut(&id)) {
+                        Some(t) if t.error.as_deref() == Some(&why) => {}
+                        Some(t) => {
+                            t.error = Some(why);
+                            t.changed = now();
+                            changed = true;
+                        }
+                        None => {
+                            let id = random_id(8);
+                            self.cluster.tasks.insert(
+                                id.clone(),
+                                TaskRecord {
+                                    node: String::new(),
+                                    status: TStatus::Pending,
+                                    error: Some(why.clone()),
+                                    ..TaskRecord::new(id, &s.name, slot, version, &s.command)
+                                },
+                            );
+                            tracing::info!(service = %s.name, slot, "task pending: {why}");
+                            changed = true;
+                        }
+                    }
+                    continue;
+                }
+                if let Some(id) = pending {
+                    self.cluster.tasks.remove(&id);
+                    changed = true;
                 }
                 if starts == STARTS_PER_ROUND {
                     changed = true; // more to do: the next round goes on
@@ -1158,24 +1262,8 @@ impl Daemon {
                 self.cluster.tasks.insert(
                     id.clone(),
                     TaskRecord {
-                        id: id.clone(),
-                        service: Some(s.name.clone()),
-                        slot,
-                        version,
-                        name: None,
                         node: node.clone(),
-                        desired: Desired::Running,
-                        status: TStatus::Rejected,
-                        exit_code: None,
-                        error: None,
-                        created: now(),
-                        changed: now(),
-                        addresses: Vec::new(),
-                        gw_ip: None,
-                        spec: None,
-                        pid: None,
-                        detached: true,
-                        command: s.command.clone(),
+                        ..TaskRecord::new(id.clone(), &s.name, slot, version, &s.command)
                     },
                 );
                 let nets: Vec<String> = s.networks.iter().map(|(n, _)| n.clone()).collect();
@@ -1198,7 +1286,11 @@ impl Daemon {
                 .cluster
                 .tasks
                 .values()
-                .filter(|t| t.service.as_deref() == Some(&s.name) && !t.live())
+                .filter(|t| {
+                    t.service.as_deref() == Some(&s.name)
+                        && !t.live()
+                        && t.status != TStatus::Pending
+                })
                 .map(|t| (t.slot, t.created, t.id.clone()))
                 .collect();
             ended.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
@@ -1397,6 +1489,12 @@ impl api::swarmgate_server::Swarmgate for Api {
         r: Request<api::NamesRequest>,
     ) -> Result<Response<api::JsonReply>, Status> {
         self.call(move |d| d.node_inspect(r.into_inner())).await
+    }
+    async fn node_update(
+        &self,
+        r: Request<api::NodeUpdateRequest>,
+    ) -> Result<Response<api::Empty>, Status> {
+        self.call(move |d| d.node_update(r.into_inner())).await
     }
     async fn node_remove(
         &self,

@@ -26,6 +26,7 @@ pub mod network;
 pub mod publish;
 pub mod remote;
 pub mod runtime;
+pub mod scheduler;
 pub mod service;
 pub mod store;
 pub mod task;

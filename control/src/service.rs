@@ -51,6 +51,10 @@ pub struct CreateService {
     pub endpoint_mode: Option<String>,
     /// The command after `--`.
     pub command: Vec<String>,
+    /// `--constraint`, as typed.
+    pub constraints: Vec<String>,
+    /// `--replicas-max-per-node` (0: no limit).
+    pub max_replicas_per_node: u64,
 }
 
 /// A service as the cluster stores it.
@@ -69,6 +73,23 @@ pub struct Service {
     pub ports: Vec<PortConfig>,
     /// The command each task runs.
     pub command: Vec<String>,
+    /// Placement constraints (`--constraint`), validated.
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    /// `--replicas-max-per-node` (0: no limit).
+    #[serde(default)]
+    pub max_replicas_per_node: u64,
+}
+
+impl Service {
+    /// What its tasks ask of a node ([`crate::scheduler`]).
+    pub fn placement(&self) -> crate::scheduler::Placement {
+        crate::scheduler::Placement {
+            // Validated at create/update: a stored constraint always parses.
+            constraints: crate::scheduler::parse_constraints(&self.constraints).unwrap_or_default(),
+            max_per_node: self.max_replicas_per_node,
+        }
+    }
 }
 
 /// Why `service create` was refused.
@@ -80,6 +101,12 @@ pub enum ServiceError {
     /// Name taken.
     #[error("service {0} already exists")]
     Duplicate(String),
+    /// A `--constraint` that does not parse.
+    #[error("{0}")]
+    Constraint(String),
+    /// `--replicas-max-per-node` with `--mode global`.
+    #[error("replicas-max-per-node can only be used with replicated mode")]
+    MaxPerNodeWithGlobal,
     /// `--mode global --replicas N`.
     #[error("replicas can only be used with replicated mode")]
     ReplicasWithGlobal,
@@ -132,6 +159,8 @@ pub const MAX_REPLICAS: u32 = 1024;
 /// Most ports one service may publish: each published port is a load-balancing entry on
 /// every node (Docker sets no limit; `--publish 1-65535:1-65535` is refused here).
 pub const MAX_PUBLISHED_PORTS: usize = 256;
+/// `--constraint`s a service may have.
+pub const MAX_CONSTRAINTS: usize = 32;
 
 /// Ports the node itself listens on, which no service may take from it (the seed's list:
 /// 2377 cluster management, 7946 gossip, 4789 the data path; and SSH, to keep the node
@@ -222,6 +251,15 @@ impl Services {
         if req.command.is_empty() || req.command[0].trim().is_empty() {
             return Err(ServiceError::NoCommand);
         }
+        if req.constraints.len() > MAX_CONSTRAINTS {
+            return Err(ServiceError::Constraint(format!(
+                "at most {MAX_CONSTRAINTS} constraints"
+            )));
+        }
+        crate::scheduler::parse_constraints(&req.constraints).map_err(ServiceError::Constraint)?;
+        if req.max_replicas_per_node > 0 && mode == ServiceMode::Global {
+            return Err(ServiceError::MaxPerNodeWithGlobal);
+        }
         let mut attach: Vec<String> = Vec::new();
         for n in &req.networks {
             let net = nets
@@ -301,6 +339,8 @@ impl Services {
             networks,
             ports,
             command: req.command.clone(),
+            constraints: req.constraints.clone(),
+            max_replicas_per_node: req.max_replicas_per_node,
         };
         Ok(self.by_name.entry(svc.name.clone()).or_insert(svc))
     }
@@ -583,5 +623,37 @@ mod tests {
         let mut r = web();
         r.ports = crate::publish::parse("4789:80").unwrap();
         svcs.create(&r, &mut nets).unwrap();
+    }
+
+    #[test]
+    fn placement_is_validated_and_kept() {
+        let (mut svcs, mut nets) = cluster();
+        let bad = CreateService {
+            constraints: vec!["node.role=manager".into()],
+            ..web()
+        };
+        assert_eq!(
+            svcs.create(&bad, &mut nets).unwrap_err().to_string(),
+            "constraint expected one operator from ==, !="
+        );
+        let global = CreateService {
+            mode: Some("global".into()),
+            replicas: None,
+            max_replicas_per_node: 1,
+            ..web()
+        };
+        assert_eq!(
+            svcs.create(&global, &mut nets).unwrap_err(),
+            ServiceError::MaxPerNodeWithGlobal
+        );
+        let ok = CreateService {
+            constraints: vec!["node.labels.zone==east".into()],
+            max_replicas_per_node: 2,
+            ..web()
+        };
+        let s = svcs.create(&ok, &mut nets).unwrap().clone();
+        let p = s.placement();
+        assert_eq!(p.constraints.len(), 1);
+        assert_eq!(p.max_per_node, 2);
     }
 }

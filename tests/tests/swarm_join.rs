@@ -4,8 +4,9 @@
 //! a malformed token, a token for another CA, a rotated token, a manager token (not yet
 //! supported), a client without a certificate, a worker calling a manager-only service —
 //! and the worker's heartbeats making it Ready, then Down when its daemon stops; node
-//! inspect and rm, `swarm update --cert-expiry`, a certificate renewed over mutual TLS,
-//! and a removed node refused.
+//! inspect, update and rm, `swarm update --cert-expiry`, a certificate renewed over
+//! mutual TLS, a removed node refused; and placement — constraints, replicas per node,
+//! drain and pause — with SwarmKit's "no suitable node" reasons.
 //!
 //! Checked against implementations that share no code with swarmgate: the token's digest
 //! recomputed by Python's hashlib from the root certificate the manager serves, and the
@@ -557,6 +558,82 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     });
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(m.log().contains("not a member"), "{}", m.log());
+
+    // Placement as SwarmKit's scheduler decides it, on the node that runs tasks (the
+    // manager, until workers run them): constraints, replicas per node, drain and pause;
+    // what cannot be placed is Pending with SwarmKit's reason.
+    let ps = |svc: &str| -> Vec<serde_json::Value> {
+        m.ok(&format!("service ps {svc} --format json"))
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let state = |t: &serde_json::Value| {
+        t["CurrentState"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let count = |svc: &str, st: &str| ps(svc).iter().filter(|t| state(t) == st).count();
+    let out = m.err("service create --name bad --constraint node.role=manager -- sleep 1000");
+    assert!(
+        out.contains("constraint expected one operator from ==, !="),
+        "{out}"
+    );
+    m.ok(
+        "service create --name east --replicas 2 --constraint node.labels.zone==east -- sleep 1000",
+    );
+    m.ok("service create --name capped --replicas 3 --replicas-max-per-node 2 -- sleep 1000");
+    wait_for("capped: 2 running, 1 pending", 20, || {
+        count("capped", "Running") == 2 && count("capped", "Pending") == 1
+    });
+    let pending = ps("capped")
+        .into_iter()
+        .find(|t| state(t) == "Pending")
+        .unwrap();
+    assert_eq!(
+        pending["Error"], "no suitable node (max replicas per node limit exceed)",
+        "{pending}"
+    );
+    wait_for("east: 2 pending", 20, || count("east", "Pending") == 2);
+    assert!(
+        ps("east")
+            .iter()
+            .all(|t| t["Error"]
+                == "no suitable node (scheduling constraints not satisfied on 1 node)"),
+        "{:?}",
+        ps("east")
+    );
+    m.ok(&format!("node update --label-add zone=east {manager_id}"));
+    wait_for("east: 2 running once the label is there", 20, || {
+        count("east", "Running") == 2 && count("east", "Pending") == 0
+    });
+    let inspect: serde_json::Value =
+        serde_json::from_str(&m.ok(&format!("node inspect {manager_id}"))).unwrap();
+    assert_eq!(inspect[0]["Spec"]["Labels"]["zone"], "east", "{inspect}");
+    m.ok(&format!("node update --availability drain {manager_id}"));
+    wait_for("drained: nothing running", 20, || {
+        count("east", "Running") == 0 && count("capped", "Running") == 0
+    });
+    assert!(ps("east")
+        .iter()
+        .filter(|t| state(t) == "Pending")
+        .all(|t| t["Error"] == "no suitable node (1 node not available for new tasks)"));
+    assert_eq!(count("east", "Pending"), 2);
+    m.ok(&format!("node update --availability pause {manager_id}"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count("east", "Running"), 0, "paused: nothing new starts");
+    m.ok(&format!("node update --availability active {manager_id}"));
+    wait_for("active again: everything back", 20, || {
+        count("east", "Running") == 2 && count("capped", "Running") == 2
+    });
+    let out = m.err(&format!("node update --availability sleepy {manager_id}"));
+    assert!(out.contains("invalid availability"), "{out}");
+    m.ok("service rm east capped");
 
     // The worker's daemon stops: it is Down on the manager within the grace.
     e.worker.stop();

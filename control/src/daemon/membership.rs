@@ -18,6 +18,9 @@ use crate::network::CreateNetwork;
 /// Docker's answer to a cluster command typed on a worker.
 pub const NOT_A_MANAGER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
 
+/// Labels a node may carry.
+const MAX_LABELS: usize = 64;
+
 /// Heartbeats a node may miss before it is Down (SwarmKit's grace: 3 periods).
 const HEARTBEAT_GRACE: u32 = 3;
 
@@ -99,6 +102,31 @@ impl Daemon {
             .map_err(|_| bad(format!("invalid {what} {s:?}: expected an IPv4 address")))
     }
 
+    /// `--advertise-addr` and `--datapath-addr` (this node's address when empty); the
+    /// data-path address must be the underlay's.
+    fn own_addresses(
+        &self,
+        advertise: &str,
+        datapath: &str,
+    ) -> Result<(Ipv4Addr, Ipv4Addr), Status> {
+        let a = self.addr_or_own(advertise, "--advertise-addr")?;
+        let d = self.addr_or_own(datapath, "--datapath-addr")?;
+        self.check_datapath(d)?;
+        Ok((a, d))
+    }
+
+    /// Makes `c` the state and commits it; on failure the previous state is back, in
+    /// memory and on disk.
+    fn replace_cluster(&mut self, c: Cluster) -> Result<(), Status> {
+        let old = std::mem::replace(&mut self.cluster, c);
+        if let Err(e) = self.commit() {
+            self.cluster = old;
+            let _ = self.commit();
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn check_datapath(&self, datapath: Ipv4Addr) -> Result<(), Status> {
         let own = self.dp.address();
         if datapath != own {
@@ -118,9 +146,7 @@ impl Daemon {
                 "This node is already part of a swarm. Use \"swarmgate swarm leave --force\" to leave this swarm and join another one.",
             ));
         }
-        let advertise = self.addr_or_own(&r.advertise_addr, "--advertise-addr")?;
-        let datapath = self.addr_or_own(&r.datapath_addr, "--datapath-addr")?;
-        self.check_datapath(datapath)?;
+        let (advertise, datapath) = self.own_addresses(&r.advertise_addr, &r.datapath_addr)?;
         let listen = parse_listen(&r.listen_addr)?;
         // The listener must be possible before anything is recorded.
         std::net::TcpListener::bind(&listen)
@@ -160,6 +186,7 @@ impl Daemon {
             manager_status: "Leader".into(),
             availability: "active".into(),
             addr: advertise,
+            labels: Default::default(),
         }];
         c.networks.set_node_reserved(self.node_reserved());
         c.networks
@@ -171,12 +198,7 @@ impl Daemon {
             })
             .map_err(bad)?;
         c.network_meta.insert("ingress".into(), Meta::new());
-        let old = std::mem::replace(&mut self.cluster, c);
-        if let Err(e) = self.commit() {
-            self.cluster = old;
-            let _ = self.commit();
-            return Err(e);
-        }
+        self.replace_cluster(c)?;
         let s = self.cluster.swarm.as_ref().expect("set");
         Ok(api::SwarmInitReply {
             node_id: s.node_id.clone(),
@@ -232,9 +254,7 @@ impl Daemon {
                 "This node is already part of a swarm. Use \"swarmgate swarm leave\" to leave this swarm and join another one.",
             ));
         }
-        let advertise = self.addr_or_own(&r.advertise_addr, "--advertise-addr")?;
-        let datapath = self.addr_or_own(&r.datapath_addr, "--datapath-addr")?;
-        self.check_datapath(datapath)?;
+        let (advertise, datapath) = self.own_addresses(&r.advertise_addr, &r.datapath_addr)?;
         parse_listen(&r.listen_addr)?;
         Ok(Description {
             hostname: hostname(),
@@ -276,12 +296,7 @@ impl Daemon {
         });
         c.nodes.clear();
         c.networks.set_node_reserved(self.node_reserved());
-        let old = std::mem::replace(&mut self.cluster, c);
-        if let Err(e) = self.commit() {
-            self.cluster = old;
-            let _ = self.commit();
-            return Err(e);
-        }
+        self.replace_cluster(c)?;
         Ok(api::SwarmJoinReply {
             node_id: j.identity.node_id,
             role: j.identity.role.name().into(),
@@ -409,7 +424,7 @@ impl Daemon {
             let n = self.find_node(name)?;
             out.push(serde_json::json!({
                 "ID": n.id,
-                "Spec": { "Role": n.role, "Availability": n.availability },
+                "Spec": { "Role": n.role, "Availability": n.availability, "Labels": n.labels },
                 "Description": { "Hostname": n.hostname },
                 "Status": {
                     "State": if self.node_ready(n) { "ready" } else { "down" },
@@ -451,6 +466,51 @@ impl Daemon {
         self.cluster.nodes.retain(|n| !ids.contains(&n.id));
         for id in &ids {
             self.heartbeats.remove(id);
+        }
+        self.commit()?;
+        Ok(api::Empty {})
+    }
+
+    /// `node update`: availability (`active`, `pause`, `drain`) and labels. What changes
+    /// for tasks happens in the reconcile loop: a drained node's service tasks stop and
+    /// nothing is placed on a paused or drained one.
+    pub(super) fn node_update(&mut self, r: api::NodeUpdateRequest) -> Result<api::Empty, Status> {
+        self.require_manager()?;
+        let id = self.find_node(&r.name)?.id.clone();
+        if !r.availability.is_empty()
+            && !["active", "pause", "drain"].contains(&r.availability.as_str())
+        {
+            return Err(bad(format!(
+                "invalid availability {:?}: active, pause or drain",
+                r.availability
+            )));
+        }
+        let mut add = Vec::new();
+        for l in &r.label_add {
+            let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+            if k.is_empty() || k.len() > 128 || v.len() > 1024 || k.chars().any(char::is_whitespace)
+            {
+                return Err(bad(format!("invalid label {l:?}: expected KEY=VALUE")));
+            }
+            add.push((k.to_owned(), v.to_owned()));
+        }
+        let n = self
+            .cluster
+            .nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("found above");
+        if n.labels.len() + add.len() > MAX_LABELS {
+            return Err(bad(format!("a node has at most {MAX_LABELS} labels")));
+        }
+        if !r.availability.is_empty() {
+            n.availability = r.availability.clone();
+        }
+        for (k, v) in add {
+            n.labels.insert(k, v);
+        }
+        for k in &r.label_rm {
+            n.labels.remove(k);
         }
         self.commit()?;
         Ok(api::Empty {})
@@ -600,6 +660,7 @@ impl Daemon {
             manager_status: String::new(),
             availability: "active".into(),
             addr,
+            labels: Default::default(),
         });
         self.commit()?;
         tracing::info!(node = %node_id, %addr, role = role.name(), "node joined");
