@@ -17,6 +17,8 @@ use crate::remote::Remote;
 #[derive(Default)]
 pub struct ClusterRuntime {
     running: Option<Running>,
+    /// The last start failure logged, so a retry every tick logs it once.
+    failed: Option<String>,
 }
 
 struct Running {
@@ -52,14 +54,16 @@ impl ClusterRuntime {
                 let tls = match crate::tls::server_config(&root, &cert, &key) {
                     Ok(t) => t,
                     Err(e) => {
-                        tracing::error!("2377: TLS configuration: {e:#}");
+                        self.failure(format!("2377: TLS configuration: {e:#}"));
                         return;
                     }
                 };
                 let listener = match tokio::net::TcpListener::bind(&listen).await {
                     Ok(l) => l,
                     Err(e) => {
-                        tracing::error!(%listen, "2377: failed to listen: {e} (retrying)");
+                        self.failure(format!(
+                            "2377: failed to listen on {listen}: {e} (retrying)"
+                        ));
                         return;
                     }
                 };
@@ -95,7 +99,7 @@ impl ClusterRuntime {
                 let mut session = match Session::new(manager, &root, &cert, &key, &me) {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::error!(%manager, "session: {e}");
+                        self.failure(format!("session with manager {manager}: {e}"));
                         return;
                     }
                 };
@@ -135,6 +139,11 @@ impl ClusterRuntime {
                                     tracing::warn!(%manager, "heartbeat failed: {e}");
                                     failing = true;
                                 }
+                                // A fresh connection next time, rather than waiting out the
+                                // broken one's reconnect backoff.
+                                if let Ok(s) = Session::new(manager, &root, &cert, &key, &me) {
+                                    session = s;
+                                }
                                 Duration::from_secs(1)
                             }
                         };
@@ -148,6 +157,16 @@ impl ClusterRuntime {
                 })
             }
         };
+        if self.running.is_some() {
+            self.failed = None;
+        }
+    }
+
+    fn failure(&mut self, why: String) {
+        if self.failed.as_ref() != Some(&why) {
+            tracing::error!("{why}");
+            self.failed = Some(why);
+        }
     }
 
     /// Stops whatever runs.

@@ -5,6 +5,10 @@
 //! it, never a mixture. A cluster of one node holds a few hundred objects; rewriting them
 //! is cheaper than keeping per-object tables consistent by hand. Raft (a later issue) will
 //! replace this with a replicated log whose snapshots use the same serialisation.
+//!
+//! The file is readable by its owner only: the state holds this node's TLS key and, on a
+//! manager, the cluster CA's key (SwarmKit keeps the CA key in its Raft store, encrypted
+//! with a data key; swarmgate relies on the file's permissions until Raft arrives).
 
 use std::path::Path;
 
@@ -28,6 +32,12 @@ impl Store {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let db = Database::create(path).with_context(|| format!("opening {}", path.display()))?;
+        // It holds this node's TLS key and, on a manager, the cluster CA's key: owner only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("restricting {}", path.display()))?;
+        }
         Ok(Store { db })
     }
 
@@ -84,6 +94,11 @@ mod tests {
             s.save(&c).unwrap();
         }
         let s = Store::open(&path).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "keys inside: owner only");
+        }
         let c = s.load().unwrap().unwrap();
         let n = c.networks.get("my-overlay").unwrap();
         assert!(n.encrypted);

@@ -635,12 +635,46 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     assert!(out.contains("invalid availability"), "{out}");
     m.ok("service rm east capped");
 
+    // Failures. The status of the worker (by ID) on the manager:
+    let status = |m: &Host| {
+        node_rows(m)
+            .into_iter()
+            .find(|n| n["ID"] == worker_id.as_str())
+            .map(|n| n["Status"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    // Cut off (its link down): Down within the grace (3 heartbeat periods), Ready again
+    // once the link is back, its session re-established by itself.
+    must(&format!("ip -n {} link set eth0 down", e.worker.ns));
+    let down = wait_for("the cut-off worker Down", 30, || {
+        status(&e.manager) == "Down"
+    });
+    must(&format!("ip -n {} link set eth0 up", e.worker.ns));
+    let back = wait_for("the worker Ready again", 30, || {
+        status(&e.manager) == "Ready"
+    });
+    eprintln!(
+        "cut-off worker Down after {:.1} s; Ready {:.1} s after its link came back",
+        down.as_secs_f64(),
+        back.as_secs_f64()
+    );
+    // The manager restarts: same cluster, same tokens, the worker Ready again.
+    let token_before = e.manager.ok("swarm join-token -q worker");
+    e.manager.stop();
+    e.manager.start();
+    assert_eq!(e.manager.ok("swarm join-token -q worker"), token_before);
+    let again = wait_for("the worker Ready after the manager restarted", 30, || {
+        status(&e.manager) == "Ready"
+    });
+    eprintln!(
+        "worker Ready {:.1} s after the manager restarted",
+        again.as_secs_f64()
+    );
+
     // The worker's daemon stops: it is Down on the manager within the grace.
     e.worker.stop();
     let down = wait_for("the worker Down on the manager", 30, || {
-        node_rows(&e.manager)
-            .iter()
-            .any(|n| n["Addr"] == WORKER_IP && n["Hostname"] != "probe" && n["Status"] == "Down")
+        status(&e.manager) == "Down"
     });
     eprintln!(
         "worker Down on the manager {:.1} s after its daemon stopped",

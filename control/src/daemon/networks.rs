@@ -1,0 +1,171 @@
+//! Network verbs: `network create`, `ls`, `inspect`, `rm`.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn network_create(
+        &mut self,
+        r: api::NetworkCreateRequest,
+    ) -> Result<api::IdReply, Status> {
+        self.require_manager()?;
+        let req = CreateNetwork {
+            name: r.name.clone(),
+            driver: if r.driver.is_empty() {
+                "overlay".into()
+            } else {
+                r.driver
+            },
+            attachable: r.attachable,
+            ingress: r.ingress,
+            subnet: (!r.subnet.is_empty()).then_some(r.subnet),
+            gateway: (!r.gateway.is_empty()).then_some(r.gateway),
+            options: r
+                .options
+                .iter()
+                .map(|o| match o.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                    None => (o.clone(), None),
+                })
+                .collect(),
+        };
+        let reserved = self.node_reserved();
+        self.cluster.networks.set_node_reserved(reserved);
+        self.cluster.networks.create(&req).map_err(bad)?;
+        let meta = Meta::new();
+        let id = meta.id.clone();
+        self.cluster.network_meta.insert(r.name.clone(), meta);
+        if let Err(e) = self.commit() {
+            // The data plane could not make its port: nothing stays.
+            let _ = self.cluster.networks.remove(&r.name);
+            self.cluster.network_meta.remove(&r.name);
+            let _ = self.commit();
+            return Err(e);
+        }
+        Ok(api::IdReply {
+            id,
+            warnings: Vec::new(),
+        })
+    }
+
+    pub(super) fn network_list(&self) -> Result<api::NetworkListReply, Status> {
+        self.require_manager()?;
+        Ok(api::NetworkListReply {
+            networks: self
+                .cluster
+                .networks
+                .iter()
+                .map(|n| api::Network {
+                    id: self
+                        .cluster
+                        .network_meta
+                        .get(&n.name)
+                        .map(|m| m.id.clone())
+                        .unwrap_or_default(),
+                    name: n.name.clone(),
+                    driver: "overlay".into(),
+                    scope: "swarm".into(),
+                    subnet: n.addressing.subnet.to_string(),
+                    vni: n.vni.get(),
+                })
+                .collect(),
+        })
+    }
+
+    /// A network by name or id (prefix).
+    pub(super) fn network_name(&self, key: &str) -> Option<String> {
+        if self.cluster.networks.get(key).is_some() {
+            return Some(key.to_owned());
+        }
+        let m: Vec<&String> = self
+            .cluster
+            .network_meta
+            .iter()
+            .filter(|(_, m)| !key.is_empty() && m.id.starts_with(key))
+            .map(|(n, _)| n)
+            .collect();
+        (m.len() == 1).then(|| m[0].clone())
+    }
+
+    pub(super) fn network_inspect(&self, r: api::NamesRequest) -> Result<api::JsonReply, Status> {
+        let s = self.require_manager()?;
+        let mut docs = Vec::new();
+        for n in &r.names {
+            let name = self
+                .network_name(n)
+                .ok_or_else(|| Status::not_found(format!("network {n} not found")))?;
+            docs.push(
+                self.cluster
+                    .network_json(&name, s.datapath_addr)
+                    .expect("exists"),
+            );
+        }
+        Ok(api::JsonReply {
+            json: serde_json::to_string_pretty(&docs).expect("json"),
+        })
+    }
+
+    pub(super) fn network_remove(&mut self, r: api::NamesRequest) -> Result<api::Empty, Status> {
+        self.require_manager()?;
+        // All checked before anything is removed.
+        let mut names = Vec::new();
+        for n in &r.names {
+            let name = self
+                .network_name(n)
+                .ok_or_else(|| Status::not_found(format!("network {n} not found")))?;
+            if names.contains(&name) {
+                return Err(bad(format!("network {n} is named twice")));
+            }
+            let net = self.cluster.networks.get(&name).expect("exists");
+            if net.ingress {
+                if let Some(s) = self
+                    .cluster
+                    .services
+                    .iter()
+                    .find(|s| s.ports.iter().any(|p| p.mode == PublishMode::Ingress))
+                {
+                    return Err(Status::failed_precondition(format!(
+                        "ingress network cannot be removed because service {} depends on it",
+                        s.name
+                    )));
+                }
+            }
+            if let Some(s) = self
+                .cluster
+                .services
+                .iter()
+                .find(|s| !net.ingress && s.networks.iter().any(|(m, _)| *m == name))
+            {
+                return Err(Status::failed_precondition(format!(
+                    "network {name} is in use by service {}",
+                    s.name
+                )));
+            }
+            if let Some(t) = self.cluster.tasks.values().find(|t| {
+                t.service.is_none() && t.live() && t.addresses.iter().any(|(m, _)| *m == name)
+            }) {
+                return Err(Status::failed_precondition(format!(
+                    "error while removing network: network {name} has active endpoints ({})",
+                    t.full_name()
+                )));
+            }
+            names.push(name);
+        }
+        for name in names {
+            // Stopped standalone endpoints that were on it are forgotten with it.
+            let stale: Vec<String> = self
+                .cluster
+                .tasks
+                .values()
+                .filter(|t| t.addresses.iter().any(|(m, _)| *m == name))
+                .map(|t| t.id.clone())
+                .collect();
+            for id in stale {
+                self.cluster.tasks.remove(&id);
+            }
+            self.cluster.networks.remove(&name).map_err(bad)?;
+            self.cluster.network_meta.remove(&name);
+        }
+        self.commit()?;
+        Ok(api::Empty {})
+    }
+}

@@ -1,0 +1,302 @@
+//! The node runtime's task side: starting a task (addresses, namespace, veths, DNS),
+//! stopping it off the state lock, giving its addresses back, adopting running tasks after a
+//! restart, and leaving them running at shutdown (live-restore).
+
+use super::*;
+
+impl Daemon {
+    /// Allocates addresses for task `id` on `nets`, creates its namespace and starts its
+    /// command and DNS server. On failure everything it took is given back.
+    pub(super) fn start_task(&mut self, id: &str, nets: &[String]) -> Result<(), String> {
+        let mut addresses = Vec::new();
+        let release = |c: &mut Cluster, a: &[(String, Ipv4Addr)], gw: Option<Ipv4Addr>| {
+            for (n, ip) in a {
+                if let Some(net) = c.networks.get_mut(n) {
+                    let _ = net.addressing.release(*ip);
+                }
+            }
+            if let Some(g) = gw {
+                c.gw_used.remove(&u32::from(g));
+            }
+        };
+        for n in nets {
+            let net = self
+                .cluster
+                .networks
+                .get_mut(n)
+                .ok_or_else(|| format!("network {n} not found"))?;
+            match net.addressing.allocate() {
+                Ok(ip) => addresses.push((n.clone(), ip)),
+                Err(e) => {
+                    release(&mut self.cluster, &addresses, None);
+                    return Err(e.to_string());
+                }
+            }
+        }
+        let Some(gw_ip) = self.cluster.gw_allocate() else {
+            release(&mut self.cluster, &addresses, None);
+            return Err("no address left on the gateway bridge".into());
+        };
+        let rec = self.cluster.tasks[id].clone();
+        let mut attachments = Vec::new();
+        let mut routes: Vec<Vec<String>> = Vec::new();
+        for (i, (n, ip)) in addresses.iter().enumerate() {
+            let net = self.cluster.networks.get(n).expect("allocated above");
+            attachments.push(Attachment {
+                bridge: bridge_name(net.vni.get()),
+                ip: *ip,
+                prefix: net.addressing.subnet.prefix(),
+                mac: swarmgate_dataplane::wire::EthernetAddress::from_ipv4_docker(*ip),
+                mtu: net.mtu,
+                isolated: true,
+            });
+            // Traffic from the task's address on an overlay leaves through that overlay's
+            // gateway (the data plane): replies to published-port clients keep their path.
+            let table = (100 + i).to_string();
+            let dev = format!("eth{i}");
+            routes.push(
+                [
+                    "rule",
+                    "add",
+                    "from",
+                    &ip.to_string(),
+                    "table",
+                    &table,
+                    "priority",
+                    &table,
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+            routes.push(
+                [
+                    "route",
+                    "add",
+                    &net.addressing.subnet.to_string(),
+                    "dev",
+                    &dev,
+                    "table",
+                    &table,
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+            routes.push(
+                [
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &net.addressing.gateway.to_string(),
+                    "dev",
+                    &dev,
+                    "table",
+                    &table,
+                ]
+                .map(String::from)
+                .to_vec(),
+            );
+        }
+        let gw_dev = format!("eth{}", attachments.len());
+        attachments.push(Attachment {
+            bridge: GWBRIDGE.into(),
+            ip: gw_ip,
+            prefix: GWBRIDGE_PREFIX,
+            mac: swarmgate_dataplane::wire::EthernetAddress::from_ipv4_docker(gw_ip),
+            mtu: 1500,
+            isolated: false,
+        });
+        routes.push(
+            [
+                "route",
+                "add",
+                "default",
+                "via",
+                &GWBRIDGE_GW.to_string(),
+                "dev",
+                &gw_dev,
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let full_name = rec.full_name();
+        let mut env = vec![
+            ("SWARMGATE_TASK_ID".to_string(), rec.id.clone()),
+            ("SWARMGATE_TASK_NAME".to_string(), full_name.clone()),
+            ("HOSTNAME".to_string(), full_name.clone()),
+        ];
+        if let Some(s) = &rec.service {
+            env.push(("SWARMGATE_SERVICE_NAME".into(), s.clone()));
+            env.push(("SWARMGATE_TASK_SLOT".into(), rec.slot.to_string()));
+        }
+        let _ = std::fs::create_dir_all(self.cfg.data_root.join("logs"));
+        let spec = TaskSpec {
+            id: rec.id.clone(),
+            command: if rec.service.is_some() || rec.detached {
+                rec.command.clone()
+            } else {
+                Vec::new()
+            },
+            attachments,
+            nameserver: DNS_ADDR,
+            host_ns: None,
+            log: Some(self.log_path(&rec.id)),
+            env,
+            workdir: Some(self.cfg.data_root.join("tasks").join(&rec.id)),
+            routes,
+        };
+        let task = match Task::start(spec.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                release(&mut self.cluster, &addresses, Some(gw_ip));
+                return Err(e.to_string());
+            }
+        };
+        let ns = task.namespace().to_owned();
+        let pid = task
+            .pid()
+            .and_then(|p| process_start_time(p).map(|(s, _)| (p, s)));
+        self.running.insert(rec.id.clone(), task);
+        let dns_nets: Vec<String> = addresses.iter().map(|(n, _)| n.clone()).collect();
+        self.start_dns(&rec.id, &ns, dns_nets);
+        let t = self.cluster.tasks.get_mut(id).expect("exists");
+        t.addresses = addresses;
+        t.gw_ip = Some(gw_ip);
+        t.spec = Some(spec);
+        t.pid = pid;
+        t.status = TStatus::Running;
+        t.changed = now();
+        Ok(())
+    }
+
+    pub(super) fn start_dns(&mut self, id: &str, ns: &str, nets: Vec<String>) {
+        let _g = self.rt.enter();
+        match self.dns.serve(ns, nets) {
+            Ok(h) => {
+                self.dns_servers.insert(id.to_owned(), h);
+            }
+            Err(e) => tracing::warn!(endpoint = %id, "DNS server: {e:#}"),
+        }
+    }
+
+    /// Records `status` for task `id` and stops it: SIGTERM, up to 3 s, SIGKILL, then its
+    /// namespace and veths go — all of that on a blocking thread, never under the state
+    /// lock. Its addresses stay taken until then (so no new task gets an address its old
+    /// namespace still holds) and are given back by [`Daemon::reap_stopped`].
+    pub(super) fn stop_task(&mut self, id: &str, status: TStatus) {
+        if let Some(t) = self.cluster.tasks.get(id).filter(|t| t.live()) {
+            tracing::info!(
+                service = t.service.as_deref().unwrap_or(""),
+                task = %id,
+                status = status.word(),
+                "task stopping"
+            );
+        }
+        if let Some(h) = self.dns_servers.remove(id) {
+            h.abort();
+        }
+        let was_live = self.cluster.tasks.get(id).is_some_and(|t| t.live());
+        let held = if was_live {
+            self.cluster.held_addresses(id)
+        } else {
+            cluster::Held::default()
+        };
+        match self.running.remove(id) {
+            Some(t) => {
+                let h = self.rt.spawn_blocking(move || {
+                    t.stop(Duration::from_secs(3));
+                });
+                self.stopping.push((h, held));
+            }
+            None => self.cluster.release_held(&held),
+        }
+        if let Some(t) = self.cluster.tasks.get_mut(id) {
+            t.desired = Desired::Shutdown;
+            if t.live() {
+                t.status = status;
+                t.changed = now();
+            }
+            t.pid = None;
+        }
+    }
+
+    /// Gives back the addresses of tasks whose stop has finished; true if any did.
+    pub(super) fn reap_stopped(&mut self) -> bool {
+        let (done, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stopping)
+            .into_iter()
+            .partition(|(h, _)| h.is_finished());
+        self.stopping = pending;
+        for (_, held) in &done {
+            self.cluster.release_held(held);
+        }
+        !done.is_empty()
+    }
+
+    /// After a restart: adopts every task whose process still runs (and endpoint whose
+    /// namespace is still there), restarts their DNS servers; the others are recorded as
+    /// failed, cleaned up, and replaced by the reconcile loop.
+    pub(super) fn restore(&mut self) -> anyhow::Result<()> {
+        if self.cluster.swarm.is_some() {
+            Self::ensure_gwbridge()?;
+        }
+        let live: Vec<TaskRecord> = self
+            .cluster
+            .tasks
+            .values()
+            .filter(|t| t.live())
+            .cloned()
+            .collect();
+        for t in live {
+            let Some(spec) = t.spec.clone() else { continue };
+            let ns_exists = std::path::Path::new("/run/netns")
+                .join(Task::namespace_of(&t.id))
+                .exists();
+            let alive = match (spec.command.is_empty(), t.pid) {
+                (true, _) => ns_exists,
+                (false, Some((pid, start))) => {
+                    ns_exists && matches!(process_start_time(pid), Some((s, true)) if s == start)
+                }
+                (false, None) => false,
+            };
+            let task = Task::adopt(spec, t.pid);
+            if alive {
+                self.running.insert(t.id.clone(), task);
+                let nets = t.addresses.iter().map(|(n, _)| n.clone()).collect();
+                self.start_dns(&t.id, &Task::namespace_of(&t.id), nets);
+            } else {
+                task.stop(Duration::from_millis(100));
+                self.cluster.release_addresses(&t.id);
+                let r = self.cluster.tasks.get_mut(&t.id).expect("exists");
+                r.status = TStatus::Failed;
+                r.desired = Desired::Shutdown;
+                r.error = Some("task ended while the daemon was stopped".into());
+                r.changed = now();
+                r.pid = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves every task running for the next daemon and saves the state; tasks being
+    /// stopped are waited for (3 s at most each, in parallel) and their addresses freed.
+    pub(super) fn shutdown(&mut self) {
+        for (h, held) in std::mem::take(&mut self.stopping) {
+            let _ = self.rt.block_on(h);
+            self.cluster.release_held(&held);
+        }
+        for (_, h) in self.dns_servers.drain() {
+            h.abort();
+        }
+        for (id, t) in self.running.drain() {
+            let p = t.detach();
+            if let Some(r) = self.cluster.tasks.get_mut(&id) {
+                if p.is_some() {
+                    r.pid = p;
+                }
+            }
+        }
+        if let Err(e) = self.store.save(&self.cluster) {
+            tracing::error!("saving state at exit: {e:#}");
+        }
+    }
+}
