@@ -31,6 +31,8 @@ pub struct Joined {
     pub cert_pem: String,
     /// Its identity as the certificate says.
     pub identity: ca::NodeIdentity,
+    /// The swarm's VXLAN UDP port.
+    pub data_path_port: u16,
 }
 
 /// This node, as it describes itself to managers.
@@ -108,12 +110,17 @@ pub async fn join(manager: SocketAddr, token: &str, me: &Description) -> Result<
     if identity.node_id != reply.node_id || identity.cluster_id != reply.cluster_id {
         return Err("the manager's certificate does not match its answer".into());
     }
+    let data_path_port = match reply.data_path_port {
+        0 => crate::cluster::DEFAULT_DATA_PATH_PORT,
+        p => u16::try_from(p).map_err(|_| format!("the manager sent data-path port {p}"))?,
+    };
     let joined = Joined {
         manager,
         root_pem: root.cert_pem().to_owned(),
         key_pem,
         cert_pem: reply.certificate,
         identity,
+        data_path_port,
     };
     // The certificate works: the first heartbeat over mutual TLS is accepted.
     Session::new(

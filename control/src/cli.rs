@@ -72,6 +72,15 @@ pub enum SwarmCmd {
         /// Listen address for the cluster API (TCP 2377, mutual TLS).
         #[arg(long, default_value = "0.0.0.0:2377")]
         listen_addr: String,
+        /// Address pools for overlay subnets (repeatable; 10.0.0.0/8 by default).
+        #[arg(long = "default-addr-pool")]
+        default_addr_pool: Vec<String>,
+        /// Subnet size cut from the pools (24 by default, at most 29).
+        #[arg(long, default_value_t = 0)]
+        default_addr_pool_mask_length: u32,
+        /// The VXLAN UDP port for the whole swarm (4789 by default; 1024-49151).
+        #[arg(long, default_value_t = 0)]
+        data_path_port: u32,
     },
     /// Join a swarm as a node (the token decides the role).
     Join {
@@ -87,7 +96,7 @@ pub enum SwarmCmd {
         /// Listen address for the cluster API, should this node become a manager.
         #[arg(long, default_value = "0.0.0.0:2377")]
         listen_addr: String,
-        /// A manager's address, HOST[:PORT] (port 2377 by default).
+        /// A manager's address, `HOST[:PORT]` (port 2377 by default).
         remote: String,
     },
     /// Show or rotate the join token for a role.
@@ -386,12 +395,18 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
             advertise_addr,
             datapath_addr,
             listen_addr,
+            default_addr_pool,
+            default_addr_pool_mask_length,
+            data_path_port,
         }) => {
             let r = c
                 .swarm_init(api::SwarmInitRequest {
                     advertise_addr: advertise_addr.unwrap_or_default(),
                     datapath_addr: datapath_addr.unwrap_or_default(),
                     listen_addr,
+                    default_addr_pool,
+                    default_addr_pool_mask_length,
+                    data_path_port,
                 })
                 .await
                 .map_err(status)?

@@ -99,7 +99,17 @@ pub struct SwarmInfo {
     /// Node certificates' validity in seconds (`--cert-expiry`; 90 days).
     #[serde(default = "default_cert_expiry")]
     pub cert_expiry_secs: u64,
+    /// The swarm's VXLAN UDP port (`--data-path-port`, 4789 by default).
+    #[serde(default = "default_data_path_port")]
+    pub data_path_port: u16,
 }
+
+fn default_data_path_port() -> u16 {
+    DEFAULT_DATA_PATH_PORT
+}
+
+/// Docker's VXLAN port.
+pub const DEFAULT_DATA_PATH_PORT: u16 = 4789;
 
 fn manager_role() -> String {
     "manager".into()
@@ -539,6 +549,7 @@ impl Cluster {
         NodeState {
             networks,
             published,
+            vxlan_port: self.swarm.as_ref().map_or(0, |s| s.data_path_port),
         }
     }
 

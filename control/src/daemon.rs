@@ -10,7 +10,7 @@
 //! Stopping the daemon leaves tasks, namespaces and bridges running (Docker's
 //! live-restore); the next start adopts them and re-creates the data plane's ports.
 //!
-//! SwarmKit's pipeline, as modules: the API adapter ([`grpc`]), the verbs per object kind
+//! SwarmKit's pipeline, as modules: the API adapter (`grpc`), the verbs per object kind
 //! (`networks`, `services`, `containers`, `membership`), the orchestrator (`orchestrator`,
 //! asking [`crate::scheduler`] where tasks go), and the node runtime (`tasks`; the cluster
 //! side in [`crate::runtime`]). The store is [`crate::store`]; the data plane is reached

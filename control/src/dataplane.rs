@@ -76,6 +76,8 @@ pub struct NodeState {
     pub networks: Vec<NetState>,
     /// Published ports.
     pub published: Vec<Published>,
+    /// The swarm's VXLAN UDP port (`--data-path-port`; 0: the data plane's configured one).
+    pub vxlan_port: u16,
 }
 
 /// A data-plane failure the node cannot carry on from: a poll-mode worker died, so some

@@ -34,6 +34,9 @@ pub enum IpamError {
     /// The gateway is not a usable host address of the subnet.
     #[error("gateway {0} is not a usable address of subnet {1}")]
     GatewayOutside(Ipv4Addr, Subnet),
+    /// A `--default-addr-pool` request refused (moby's wording).
+    #[error("{0}")]
+    BadPool(String),
     /// The pool has no free subnet left.
     #[error("no free /{1} left in the address pool {0}")]
     PoolExhausted(Subnet, u8),
@@ -54,6 +57,8 @@ pub enum IpamError {
 
 /// The largest subnet a network may have (a /8: 16 million addresses).
 pub const MAX_SUBNET_PREFIX: u8 = 8;
+/// `--default-addr-pool`s a swarm may have.
+pub const MAX_POOLS: usize = 16;
 
 /// Ranges no overlay may use, whatever the node: they are routed by every host.
 fn always_reserved() -> [(Subnet, &'static str); 5] {
@@ -206,10 +211,13 @@ impl NetworkAddressing {
     }
 }
 
-/// The cluster's address space: the default pool and every subnet in use.
+/// The cluster's address space: the default pools and every subnet in use.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ipam {
     pool: Subnet,
+    /// Further `--default-addr-pool`s, used in order after `pool`.
+    #[serde(default)]
+    more_pools: Vec<Subnet>,
     size: u8,
     used: BTreeSet<Subnet>,
     /// Ranges of this node that no network may overlap (the gateway bridge, the underlay),
@@ -233,6 +241,7 @@ impl Ipam {
     pub fn new(pool: Subnet, size: u8) -> Ipam {
         Ipam {
             pool,
+            more_pools: Vec::new(),
             size: size.max(pool.prefix),
             used: BTreeSet::new(),
             node_reserved: Vec::new(),
@@ -302,16 +311,63 @@ impl Ipam {
         self.used.remove(&subnet);
     }
 
+    /// `swarm init --default-addr-pool P... --default-addr-pool-mask-length N`: the pools
+    /// automatic subnets come from, in order, cut into `/size`. Validated as moby's
+    /// `validateDefaultAddrPool` (`daemon/cluster/listen_addr.go`) does — size at most 29
+    /// and no larger than any pool — and, so that a search stays bounded, at most
+    /// [`MAX_POOLS`] pools of at most a /8 each. Only before any network exists.
+    pub fn set_pools(&mut self, pools: &[Subnet], size: u8) -> Result<(), IpamError> {
+        if size > 29 {
+            return Err(IpamError::BadPool(format!(
+                "subnet size is out of range: {size}"
+            )));
+        }
+        if pools.is_empty() || pools.len() > MAX_POOLS {
+            return Err(IpamError::BadPool(format!(
+                "between 1 and {MAX_POOLS} default address pools"
+            )));
+        }
+        for p in pools {
+            if size < p.prefix {
+                return Err(IpamError::BadPool(format!(
+                    "invalid CIDR: \"{p}\". Subnet size is too small for pool: {size}"
+                )));
+            }
+            if p.prefix < MAX_SUBNET_PREFIX {
+                return Err(IpamError::TooLarge(*p, MAX_SUBNET_PREFIX));
+            }
+        }
+        if !self.used.is_empty() {
+            return Err(IpamError::BadPool(
+                "the default address pools are set before any network exists".into(),
+            ));
+        }
+        self.pool = pools[0];
+        self.more_pools = pools[1..].to_vec();
+        self.size = size;
+        Ok(())
+    }
+
+    /// The default pools, in order, and the size of the subnets cut from them.
+    pub fn pools(&self) -> (Vec<Subnet>, u8) {
+        let mut v = vec![self.pool];
+        v.extend(&self.more_pools);
+        (v, self.size)
+    }
+
     fn next_free(&self) -> Result<Subnet, IpamError> {
         let step = 1u64 << (32 - self.size);
-        let count = self.pool.size() / step;
-        for i in 0..count {
-            let s = Subnet {
-                base: (self.pool.base as u64 + i * step) as u32,
-                prefix: self.size,
-            };
-            if !self.used.iter().any(|o| o.overlaps(&s)) && self.reserved_overlap(&s).is_none() {
-                return Ok(s);
+        for pool in std::iter::once(&self.pool).chain(&self.more_pools) {
+            let count = pool.size() / step;
+            for i in 0..count {
+                let s = Subnet {
+                    base: (pool.base as u64 + i * step) as u32,
+                    prefix: self.size,
+                };
+                if !self.used.iter().any(|o| o.overlaps(&s)) && self.reserved_overlap(&s).is_none()
+                {
+                    return Ok(s);
+                }
             }
         }
         Err(IpamError::PoolExhausted(self.pool, self.size))
@@ -347,6 +403,63 @@ mod tests {
         assert_eq!(
             "10.0.9.1/24".parse::<Subnet>().unwrap_err(),
             IpamError::HostBits("10.0.9.1/24".into(), sn("10.0.9.0/24"))
+        );
+    }
+
+    /// `--default-addr-pool 10.20.0.0/16 --default-addr-pool 10.30.0.0/24
+    /// --default-addr-pool-mask-length 25`: subnets come from the first pool, then the
+    /// next; moby's refusals word for word.
+    #[test]
+    fn default_addr_pools_in_order_with_moby_validation() {
+        let mut ipam = Ipam::default();
+        ipam.set_pools(&[sn("10.20.0.0/16"), sn("10.30.0.0/24")], 25)
+            .unwrap();
+        assert_eq!(
+            ipam.add_network(None, None).unwrap().subnet,
+            sn("10.20.0.0/25")
+        );
+        assert_eq!(
+            ipam.add_network(None, None).unwrap().subnet,
+            sn("10.20.0.128/25")
+        );
+        let mut small = Ipam::default();
+        small
+            .set_pools(&[sn("10.30.0.0/24"), sn("10.40.0.0/25")], 25)
+            .unwrap();
+        let got: Vec<Subnet> = (0..3)
+            .map(|_| small.add_network(None, None).unwrap().subnet)
+            .collect();
+        assert_eq!(
+            got,
+            vec![sn("10.30.0.0/25"), sn("10.30.0.128/25"), sn("10.40.0.0/25")]
+        );
+        assert!(matches!(
+            small.add_network(None, None),
+            Err(IpamError::PoolExhausted(..))
+        ));
+        let mut fresh = Ipam::default();
+        assert_eq!(
+            fresh
+                .set_pools(&[sn("10.0.0.0/16")], 30)
+                .unwrap_err()
+                .to_string(),
+            "subnet size is out of range: 30"
+        );
+        assert_eq!(
+            fresh
+                .set_pools(&[sn("10.0.0.0/16")], 12)
+                .unwrap_err()
+                .to_string(),
+            "invalid CIDR: \"10.0.0.0/16\". Subnet size is too small for pool: 12"
+        );
+        assert!(matches!(
+            fresh.set_pools(&[sn("0.0.0.0/0")], 24),
+            Err(IpamError::TooLarge(..))
+        ));
+        assert!(fresh.set_pools(&[], 24).is_err());
+        assert!(
+            ipam.set_pools(&[sn("10.50.0.0/16")], 24).is_err(),
+            "networks exist"
         );
     }
 

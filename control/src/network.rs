@@ -124,6 +124,16 @@ impl Networks {
         self.ipam.set_node_reserved(ranges);
     }
 
+    /// The address pools automatic subnets come from ([`Ipam::set_pools`]).
+    pub fn set_pools(&mut self, pools: &[Subnet], size: u8) -> Result<(), IpamError> {
+        self.ipam.set_pools(pools, size)
+    }
+
+    /// The address pools and subnet size ([`Ipam::pools`]).
+    pub fn pools(&self) -> (Vec<Subnet>, u8) {
+        self.ipam.pools()
+    }
+
     /// `docker network create`. Validates everything before changing anything.
     pub fn create(&mut self, req: &CreateNetwork) -> Result<&Network, NetworkError> {
         if !valid_name(&req.name) {

@@ -469,7 +469,12 @@ impl Gateway {
         let old = self.tables.load();
         let (addr, _) = self.config.address()?;
         let mut u = Underlay::new(old.underlay.port, self.underlay_mac, addr);
-        u.vxlan_port = self.config.underlay.vxlan_port;
+        // The swarm's data-path port once the control plane sets one (`swarm init
+        // --data-path-port`), the configuration's until then.
+        u.vxlan_port = match self.state.vxlan_port {
+            0 => self.config.underlay.vxlan_port,
+            p => p,
+        };
         u.exception_port = Some(self.exception_port);
         let mut t = Tables::new(u);
         t.generation = old.generation + 1;

@@ -89,6 +89,7 @@ pub fn collect(
     }
     json!({
         "generation": tables.generation,
+        "vxlan_port": tables.underlay.vxlan_port,
         "esp_tx": esp_tx,
         "neighbours": tables.neighbours.iter().map(|(ip, mac)| (ip.to_string(), json!(mac.to_string()))).collect::<Map<_, _>>(),
         "ports": ps,

@@ -291,7 +291,42 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     e.worker.start();
     let (m, w) = (&e.manager, &e.worker);
 
-    let init = m.ok(&format!("swarm init --advertise-addr {MANAGER_IP}"));
+    // Init's own refusals (moby's wording), then init with a custom address pool and
+    // data-path port, which the worker inherits when it joins.
+    let out = m.err("swarm init --data-path-port 80");
+    assert!(
+        out.contains("Datapath port number is not in valid range (1024-49151) : 80"),
+        "{out}"
+    );
+    let out =
+        m.err("swarm init --default-addr-pool 10.20.0.0/16 --default-addr-pool-mask-length 30");
+    assert!(out.contains("subnet size is out of range: 30"), "{out}");
+    let out =
+        m.err("swarm init --default-addr-pool 10.20.0.0/16 --default-addr-pool-mask-length 12");
+    assert!(
+        out.contains("Subnet size is too small for pool: 12"),
+        "{out}"
+    );
+    let init = m.ok(&format!(
+        "swarm init --advertise-addr {MANAGER_IP} --default-addr-pool 10.20.0.0/16 \
+         --default-addr-pool-mask-length 25 --data-path-port 4790"
+    ));
+    let ingress: serde_json::Value =
+        serde_json::from_str(&m.ok("network inspect ingress")).unwrap();
+    assert_eq!(
+        ingress[0]["IPAM"]["Config"][0]["Subnet"], "10.20.0.0/25",
+        "{ingress}"
+    );
+    let stats: serde_json::Value = serde_json::from_str(&m.ok("stats")).unwrap();
+    assert_eq!(
+        stats["vxlan_port"], 4790,
+        "the manager's data plane uses the swarm's port"
+    );
+    let out = m.err("service create --name vx --publish 4790:80/udp -- sleep 1000");
+    assert!(
+        out.contains("4790/udp") && out.contains("data path"),
+        "{out}"
+    );
     let worker_token = m.ok("swarm join-token -q worker").trim().to_owned();
     let manager_token = m.ok("swarm join-token -q manager").trim().to_owned();
     assert!(
@@ -414,6 +449,11 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     assert!(
         joined.contains("This node joined a swarm as a worker."),
         "{joined}"
+    );
+    let stats: serde_json::Value = serde_json::from_str(&w.ok("stats")).unwrap();
+    assert_eq!(
+        stats["vxlan_port"], 4790,
+        "the worker takes the swarm's data-path port"
     );
     let out = w.err("node ls");
     assert!(

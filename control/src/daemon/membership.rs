@@ -24,7 +24,7 @@ const MAX_LABELS: usize = 64;
 /// Heartbeats a node may miss before it is Down (SwarmKit's grace: 3 periods).
 const HEARTBEAT_GRACE: u32 = 3;
 
-/// What this node runs for the cluster, as its state asks ([`super::runtime`]).
+/// What this node runs for the cluster, as its state asks ([`crate::runtime`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Want {
     /// Not in a swarm.
@@ -72,6 +72,18 @@ fn parse_listen(s: &str) -> Result<String, Status> {
         .filter(|p| *p != 0)
         .ok_or_else(|| bad(format!("invalid --listen-addr {s:?}: bad port")))?;
     Ok(format!("{ip}:{port}"))
+}
+
+/// `--data-path-port` as moby's `getDataPathPort` (`daemon/cluster/listen_addr.go`) takes
+/// it: 0 is 4789; otherwise 1024–49151.
+fn data_path_port(p: u32) -> Result<u16, Status> {
+    match p {
+        0 => Ok(crate::cluster::DEFAULT_DATA_PATH_PORT),
+        1024..=49151 => Ok(p as u16),
+        _ => Err(bad(format!(
+            "Datapath port number is not in valid range (1024-49151) : {p}"
+        ))),
+    }
 }
 
 fn status_of(e: ca::CaError) -> Status {
@@ -148,6 +160,14 @@ impl Daemon {
         }
         let (advertise, datapath) = self.own_addresses(&r.advertise_addr, &r.datapath_addr)?;
         let listen = parse_listen(&r.listen_addr)?;
+        let data_path_port = data_path_port(r.data_path_port)?;
+        let mut pools = Vec::new();
+        for p in &r.default_addr_pool {
+            pools.push(
+                p.parse::<crate::ipam::Subnet>()
+                    .map_err(|e| bad(format!("invalid base pool {p}: {e}")))?,
+            );
+        }
         // The listener must be possible before anything is recorded.
         std::net::TcpListener::bind(&listen)
             .map_err(|e| bad(format!("failed to listen on {listen}: {e}")))?;
@@ -178,6 +198,7 @@ impl Daemon {
             listen_addr: listen,
             manager_addr: None,
             cert_expiry_secs: expiry.as_secs(),
+            data_path_port,
         });
         c.nodes = vec![NodeRecord {
             id: node_id,
@@ -189,6 +210,17 @@ impl Daemon {
             labels: Default::default(),
         }];
         c.networks.set_node_reserved(self.node_reserved());
+        if !pools.is_empty() {
+            let size = match r.default_addr_pool_mask_length {
+                0 => 24,
+                n => u8::try_from(n).unwrap_or(u8::MAX),
+            };
+            c.networks.set_pools(&pools, size).map_err(bad)?;
+        } else if r.default_addr_pool_mask_length != 0 {
+            return Err(bad(
+                "--default-addr-pool-mask-length needs --default-addr-pool",
+            ));
+        }
         c.networks
             .create(&CreateNetwork {
                 name: "ingress".into(),
@@ -293,6 +325,7 @@ impl Daemon {
             listen_addr: parse_listen(listen_addr)?,
             manager_addr: Some(j.manager.to_string()),
             cert_expiry_secs: (j.identity.not_after - j.identity.not_before).max(0) as u64,
+            data_path_port: j.data_path_port,
         });
         c.nodes.clear();
         c.networks.set_node_reserved(self.node_reserved());
@@ -669,6 +702,7 @@ impl Daemon {
             certificate: cert,
             cluster_id,
             role: role.name().into(),
+            data_path_port: self.cluster.swarm.as_ref().map_or(0, |s| s.data_path_port) as u32,
         })
     }
 
@@ -710,6 +744,7 @@ impl Daemon {
             certificate: cert,
             cluster_id,
             role: id.role.name().into(),
+            data_path_port: self.cluster.swarm.as_ref().map_or(0, |s| s.data_path_port) as u32,
         })
     }
 

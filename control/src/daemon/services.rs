@@ -3,10 +3,24 @@
 use super::*;
 
 impl Daemon {
-    pub(super) fn parse_ports(specs: &[String]) -> Result<Vec<PortConfig>, Status> {
+    pub(super) fn parse_ports(&self, specs: &[String]) -> Result<Vec<PortConfig>, Status> {
         let mut v = Vec::new();
         for s in specs {
             v.extend(publish::parse(s).map_err(bad)?);
+        }
+        // The swarm's own data-path port, when it is not 4789 (which `service` refuses
+        // among the node's ports already).
+        let dp = self.cluster.swarm.as_ref().map(|s| s.data_path_port);
+        if let Some(p) = v.iter().find(|p| {
+            p.published.is_some()
+                && p.published == dp
+                && p.protocol == crate::publish::Protocol::Udp
+        }) {
+            return Err(bad(crate::service::ServiceError::NodePort(
+                p.published.expect("checked"),
+                p.protocol,
+                "VXLAN data path (--data-path-port)",
+            )));
         }
         Ok(v)
     }
@@ -25,7 +39,7 @@ impl Daemon {
             replicas: r.replicas_set.then_some(r.replicas),
             mode: (!r.mode.is_empty()).then_some(r.mode),
             networks,
-            ports: Self::parse_ports(&r.publish)?,
+            ports: self.parse_ports(&r.publish)?,
             endpoint_mode: (!r.endpoint_mode.is_empty()).then_some(r.endpoint_mode),
             command: r.command,
             constraints: r.constraints,
@@ -97,7 +111,7 @@ impl Daemon {
                     })
                     .copied()
                     .collect(),
-                Err(_) => Self::parse_ports(std::slice::from_ref(spec))?,
+                Err(_) => self.parse_ports(std::slice::from_ref(spec))?,
             };
             let before = ports.len();
             ports.retain(|c| {
@@ -108,7 +122,7 @@ impl Daemon {
                 return Err(bad(format!("service {} does not publish {spec}", r.name)));
             }
         }
-        ports.extend(Self::parse_ports(&r.publish_add)?);
+        ports.extend(self.parse_ports(&r.publish_add)?);
         let mode = match old.mode {
             ServiceMode::Global if r.replicas_set => {
                 return Err(bad("replicas can only be used with replicated mode"))
