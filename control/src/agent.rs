@@ -105,10 +105,14 @@ pub async fn join(manager: SocketAddr, token: &str, me: &Description) -> Result<
         .await
         .map_err(status_line)?
         .into_inner();
-    let der = ca::pem_der(&reply.certificate, "node certificate").map_err(|e| e.to_string())?;
-    let identity = ca::identity(&der).map_err(|e| e.to_string())?;
+    let identity = ca::check_node_certificate(root.cert_pem(), &reply.certificate, &key_pem)
+        .map_err(|e| e.to_string())?;
     if identity.node_id != reply.node_id || identity.cluster_id != reply.cluster_id {
         return Err("the manager's certificate does not match its answer".into());
+    }
+    if identity.role != ca::Role::Worker {
+        // A manager's certificate without Raft would make a manager with no state.
+        return Err("the manager issued a manager certificate; only workers can join".into());
     }
     let data_path_port = match reply.data_path_port {
         0 => crate::cluster::DEFAULT_DATA_PATH_PORT,
@@ -141,6 +145,7 @@ pub async fn join(manager: SocketAddr, token: &str, me: &Description) -> Result<
 pub struct Session {
     client: DispatcherClient<tonic::transport::Channel>,
     ca: CaClient<tonic::transport::Channel>,
+    root_pem: String,
     cert_pem: String,
     me: Description,
 }
@@ -161,6 +166,7 @@ impl Session {
         Ok(Session {
             client: DispatcherClient::new(ch.clone()),
             ca: CaClient::new(ch),
+            root_pem: root_pem.to_owned(),
             cert_pem: cert_pem.to_owned(),
             me: me.clone(),
         })
@@ -184,6 +190,16 @@ impl Session {
             .await
             .map_err(status_line)?
             .into_inner();
+        // Kept only if it chains to the root, is for the new key and is the same node and
+        // role as the one it replaces.
+        let new = ca::check_node_certificate(&self.root_pem, &r.certificate, &key_pem)
+            .map_err(|e| e.to_string())?;
+        let old = ca::pem_der(&self.cert_pem, "node certificate")
+            .and_then(|d| ca::identity(&d))
+            .map_err(|e| e.to_string())?;
+        if (new.node_id, new.cluster_id, new.role) != (old.node_id, old.cluster_id, old.role) {
+            return Err("the renewed certificate is for another node or role".into());
+        }
         Ok((r.certificate, key_pem))
     }
 

@@ -395,6 +395,31 @@ pub fn identity(der: &[u8]) -> Result<NodeIdentity, CaError> {
     })
 }
 
+/// Checks a node certificate handed to this node (at join or renewal) before it is kept:
+/// signed by `root_pem`'s key, for the key in `key_pem`, valid now. Returns what it says.
+pub fn check_node_certificate(
+    root_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<NodeIdentity, CaError> {
+    let root_der = pem_der(root_pem, "root certificate")?;
+    let (_, root) = x509_parser::parse_x509_certificate(&root_der)
+        .map_err(|e| invalid("root certificate", e))?;
+    let der = pem_der(cert_pem, "node certificate")?;
+    let (_, c) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| invalid("node certificate", e))?;
+    c.verify_signature(Some(root.public_key()))
+        .map_err(|_| invalid("node certificate", "not signed by the cluster's root"))?;
+    let key = KeyPair::from_pem(key_pem).map_err(|e| invalid("node key", e))?;
+    if key.public_key_der() != c.public_key().raw {
+        return Err(invalid("node certificate", "not for this node's key"));
+    }
+    if !c.validity().is_valid() {
+        return Err(invalid("node certificate", "not valid now"));
+    }
+    identity(&der)
+}
+
 /// The DER of the first certificate in a PEM string.
 pub fn pem_der(pem: &str, what: &'static str) -> Result<Vec<u8>, CaError> {
     let mut r = std::io::BufReader::new(pem.as_bytes());
@@ -597,6 +622,29 @@ mod tests {
         assert!(!renewal_due(&pem, t(0.49)));
         assert!(renewal_due(&pem, t(0.81)));
         assert!(renewal_due("garbage", 0));
+    }
+
+    /// A certificate handed to a node is kept only if the cluster's root signed it, for
+    /// the node's own key.
+    #[test]
+    fn a_node_checks_the_certificate_it_is_given() {
+        let now = SystemTime::now();
+        let ca = RootCa::create(now).unwrap();
+        let other = RootCa::create(now).unwrap();
+        let (key, csr) = new_key_and_csr().unwrap();
+        let (other_key, _) = new_key_and_csr().unwrap();
+        let cert = ca
+            .issue(&csr, "n1", Role::Worker, "c1", now, DEFAULT_NODE_EXPIRY)
+            .unwrap();
+        let id = check_node_certificate(ca.cert_pem(), &cert, &key).unwrap();
+        assert_eq!((id.node_id.as_str(), id.role), ("n1", Role::Worker));
+        let e = check_node_certificate(other.cert_pem(), &cert, &key).unwrap_err();
+        assert!(
+            e.to_string().contains("not signed by the cluster's root"),
+            "{e}"
+        );
+        let e = check_node_certificate(ca.cert_pem(), &cert, &other_key).unwrap_err();
+        assert!(e.to_string().contains("not for this node's key"), "{e}");
     }
 
     #[test]

@@ -49,9 +49,9 @@ pub fn ago(secs: u64) -> String {
 pub fn random_id(n: usize) -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut bytes = vec![0u8; n];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
-    }
+    // IDs name nodes in certificates: never all zeros because the OS's random source
+    // failed (a condition nothing can carry on from; an API call's panic is caught).
+    crate::ca::random_bytes(&mut bytes).expect("the system's random source failed");
     bytes
         .iter()
         .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)

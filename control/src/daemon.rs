@@ -218,6 +218,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
     let api = Api {
         inner: inner.clone(),
         runtime: Default::default(),
+        membership: Default::default(),
     };
 
     if let Some(dir) = cfg.socket.parent() {

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 use crate::ca::{self, NodeIdentity, Role};
@@ -73,12 +74,80 @@ pub fn authorize<T>(
 #[derive(Clone)]
 pub struct Remote {
     api: Api,
+    /// This cluster's ID (the O of the manager's own certificate): callers are authorised
+    /// against it before anything touches the daemon's state.
+    cluster_id: Arc<str>,
 }
 
+/// Aborts a task when dropped: the accept loop dies with the server future, however that
+/// ends (returned, or aborted after a shutdown that took too long), so the port is freed.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A TLS connection that holds one of the listener's connection permits for as long as it
+/// is open: at most [`MAX_CONNECTIONS`] at a time, whoever they are.
+struct Permitted {
+    inner: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Permitted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Permitted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Permitted {
+    type ConnectInfo =
+        <tokio_rustls::server::TlsStream<tokio::net::TcpStream> as Connected>::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// Connections open at once (established or handshaking).
+const MAX_CONNECTIONS: usize = 1024;
+/// A silent peer is dropped after this: HTTP/2 pings every 10 s, answered within 5 s.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Remote {
-    /// Services over the daemon behind `api`.
-    pub fn new(api: Api) -> Remote {
-        Remote { api }
+    /// Services over the daemon behind `api`, for the cluster `cluster_id`.
+    pub fn new(api: Api, cluster_id: &str) -> Remote {
+        Remote {
+            api,
+            cluster_id: cluster_id.into(),
+        }
     }
 
     /// Serves on `listener` with `tls` until `shutdown` resolves.
@@ -90,10 +159,14 @@ impl Remote {
     ) -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::mpsc::channel(MAX_HANDSHAKES);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-        let accept = tokio::spawn(async move {
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let _accept = AbortOnDrop(tokio::spawn(async move {
             loop {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
+                let Ok(conn) = connections.clone().acquire_owned().await else {
+                    return;
+                };
+                let Ok(handshake) = handshakes.clone().acquire_owned().await else {
                     return;
                 };
                 let (tcp, peer) = match listener.accept().await {
@@ -109,9 +182,13 @@ impl Remote {
                 tokio::spawn(async move {
                     let r = tokio::time::timeout(crate::tls::CONNECT_TIMEOUT, acceptor.accept(tcp))
                         .await;
-                    drop(permit);
+                    drop(handshake);
                     match r {
                         Ok(Ok(s)) => {
+                            let s = Permitted {
+                                inner: s,
+                                _permit: conn,
+                            };
                             let _ = tx.send(Ok::<_, std::io::Error>(s)).await;
                         }
                         Ok(Err(e)) => log_handshake(peer, &e.to_string()),
@@ -119,16 +196,26 @@ impl Remote {
                     }
                 });
             }
-        });
+        }));
         let r = tonic::transport::Server::builder()
             .timeout(crate::tls::CALL_TIMEOUT)
+            .http2_keepalive_interval(Some(KEEPALIVE))
+            .http2_keepalive_timeout(Some(crate::tls::CONNECT_TIMEOUT))
+            .max_concurrent_streams(Some(16))
             .add_service(ca_server::CaServer::new(self.clone()))
             .add_service(dispatcher_server::DispatcherServer::new(self.clone()))
             .add_service(health_server::HealthServer::new(self))
             .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), shutdown)
             .await;
-        accept.abort();
         Ok(r?)
+    }
+}
+
+/// The caller's IPv4 address as the connection shows it.
+fn observed<T>(r: &Request<T>) -> Option<std::net::Ipv4Addr> {
+    match r.remote_addr()?.ip() {
+        std::net::IpAddr::V4(a) => Some(a),
+        std::net::IpAddr::V6(a) => a.to_ipv4_mapped(),
     }
 }
 
@@ -150,8 +237,12 @@ impl ca_server::Ca for Remote {
         r: Request<capi::IssueRequest>,
     ) -> Result<Response<capi::IssueReply>, Status> {
         let from = r.remote_addr();
+        let seen = observed(&r);
         let r = r.into_inner();
-        let res = self.api.call(move |d| d.issue_node_certificate(r)).await;
+        let res = self
+            .api
+            .call(move |d| d.issue_node_certificate(r, seen))
+            .await;
         if let Err(e) = &res {
             tracing::warn!(
                 peer = %from.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
@@ -166,10 +257,9 @@ impl ca_server::Ca for Remote {
         &self,
         r: Request<capi::RenewRequest>,
     ) -> Result<Response<capi::IssueReply>, Status> {
-        let cluster = self.api.call(|d| d.cluster_id()).await?.into_inner();
         let id = authorize(
             &r,
-            &cluster,
+            &self.cluster_id,
             &[Role::Manager, Role::Worker],
             "certificate renewal",
         )?;
@@ -186,18 +276,24 @@ impl dispatcher_server::Dispatcher for Remote {
         &self,
         r: Request<capi::HeartbeatRequest>,
     ) -> Result<Response<capi::HeartbeatReply>, Status> {
-        let cluster = self.api.call(|d| d.cluster_id()).await?.into_inner();
-        let id = authorize(&r, &cluster, &[Role::Manager, Role::Worker], "heartbeat")?;
+        let id = authorize(
+            &r,
+            &self.cluster_id,
+            &[Role::Manager, Role::Worker],
+            "heartbeat",
+        )?;
+        // The address the manager sees, as SwarmKit's dispatcher records it, not what the
+        // node claims.
+        let seen = observed(&r);
         let r = r.into_inner();
-        self.api.call(move |d| d.heartbeat(&id, r)).await
+        self.api.call(move |d| d.heartbeat(&id, r, seen)).await
     }
 }
 
 #[tonic::async_trait]
 impl health_server::Health for Remote {
     async fn check(&self, r: Request<capi::Empty>) -> Result<Response<capi::HealthReply>, Status> {
-        let cluster = self.api.call(|d| d.cluster_id()).await?.into_inner();
-        authorize(&r, &cluster, &[Role::Manager], "health check")?;
+        authorize(&r, &self.cluster_id, &[Role::Manager], "health check")?;
         Ok(Response::new(capi::HealthReply {
             status: "SERVING".into(),
         }))

@@ -69,7 +69,17 @@ impl ClusterRuntime {
                 };
                 tracing::info!(%listen, "managing the swarm (mutual TLS on 2377)");
                 let (tx, rx) = oneshot::channel();
-                let remote = Remote::new(api.clone());
+                // Callers are authorised against the cluster this certificate is from.
+                let cluster_id = match crate::ca::pem_der(&cert, "node certificate")
+                    .and_then(|d| crate::ca::identity(&d))
+                {
+                    Ok(id) => id.cluster_id,
+                    Err(e) => {
+                        self.failure(format!("2377: this node's certificate: {e}"));
+                        return;
+                    }
+                };
+                let remote = Remote::new(api.clone(), &cluster_id);
                 let task = tokio::spawn(async move {
                     let shutdown = async {
                         let _ = rx.await;
@@ -133,6 +143,12 @@ impl ClusterRuntime {
                                     failing = false;
                                 }
                                 period
+                            }
+                            Err(e) if e.contains("is not a member of this swarm") => {
+                                if let Err(e) = api.call(|d| d.removed_by_manager()).await {
+                                    tracing::error!("leaving the swarm: {}", e.message());
+                                }
+                                return;
                             }
                             Err(e) => {
                                 if !failing {

@@ -441,6 +441,11 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     assert!(out.contains("joining as a manager needs"), "{out}");
     let out = w.err("node ls");
     assert!(out.contains("This node is not a swarm manager"), "{out}");
+    let out = w.err("swarm leave");
+    assert!(
+        out.contains("not part of a swarm"),
+        "refusals left nothing behind: {out}"
+    );
     assert_eq!(node_rows(m).len(), 1);
 
     // The join itself, with the rotated token.
@@ -478,10 +483,21 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     let addr: std::net::SocketAddr = format!("{MANAGER_IP}:2377").parse().unwrap();
     let (no_cert, probe, worker_beat, worker_health) = in_netns(&w.ns, async move {
         let anon = tls::channel(addr, tls::bootstrap_config().unwrap());
-        let no_cert = DispatcherClient::new(anon)
+        let no_cert = DispatcherClient::new(anon.clone())
             .heartbeat(capi::HeartbeatRequest::default())
             .await
             .unwrap_err();
+        let no_cert_renew = CaClient::new(anon)
+            .renew_node_certificate(capi::RenewRequest {
+                csr: swarmgate_control::ca::new_key_and_csr().unwrap().1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            no_cert_renew.code(),
+            tonic::Code::PermissionDenied,
+            "{no_cert_renew:?}"
+        );
         // A second worker identity, obtained the way any node gets one.
         let j = agent::join(addr, &probe_token, &probe_desc())
             .await
@@ -711,13 +727,24 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
         again.as_secs_f64()
     );
 
-    // The worker's daemon stops: it is Down on the manager within the grace.
-    e.worker.stop();
-    let down = wait_for("the worker Down on the manager", 30, || {
-        status(&e.manager) == "Down"
+    // Removed by a manager while up (`node rm --force`): the worker is told at its next
+    // heartbeat and leaves the swarm by itself instead of knocking forever.
+    e.manager.ok(&format!("node rm --force {worker_id}"));
+    let left = wait_for("the removed worker leaves the swarm", 30, || {
+        // `node ls` on a node in no swarm points at `swarm init`; on a worker it says
+        // workers cannot view the cluster.
+        let (ok, out) = e.worker.cli("node ls");
+        !ok && out.contains("swarm init")
     });
     eprintln!(
-        "worker Down on the manager {:.1} s after its daemon stopped",
-        down.as_secs_f64()
+        "removed worker left the swarm {:.1} s after node rm",
+        left.as_secs_f64()
+    );
+    assert!(
+        e.worker
+            .log()
+            .contains("removed from the swarm by a manager"),
+        "{}",
+        e.worker.log()
     );
 }

@@ -8,6 +8,9 @@ use super::*;
 pub struct Api {
     pub(super) inner: Arc<Mutex<Daemon>>,
     pub(super) runtime: Arc<tokio::sync::Mutex<crate::runtime::ClusterRuntime>>,
+    /// Held through `swarm init`, `join` and `leave`, so that a join — which talks to a
+    /// manager between checking and recording — cannot interleave with another.
+    pub(super) membership: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The daemon's state, even after a panic poisoned its lock: every path that changes it
@@ -60,6 +63,7 @@ impl api::swarmgate_server::Swarmgate for Api {
         &self,
         r: Request<api::SwarmInitRequest>,
     ) -> Result<Response<api::SwarmInitReply>, Status> {
+        let _one = self.membership.lock().await;
         let reply = self.call(move |d| d.swarm_init(r.into_inner())).await?;
         self.runtime.lock().await.ensure(self).await;
         Ok(reply)
@@ -70,6 +74,7 @@ impl api::swarmgate_server::Swarmgate for Api {
     ) -> Result<Response<api::SwarmJoinReply>, Status> {
         let r = r.into_inner();
         let manager = crate::agent::manager_addr(&r.remote_addr).map_err(bad)?;
+        let _one = self.membership.lock().await;
         let plan = r.clone();
         let me = self.call(move |d| d.join_plan(&plan)).await?.into_inner();
         let joined = crate::agent::join(manager, &r.token, &me)
@@ -91,6 +96,7 @@ impl api::swarmgate_server::Swarmgate for Api {
         &self,
         r: Request<api::SwarmLeaveRequest>,
     ) -> Result<Response<api::Empty>, Status> {
+        let _one = self.membership.lock().await;
         let reply = self.call(move |d| d.swarm_leave(r.into_inner())).await?;
         self.runtime.lock().await.ensure(self).await;
         Ok(reply)

@@ -621,16 +621,15 @@ impl Daemon {
         cert: String,
         key: String,
     ) -> Result<(), Status> {
-        let id = ca::pem_der(&cert, "node certificate")
-            .and_then(|d| ca::identity(&d))
-            .map_err(|e| bad(e.to_string()))?;
         let s = self
             .cluster
             .swarm
             .as_mut()
             .ok_or_else(|| Status::failed_precondition("not in a swarm"))?;
-        if id.node_id != s.node_id || id.cluster_id != s.id {
-            return Err(bad("the renewed certificate is for another node"));
+        let id = ca::check_node_certificate(&s.root_ca_cert, &cert, &key)
+            .map_err(|e| bad(e.to_string()))?;
+        if id.node_id != s.node_id || id.cluster_id != s.id || id.role.name() != s.role {
+            return Err(bad("the renewed certificate is for another node or role"));
         }
         s.node_cert = cert;
         s.node_key = key;
@@ -640,10 +639,6 @@ impl Daemon {
     }
 
     // ---- the manager's side of 2377 ----
-
-    pub(crate) fn cluster_id(&self) -> Result<String, Status> {
-        Ok(self.require_manager()?.id.clone())
-    }
 
     pub(crate) fn root_ca_reply(&self) -> Result<capi::RootCaReply, Status> {
         Ok(capi::RootCaReply {
@@ -659,6 +654,7 @@ impl Daemon {
     pub(crate) fn issue_node_certificate(
         &mut self,
         r: capi::IssueRequest,
+        seen: Option<Ipv4Addr>,
     ) -> Result<capi::IssueReply, Status> {
         let s = self.require_manager()?;
         let role =
@@ -668,10 +664,7 @@ impl Daemon {
                 "joining as a manager needs the replicated (Raft) store, which swarmgate does not have yet: join as a worker",
             ));
         }
-        let addr: Ipv4Addr = r
-            .advertise_addr
-            .parse()
-            .map_err(|_| bad(format!("invalid advertise address {:?}", r.advertise_addr)))?;
+        let addr = node_addr(seen, &r.advertise_addr)?;
         let name = valid_hostname(&r.hostname)?;
         let (cluster_id, expiry) = (s.id.clone(), s.cert_expiry_secs);
         let node_id = random_id(25);
@@ -725,7 +718,12 @@ impl Daemon {
         id: &NodeIdentity,
         csr: &str,
     ) -> Result<capi::IssueReply, Status> {
-        self.member(id)?;
+        // The role is the node record's (what `promote`/`demote` will change), not the old
+        // certificate's.
+        let role = match self.member(id)?.role.as_str() {
+            "manager" => Role::Manager,
+            _ => Role::Worker,
+        };
         let s = self.require_manager()?;
         let (cluster_id, expiry) = (s.id.clone(), s.cert_expiry_secs);
         let cert = self
@@ -733,7 +731,7 @@ impl Daemon {
             .issue(
                 csr,
                 &id.node_id,
-                id.role,
+                role,
                 &cluster_id,
                 SystemTime::now(),
                 std::time::Duration::from_secs(expiry),
@@ -743,7 +741,7 @@ impl Daemon {
             node_id: id.node_id.clone(),
             certificate: cert,
             cluster_id,
-            role: id.role.name().into(),
+            role: role.name().into(),
             data_path_port: self.cluster.swarm.as_ref().map_or(0, |s| s.data_path_port) as u32,
         })
     }
@@ -752,9 +750,10 @@ impl Daemon {
         &mut self,
         id: &NodeIdentity,
         r: capi::HeartbeatRequest,
+        seen: Option<Ipv4Addr>,
     ) -> Result<capi::HeartbeatReply, Status> {
         let n = self.member(id)?;
-        let addr: Ipv4Addr = r.advertise_addr.parse().unwrap_or(n.addr);
+        let addr = node_addr(seen, &r.advertise_addr).unwrap_or(n.addr);
         let name = valid_hostname(&r.hostname).unwrap_or_else(|_| n.hostname.clone());
         if n.addr != addr || n.hostname != name {
             let n = self
@@ -771,6 +770,16 @@ impl Daemon {
         Ok(capi::HeartbeatReply {
             period_ms: agent::HEARTBEAT_PERIOD.as_millis() as u64,
         })
+    }
+
+    /// A manager said this worker is no longer a member (`node rm`): it leaves the swarm,
+    /// as a Docker node does, instead of knocking forever.
+    pub(crate) fn removed_by_manager(&mut self) -> Result<(), Status> {
+        if self.cluster.swarm.as_ref().is_some_and(|s| !s.is_manager()) {
+            tracing::error!("this node was removed from the swarm by a manager; leaving it");
+            self.swarm_leave(api::SwarmLeaveRequest { force: true })?;
+        }
+        Ok(())
     }
 
     /// What the node runtime should run for the current state.
@@ -801,6 +810,21 @@ impl Daemon {
             }
         }
     }
+}
+
+/// A node's address: the one its connection comes from (SwarmKit's dispatcher records
+/// that), else the one it advertises; never unspecified, loopback, multicast or broadcast.
+fn node_addr(seen: Option<Ipv4Addr>, advertised: &str) -> Result<Ipv4Addr, Status> {
+    let a = match seen {
+        Some(a) => a,
+        None => advertised
+            .parse()
+            .map_err(|_| bad(format!("invalid advertise address {advertised:?}")))?,
+    };
+    if a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast() {
+        return Err(bad(format!("{a} cannot be a node's address")));
+    }
+    Ok(a)
 }
 
 /// A host name as a node may report it: 1–255 printable characters.
