@@ -265,7 +265,8 @@ pub struct TaskRecord {
 
 impl TaskRecord {
     /// A new task of `service` for `slot` at spec `version`, not placed and not started
-    /// (status Rejected until it runs).
+    /// (status Rejected until it runs). A standalone container overrides `service` (None),
+    /// `name`, `node` and `detached`.
     pub fn new(
         id: String,
         service: &str,

@@ -625,3 +625,40 @@ elif mode == "udp-client":
             pass
     print("echoed %d of %d intact" % (ok, count))
 "#;
+
+/// Starts tcpdump on `iface` in namespace `ns` (`snaplen` bytes per frame, 0 for all),
+/// writing to `pcap` until the returned closure is called. Returns once tcpdump says it
+/// is listening (on a loaded machine that can take longer than any fixed sleep), and
+/// 800 ms more.
+pub fn capture(ns: &str, iface: &str, snaplen: u32, pcap: &std::path::Path) -> impl FnOnce() {
+    let mut cap = Command::new("ip")
+        .args(["netns", "exec", ns, "tcpdump", "-i", iface, "-U", "-s"])
+        .arg(snaplen.to_string())
+        .arg("-w")
+        .arg(pcap)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = cap.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("tcpdump did not start listening within 20 s");
+    // Measured: frames sent right after "listening on" can still be missed (a capture
+    // of a kernel vxlan peer's underlay got none at all), so give it the time the fixed
+    // delay used to.
+    std::thread::sleep(Duration::from_millis(800));
+    move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .args(["-INT", &cap.id().to_string()])
+            .status();
+        let _ = cap.wait();
+    }
+}

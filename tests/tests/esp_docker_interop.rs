@@ -33,23 +33,25 @@ fn script() -> String {
 /// interpreter happens to come first on PATH.
 const PYTHON: &str = "/usr/bin/python3";
 
-/// Starts tcpdump on `iface` in `ns`, full frames, until the returned closure is called.
+/// Full frames from `iface` in `ns` ([`netns::capture`]).
 fn capture(ns: &str, iface: &str, pcap: &std::path::Path) -> impl FnOnce() {
-    let mut cap = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "tcpdump", "-i", iface, "-U", "-s", "0", "-w",
-        ])
-        .arg(pcap)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    std::thread::sleep(Duration::from_millis(800));
-    move || {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = Command::new("kill")
-            .args(["-INT", &cap.id().to_string()])
-            .status();
-        let _ = cap.wait();
+    netns::capture(ns, iface, 0, pcap)
+}
+
+/// Waits (up to 10 s) until gateway `i`'s counters show `n` frames decapsulated on the
+/// test network: the capture is stopped only after the gateway has delivered them.
+fn wait_decap(t: &Topology, i: usize, n: u64) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        let s = t.gateways[i].as_ref().unwrap().stats();
+        if s["networks"]["test-overlay"]["decap_packets"]
+            .as_u64()
+            .unwrap_or(0)
+            >= n
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -157,7 +159,7 @@ fn independent_esp_reaches_the_endpoint_byte_for_byte_and_bad_esp_is_counted() {
     );
     assert!(ok, "sender: {out}");
     eprintln!("sender: {}", out.trim());
-    std::thread::sleep(Duration::from_millis(500));
+    wait_decap(&t, 1, 21);
     stop();
     let (ok, out) = netns::try_run(&format!(
         "{PYTHON} {} delivered {} {}",
@@ -165,12 +167,12 @@ fn independent_esp_reaches_the_endpoint_byte_for_byte_and_bad_esp_is_counted() {
         pcap.display(),
         expected.display()
     ));
-    assert!(ok, "delivery: {out}");
+    let s = t.gateways[1].as_mut().unwrap().stop();
+    assert!(ok, "delivery: {out}\ngateway: {s}");
     let r: serde_json::Value = serde_json::from_str(out.trim()).expect(&out);
     // 10 sizes, the ARP broadcast, 3 × 3 after the re-creations and the straggler.
     assert_eq!(r["delivered_once"], 21, "{r}");
 
-    let s = t.gateways[1].as_mut().unwrap().stop();
     assert_eq!(drops(&s, "auth_failed"), 1, "{s}");
     assert_eq!(drops(&s, "unknown_spi"), 1, "{s}");
     assert_eq!(drops(&s, "replayed"), 2, "{s}");

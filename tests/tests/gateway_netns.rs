@@ -22,31 +22,7 @@ fn guard() -> Option<std::sync::MutexGuard<'static, ()>> {
 /// socket sees every frame that arrives on an interface (DPDK's own transmissions bypass
 /// the capture point of the sending side, so each side's capture holds what it received).
 fn capture(t: &Topology, host: usize, pcap: &std::path::Path) -> impl FnOnce() {
-    let mut cap = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.host(host),
-            "tcpdump",
-            "-i",
-            &t.underlay_iface(host),
-            "-U",
-            "-s",
-            "256",
-            "-w",
-        ])
-        .arg(pcap)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    std::thread::sleep(Duration::from_millis(800));
-    move || {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &cap.id().to_string()])
-            .status();
-        let _ = cap.wait();
-    }
+    swarmgate_tests::netns::capture(&t.host(host), &t.underlay_iface(host), 256, pcap)
 }
 
 fn exercise(t: &Topology) {

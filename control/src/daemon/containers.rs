@@ -54,24 +54,11 @@ impl Daemon {
         let node = self.require_manager()?.node_id.clone();
         let id = random_id(8);
         let t = TaskRecord {
-            id: id.clone(),
             service: None,
-            slot: 0,
-            version: 0,
             name: Some(name.clone()),
             node,
-            desired: Desired::Running,
-            status: TStatus::Rejected,
-            exit_code: None,
-            error: None,
-            created: now(),
-            changed: now(),
-            addresses: Vec::new(),
-            gw_ip: None,
-            spec: None,
-            pid: None,
             detached: r.detach,
-            command: r.command.clone(),
+            ..TaskRecord::new(id.clone(), "", 0, 0, &r.command)
         };
         self.cluster.tasks.insert(id.clone(), t);
         if let Err(e) = self.start_task(&id, &nets) {

@@ -74,6 +74,21 @@ fn parse_listen(s: &str) -> Result<String, Status> {
     Ok(format!("{ip}:{port}"))
 }
 
+/// A new key and a manager certificate for it from `root` (this manager's own).
+fn manager_certificate(
+    root: &RootCa,
+    node_id: &str,
+    cluster_id: &str,
+    now: SystemTime,
+    expiry: std::time::Duration,
+) -> Result<(String, String), Status> {
+    let (key, csr) = ca::new_key_and_csr().map_err(status_of)?;
+    let cert = root
+        .issue(&csr, node_id, Role::Manager, cluster_id, now, expiry)
+        .map_err(status_of)?;
+    Ok((key, cert))
+}
+
 /// `--data-path-port` as moby's `getDataPathPort` (`daemon/cluster/listen_addr.go`) takes
 /// it: 0 is 4789; otherwise 1024–49151.
 fn data_path_port(p: u32) -> Result<u16, Status> {
@@ -176,11 +191,8 @@ impl Daemon {
         let root = RootCa::create(now_t).map_err(status_of)?;
         let cluster_id = random_id(25);
         let node_id = random_id(25);
-        let (key, csr) = ca::new_key_and_csr().map_err(status_of)?;
         let expiry = ca::DEFAULT_NODE_EXPIRY;
-        let cert = root
-            .issue(&csr, &node_id, Role::Manager, &cluster_id, now_t, expiry)
-            .map_err(status_of)?;
+        let (key, cert) = manager_certificate(&root, &node_id, &cluster_id, now_t, expiry)?;
         let mut c = self.cluster.clone();
         c.swarm = Some(SwarmInfo {
             id: cluster_id,
@@ -252,17 +264,8 @@ impl Daemon {
         }
         let now_t = SystemTime::now();
         let root = RootCa::create(now_t).map_err(status_of)?;
-        let (key, csr) = ca::new_key_and_csr().map_err(status_of)?;
-        let cert = root
-            .issue(
-                &csr,
-                &s.node_id,
-                Role::Manager,
-                &s.id,
-                now_t,
-                ca::DEFAULT_NODE_EXPIRY,
-            )
-            .map_err(status_of)?;
+        let (key, cert) =
+            manager_certificate(&root, &s.node_id, &s.id, now_t, ca::DEFAULT_NODE_EXPIRY)?;
         let (w, m) = (
             root.new_join_token().map_err(status_of)?,
             root.new_join_token().map_err(status_of)?,
@@ -589,18 +592,8 @@ impl Daemon {
         if !s.is_manager() || s.node_cert.is_empty() || !ca::renewal_due(&s.node_cert, secs) {
             return Ok(false);
         }
-        let (key, csr) = ca::new_key_and_csr().map_err(status_of)?;
-        let cert = self
-            .root()?
-            .issue(
-                &csr,
-                &s.node_id,
-                Role::Manager,
-                &s.id,
-                now_t,
-                std::time::Duration::from_secs(s.cert_expiry_secs),
-            )
-            .map_err(status_of)?;
+        let expiry = std::time::Duration::from_secs(s.cert_expiry_secs);
+        let (key, cert) = manager_certificate(&self.root()?, &s.node_id, &s.id, now_t, expiry)?;
         let s = self.cluster.swarm.as_mut().expect("checked");
         let old = (
             std::mem::replace(&mut s.node_cert, cert),
