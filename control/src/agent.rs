@@ -59,15 +59,15 @@ impl Description {
 /// `HOST[:PORT]` of a manager, the port 2377 by default.
 pub fn manager_addr(s: &str) -> Result<SocketAddr, String> {
     let bad = || format!("invalid manager address {s:?}: expected IPv4[:PORT]");
-    let (ip, port) = match s.rsplit_once(':') {
-        Some((ip, p)) => (ip, p.parse::<u16>().map_err(|_| bad())?),
-        None => (s, crate::remote::PORT),
-    };
-    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-    if port == 0 || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
-        return Err(bad());
+    let a = crate::remote::ipv4_port(s).ok_or_else(bad)?;
+    match a.ip() {
+        std::net::IpAddr::V4(ip)
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() =>
+        {
+            Err(bad())
+        }
+        _ => Ok(a),
     }
-    Ok(SocketAddr::from((ip, port)))
 }
 
 fn status_line(e: tonic::Status) -> String {

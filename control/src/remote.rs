@@ -25,6 +25,17 @@ use crate::daemon::Api;
 
 /// The port managers listen on.
 pub const PORT: u16 = 2377;
+/// `IPv4[:PORT]`, the port [`PORT`] when absent and never 0; `None` if malformed. The one
+/// parser of `--listen-addr` and a manager's address.
+pub fn ipv4_port(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = match s.rsplit_once(':') {
+        Some((ip, p)) => (ip, p.parse::<u16>().ok()?),
+        None => (s, PORT),
+    };
+    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+    (port != 0).then(|| SocketAddr::from((ip, port)))
+}
+
 /// At most this many TLS handshakes in flight; further connections wait in the backlog.
 const MAX_HANDSHAKES: usize = 64;
 

@@ -59,19 +59,9 @@ fn parse_listen(s: &str) -> Result<String, Status> {
     if s.is_empty() {
         return Ok(format!("0.0.0.0:{}", crate::remote::PORT));
     }
-    let (ip, port) = match s.rsplit_once(':') {
-        Some((ip, p)) => (ip, p),
-        None => (s, "2377"),
-    };
-    let ip: Ipv4Addr = ip
-        .parse()
-        .map_err(|_| bad(format!("invalid --listen-addr {s:?}: expected IPv4[:PORT]")))?;
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| bad(format!("invalid --listen-addr {s:?}: bad port")))?;
-    Ok(format!("{ip}:{port}"))
+    crate::remote::ipv4_port(s)
+        .map(|a| a.to_string())
+        .ok_or_else(|| bad(format!("invalid --listen-addr {s:?}: expected IPv4[:PORT]")))
 }
 
 /// A new key and a manager certificate for it from `root` (this manager's own).
