@@ -47,11 +47,12 @@ pub struct Description {
 }
 
 impl Description {
-    fn heartbeat(&self) -> capi::HeartbeatRequest {
+    fn heartbeat(&self, tasks: Vec<capi::TaskStatus>) -> capi::HeartbeatRequest {
         capi::HeartbeatRequest {
             hostname: self.hostname.clone(),
             advertise_addr: self.advertise_addr.to_string(),
             datapath_addr: self.datapath_addr.to_string(),
+            tasks,
         }
     }
 }
@@ -134,7 +135,7 @@ pub async fn join(manager: SocketAddr, token: &str, me: &Description) -> Result<
         &joined.key_pem,
         me,
     )?
-    .beat()
+    .beat(Vec::new())
     .await
     .map_err(|e| format!("the manager refused the new certificate: {e}"))?;
     Ok(joined)
@@ -203,14 +204,27 @@ impl Session {
         Ok((r.certificate, key_pem))
     }
 
-    /// One heartbeat; returns the period the manager asks for.
-    pub async fn beat(&mut self) -> Result<Duration, String> {
+    /// One heartbeat with the state of this node's `tasks`; returns the period the
+    /// manager asks for.
+    pub async fn beat(&mut self, tasks: Vec<capi::TaskStatus>) -> Result<Duration, String> {
         let r = self
             .client
-            .heartbeat(self.me.heartbeat())
+            .heartbeat(self.me.heartbeat(tasks))
             .await
             .map_err(status_line)?
             .into_inner();
         Ok(Duration::from_millis(r.period_ms.clamp(1000, 60_000)))
+    }
+
+    /// Opens the stream of this node's assignments.
+    pub async fn assignments(
+        &mut self,
+    ) -> Result<tonic::Streaming<capi::AssignmentsMessage>, String> {
+        Ok(self
+            .client
+            .assignments(capi::Empty {})
+            .await
+            .map_err(status_line)?
+            .into_inner())
     }
 }

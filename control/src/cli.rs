@@ -268,6 +268,12 @@ pub enum ServiceCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Set services' replica counts (`SERVICE=REPLICAS ...`).
+    Scale {
+        /// `SERVICE=REPLICAS` pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
     /// Change a service.
     Update {
         /// New replica count.
@@ -749,6 +755,32 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
             .await
             .map_err(status)?;
             println!("{name}");
+        }
+        ClientCmd::Service(ServiceCmd::Scale { pairs }) => {
+            // All checked before any changes, as docker does.
+            let mut todo = Vec::new();
+            for p in &pairs {
+                let (name, n) = p.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "invalid scale specifier '{p}'.\nSee 'swarmgate service scale --help'."
+                    )
+                })?;
+                let n: u32 = n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("invalid replicas value {n}: invalid syntax"))?;
+                todo.push((name.to_owned(), n));
+            }
+            for (name, n) in todo {
+                c.service_update(api::ServiceUpdateRequest {
+                    name: name.clone(),
+                    replicas: n,
+                    replicas_set: true,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?;
+                println!("{name} scaled to {n}");
+            }
         }
         ClientCmd::Service(ServiceCmd::Rm { names }) => {
             c.service_remove(api::NamesRequest {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use swarmgate_dataplane::wire::EthernetAddress;
 
-use crate::dataplane::{Host, NetState, NodeState, Published, VipState};
+use crate::dataplane::{Host, NetState, NodeState, Published, RemoteHost, VipState};
 use crate::network::Networks;
 use crate::publish::{Protocol, PublishMode};
 use crate::service::{EndpointMode, Service, ServiceMode, Services};
@@ -148,6 +148,16 @@ pub struct NodeRecord {
     /// Node labels (`node update --label-add`), for placement constraints.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Its data-path address (VXLAN), when not `addr` (`--data-path-addr`).
+    #[serde(default)]
+    pub datapath_addr: Option<Ipv4Addr>,
+}
+
+impl NodeRecord {
+    /// Where other nodes send its overlay traffic (its VTEP).
+    pub fn vtep(&self) -> Ipv4Addr {
+        self.datapath_addr.unwrap_or(self.addr)
+    }
 }
 
 /// Per-object bookkeeping docker shows: id and times.
@@ -206,6 +216,8 @@ pub enum Status {
     Rejected,
     /// Waiting for a suitable node (its error says why, as SwarmKit's scheduler does).
     Pending,
+    /// Placed on another node, addresses allocated; that node has not said it runs.
+    Assigned,
 }
 
 impl Status {
@@ -218,6 +230,7 @@ impl Status {
             Status::Shutdown => "Shutdown",
             Status::Rejected => "Rejected",
             Status::Pending => "Pending",
+            Status::Assigned => "Assigned",
         }
     }
 }
@@ -305,9 +318,21 @@ impl TaskRecord {
         }
     }
 
-    /// True while it holds addresses and a namespace.
+    /// True while it runs (holds addresses and, on its node, a namespace).
     pub fn live(&self) -> bool {
         self.status == Status::Running
+    }
+
+    /// True while it holds its addresses: placed or running, on any node.
+    pub fn active(&self) -> bool {
+        matches!(self.status, Status::Running | Status::Assigned)
+    }
+
+    /// True while it runs and should: it gets traffic (VIP backends, DNS answers, remote
+    /// endpoints on other nodes). A task told to stop on another node stops getting
+    /// traffic at once, before that node reports it stopped.
+    pub fn serving(&self) -> bool {
+        self.live() && self.desired == Desired::Running
     }
 }
 
@@ -348,6 +373,9 @@ pub struct Cluster {
     pub tasks: BTreeMap<String, TaskRecord>,
     /// Gateway-bridge addresses in use.
     pub gw_used: BTreeSet<u32>,
+    /// On a worker: what its manager assigned it last.
+    #[serde(default)]
+    pub assignment: Option<crate::dispatcher::Assignment>,
 }
 
 /// The bridge of an overlay network on this node.
@@ -356,7 +384,7 @@ pub fn bridge_name(vni: u32) -> String {
 }
 
 /// Per network: name → addresses, for the embedded DNS.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsView {
     /// network → (lower-case name → addresses).
     pub names: BTreeMap<String, BTreeMap<String, Vec<Ipv4Addr>>>,
@@ -383,11 +411,11 @@ impl DnsView {
 }
 
 impl Cluster {
-    /// Running tasks of `service`.
+    /// Tasks of `service` that run and should, on any node ([`TaskRecord::serving`]).
     pub fn running_tasks<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a TaskRecord> {
         self.tasks
             .values()
-            .filter(move |t| t.service.as_deref() == Some(service) && t.live())
+            .filter(move |t| t.service.as_deref() == Some(service) && t.serving())
     }
 
     /// Allocates an address on the gateway bridge.
@@ -454,31 +482,70 @@ impl Cluster {
         }
     }
 
-    /// What this node's data plane must do, `addr` being its underlay address.
-    pub fn node_state(&self) -> NodeState {
+    /// What node `node`'s data plane must do: the networks it has (a manager all of
+    /// them; a worker those its tasks are on, Docker's lazy creation), its tasks there as
+    /// local endpoints, the other nodes' running tasks as remote endpoints behind their
+    /// VTEPs, VIPs over the service's running tasks wherever they are, and the ports
+    /// published here (over the tasks on this node: the routing mesh across nodes is not
+    /// built yet).
+    pub fn node_state_for(&self, node: &str) -> NodeState {
         let mut networks = Vec::new();
         let host = |ip: Ipv4Addr| Host {
             ip,
             mac: EthernetAddress::from_ipv4_docker(ip),
         };
-        let backends = |svc: &Service, net: &str| -> Vec<Host> {
+        let vtep: BTreeMap<&str, Ipv4Addr> = self
+            .nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.vtep()))
+            .collect();
+        // Reachable from here: on this node, or on a node with a known VTEP.
+        let reachable = |t: &TaskRecord| t.node == node || vtep.contains_key(t.node.as_str());
+        let everything = self
+            .nodes
+            .iter()
+            .find(|n| n.id == node)
+            .is_none_or(|n| n.role == "manager");
+        let backends = |svc: &Service, net: &str, only_here: bool| -> Vec<Host> {
             let mut v: Vec<Host> = self
                 .running_tasks(&svc.name)
+                .filter(|t| reachable(t) && (!only_here || t.node == node))
                 .filter_map(|t| t.addresses.iter().find(|(n, _)| n == net))
                 .map(|(_, ip)| host(*ip))
                 .collect();
             v.sort();
             v
         };
+        let on = |t: &'_ TaskRecord, net: &str| -> Option<Ipv4Addr> {
+            t.addresses
+                .iter()
+                .find(|(m, _)| m == net)
+                .map(|(_, ip)| *ip)
+        };
         for n in self.networks.iter() {
             let mut hosts: Vec<Host> = self
                 .tasks
                 .values()
-                .filter(|t| t.live())
-                .filter_map(|t| t.addresses.iter().find(|(m, _)| *m == n.name))
-                .map(|(_, ip)| host(*ip))
+                .filter(|t| t.node == node && t.active())
+                .filter_map(|t| on(t, &n.name))
+                .map(host)
                 .collect();
+            if hosts.is_empty() && !everything {
+                continue;
+            }
             hosts.sort();
+            let mut remote: Vec<RemoteHost> = self
+                .tasks
+                .values()
+                .filter(|t| t.node != node && t.serving())
+                .filter_map(|t| {
+                    Some(RemoteHost {
+                        host: host(on(t, &n.name)?),
+                        vtep: *vtep.get(t.node.as_str())?,
+                    })
+                })
+                .collect();
+            remote.sort();
             let mut vips = Vec::new();
             for s in self.services.iter() {
                 for (net, vip) in &s.networks {
@@ -492,7 +559,7 @@ impl Cluster {
                                 protocol,
                                 port: 0,
                                 target: 0,
-                                backends: backends(s, net),
+                                backends: backends(s, net, false),
                             });
                         }
                     }
@@ -506,6 +573,7 @@ impl Cluster {
                 encrypted: n.encrypted,
                 gateway: n.addressing.gateway,
                 hosts,
+                remote,
                 vips,
             });
         }
@@ -514,7 +582,11 @@ impl Cluster {
         // same port here (Docker would fail that task's port binding), so the data plane
         // is never handed two services for one port.
         let mut published: Vec<Published> = Vec::new();
-        let ingress = self.networks.iter().find(|n| n.ingress);
+        let ingress = self
+            .networks
+            .iter()
+            .find(|n| n.ingress)
+            .filter(|n| networks.iter().any(|x| x.name == n.name));
         for mode in [PublishMode::Ingress, PublishMode::Host] {
             for s in self.services.iter() {
                 for p in s.ports.iter().filter(|p| p.mode == mode) {
@@ -531,7 +603,7 @@ impl Cluster {
                         // have.
                         PublishMode::Host => self
                             .running_tasks(&s.name)
-                            .next()
+                            .find(|t| t.node == node)
                             .and_then(|t| t.addresses.first())
                             .and_then(|(n, _)| self.networks.get(n)),
                     };
@@ -541,7 +613,7 @@ impl Cluster {
                             protocol: p.protocol,
                             port,
                             target: p.target,
-                            backends: backends(s, &n.name),
+                            backends: backends(s, &n.name, true),
                         });
                     }
                 }
@@ -598,7 +670,7 @@ impl Cluster {
                 }
             }
         }
-        for t in self.tasks.values().filter(|t| t.live()) {
+        for t in self.tasks.values().filter(|t| t.serving()) {
             for (net, ip) in t
                 .addresses
                 .iter()
@@ -634,7 +706,10 @@ impl Cluster {
         let n = self.networks.get(name)?;
         let meta = self.network_meta.get(name).cloned().unwrap_or_default();
         let mut containers = serde_json::Map::new();
-        for t in self.tasks.values().filter(|t| t.live()) {
+        // Docker lists the endpoints on this node.
+        for t in self.tasks.values().filter(|t| {
+            t.live() && Some(t.node.as_str()) == self.swarm.as_ref().map(|s| s.node_id.as_str())
+        }) {
             if let Some((_, ip)) = t.addresses.iter().find(|(m, _)| *m == n.name) {
                 containers.insert(
                     t.id.clone(),
@@ -659,7 +734,12 @@ impl Cluster {
                             "Name": t.full_name(),
                             "EndpointID": format!("ep-{}-{}", t.id, n.vni.get()),
                             "EndpointIP": ip.to_string(),
-                            "Info": {"Host IP": node_addr.to_string()},
+                            "Info": {"Host IP": self
+                                .nodes
+                                .iter()
+                                .find(|nd| nd.id == t.node)
+                                .map_or(node_addr, |nd| nd.vtep())
+                                .to_string()},
                         }))
                     })
                     .collect();
@@ -689,14 +769,21 @@ impl Cluster {
         for (k, v) in &n.options {
             options.insert(k.clone(), json!(v));
         }
-        // The nodes that have the network: tasks run only on this node so far (workers
-        // join, but nothing is scheduled on them yet), so only it.
+        // The nodes that have the network: this one (a manager has every network) and
+        // those with a task on it, by their data-path address.
         let me = self.swarm.as_ref().map(|s| s.node_id.as_str());
         let peers: Vec<Value> = self
             .nodes
             .iter()
-            .filter(|nd| Some(nd.id.as_str()) == me)
-            .map(|nd| json!({"Name": nd.hostname, "IP": nd.addr.to_string()}))
+            .filter(|nd| {
+                Some(nd.id.as_str()) == me
+                    || self.tasks.values().any(|t| {
+                        t.node == nd.id
+                            && t.active()
+                            && t.addresses.iter().any(|(m, _)| *m == n.name)
+                    })
+            })
+            .map(|nd| json!({"Name": nd.hostname, "IP": nd.vtep().to_string()}))
             .collect();
         Some(json!({
             "Name": n.name,
@@ -886,7 +973,7 @@ mod tests {
             .insert("b".into(), task("b", "h", "my-overlay", ip(7)));
         c.tasks
             .insert("c".into(), task("c", "h2", "my-overlay", ip(8)));
-        let st = c.node_state();
+        let st = c.node_state_for("n");
         let ports: Vec<u16> = st.published.iter().map(|p| p.port).collect();
         assert_eq!(ports, vec![8080, 9090]);
         assert_eq!(st.published[0].backends[0].ip, Ipv4Addr::new(10, 0, 0, 5));

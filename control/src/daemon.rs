@@ -28,10 +28,11 @@ use tonic::{Request, Response, Status};
 
 use crate::api;
 use crate::cluster::{
-    self, bridge_name, now, ports_summary, random_id, Cluster, Desired, Meta, Status as TStatus,
-    TaskRecord, GWBRIDGE, GWBRIDGE_GW, GWBRIDGE_NET, GWBRIDGE_PREFIX,
+    self, now, ports_summary, random_id, Cluster, Desired, Meta, Status as TStatus, TaskRecord,
+    GWBRIDGE, GWBRIDGE_GW, GWBRIDGE_NET, GWBRIDGE_PREFIX,
 };
 use crate::dataplane::{DataPlane, NodeState};
+use crate::dispatcher::NetAttachment;
 use crate::dns::{Dns, DNS_ADDR};
 use crate::ipam::Subnet;
 use crate::network::CreateNetwork;
@@ -40,6 +41,7 @@ use crate::service::{CreateService, EndpointMode, ServiceMode};
 use crate::store::Store;
 use crate::task::{process_start_time, Attachment, Task, TaskSpec, TaskState};
 
+mod assigned;
 mod containers;
 mod grpc;
 mod membership;
@@ -91,6 +93,12 @@ pub struct Daemon {
     /// On a manager: when each other node's last heartbeat arrived (not persisted: after
     /// a restart every node is Down until it beats again).
     heartbeats: HashMap<String, std::time::Instant>,
+    /// When this daemon started.
+    started: std::time::Instant,
+    /// Raised by every commit: the dispatcher's streams send nodes their new assignments.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// On a worker: raised when a task's state changes, so the session reports at once.
+    reports: Arc<tokio::sync::Notify>,
 }
 
 fn bad(msg: impl std::fmt::Display) -> Status {
@@ -137,18 +145,40 @@ impl Daemon {
             .save(&self.cluster)
             .map_err(|e| Status::internal(format!("saving state: {e:#}")))?;
         self.saves += 1;
+        self.changes.send_modify(|v| *v += 1);
         self.push()
     }
 
+    /// Programs the data plane and the DNS: on a manager from the cluster state, on a
+    /// worker from its assignment.
     fn push(&mut self) -> Result<(), Status> {
-        let st = self.cluster.node_state();
+        let me = self.cluster.swarm.as_ref();
+        let (st, dns) = match (me, &self.cluster.assignment) {
+            (Some(s), Some(a)) if !s.is_manager() => {
+                let mut st = a.state.clone();
+                st.vxlan_port = s.data_path_port;
+                (st, a.dns.clone())
+            }
+            (Some(s), _) if !s.is_manager() => (
+                NodeState {
+                    vxlan_port: s.data_path_port,
+                    ..Default::default()
+                },
+                Default::default(),
+            ),
+            (s, _) => (
+                self.cluster
+                    .node_state_for(s.map_or("", |s| s.node_id.as_str())),
+                self.cluster.dns_view(),
+            ),
+        };
         if self.applied.as_ref() != Some(&st) {
             self.dp
                 .apply(&st)
                 .map_err(|e| Status::internal(format!("programming the data plane: {e:#}")))?;
             self.applied = Some(st);
         }
-        self.dns.set_view(self.cluster.dns_view());
+        self.dns.set_view(dns);
         Ok(())
     }
 
@@ -204,6 +234,9 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         saves: 0,
         stopping: Vec::new(),
         heartbeats: HashMap::new(),
+        started: std::time::Instant::now(),
+        changes: tokio::sync::watch::channel(0).0,
+        reports: Arc::new(tokio::sync::Notify::new()),
     };
     let d = tokio::task::spawn_blocking(move || -> anyhow::Result<Daemon> {
         d.upgrade_swarm()

@@ -5,21 +5,47 @@
 
 use std::net::Ipv4Addr;
 
+use serde::{Deserialize, Serialize};
 use swarmgate_dataplane::wire::EthernetAddress;
 
 use crate::publish::Protocol;
 
 /// An endpoint on a network: address and MAC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Host {
     /// Its address.
     pub ip: Ipv4Addr,
     /// Its MAC.
+    #[serde(with = "mac")]
     pub mac: EthernetAddress,
 }
 
+/// An endpoint on another node: where its frames go (Docker's FDB and static ARP entries
+/// for a peer, `overlay_peer_table`'s content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RemoteHost {
+    /// The endpoint.
+    pub host: Host,
+    /// Its node's data-path address (VTEP).
+    pub vtep: Ipv4Addr,
+}
+
+/// A MAC as six bytes in serialised state.
+mod mac {
+    use super::EthernetAddress;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &EthernetAddress, s: S) -> Result<S::Ok, S::Error> {
+        m.0.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EthernetAddress, D::Error> {
+        <[u8; 6]>::deserialize(d).map(EthernetAddress)
+    }
+}
+
 /// A load-balanced address inside a network (a service's VIP).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VipState {
     /// The VIP.
     pub ip: Ipv4Addr,
@@ -29,12 +55,12 @@ pub struct VipState {
     pub port: u16,
     /// The port tasks listen on (0 with `port` 0).
     pub target: u16,
-    /// The tasks.
+    /// The tasks, on this node or another (then among the network's `remote`).
     pub backends: Vec<Host>,
 }
 
 /// One overlay network on this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetState {
     /// Its name (for port roles and errors).
     pub name: String,
@@ -50,12 +76,15 @@ pub struct NetState {
     pub gateway: Ipv4Addr,
     /// Endpoints on this node.
     pub hosts: Vec<Host>,
+    /// Endpoints on other nodes.
+    #[serde(default)]
+    pub remote: Vec<RemoteHost>,
     /// VIPs.
     pub vips: Vec<VipState>,
 }
 
 /// A port published in ingress mode on this node's address.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Published {
     /// The ingress network's VNI.
     pub vni: u32,
@@ -70,7 +99,7 @@ pub struct Published {
 }
 
 /// Everything the data plane needs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
     /// Networks present on this node.
     pub networks: Vec<NetState>,

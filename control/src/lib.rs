@@ -19,6 +19,7 @@ pub mod cli;
 pub mod cluster;
 pub mod daemon;
 pub mod dataplane;
+pub mod dispatcher;
 pub mod dns;
 pub mod ipam;
 pub mod logs;

@@ -4,8 +4,9 @@
 //! Who may call what (SwarmKit's `ca.AuthorizeOrgAndRole` on each service):
 //! * `Ca.GetRootCaCertificate`, `Ca.IssueNodeCertificate` — anyone (the join token is the
 //!   credential);
-//! * `Ca.RenewNodeCertificate`, `Dispatcher.Heartbeat` — a node of this cluster (its
-//!   certificate's O is the cluster ID) that has not been removed;
+//! * `Ca.RenewNodeCertificate`, `Dispatcher.Heartbeat`, `Dispatcher.Assignments` — a
+//!   node of this cluster (its certificate's O is the cluster ID) that has not been
+//!   removed (an assignments stream ends when its node is);
 //! * `Health.Check` — managers only.
 //!
 //! Every refusal is logged with the caller's address and the reason. A handshake gets
@@ -281,8 +282,74 @@ impl ca_server::Ca for Remote {
     }
 }
 
+/// How often an assignments stream re-checks the node's assignment without a change
+/// (a safety net: every commit wakes it anyway).
+const ASSIGNMENT_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The stream of a node's assignments.
+type AssignmentStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<capi::AssignmentsMessage, Status>> + Send>,
+>;
+
 #[tonic::async_trait]
 impl dispatcher_server::Dispatcher for Remote {
+    type AssignmentsStream = AssignmentStream;
+
+    async fn assignments(
+        &self,
+        r: Request<capi::Empty>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let id = authorize(
+            &r,
+            &self.cluster_id,
+            &[Role::Manager, Role::Worker],
+            "assignments",
+        )?;
+        let who = id.clone();
+        let mut changes = self
+            .api
+            .call(move |d| d.assignment_for(&who).map(|_| d.subscribe()))
+            .await?
+            .into_inner();
+        let api = self.api.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut last: Option<Vec<u8>> = None;
+            let mut version = 0u64;
+            loop {
+                let who = id.clone();
+                match api.call(move |d| d.assignment_for(&who)).await {
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    Ok(a) => {
+                        let a = a.into_inner();
+                        if last.as_ref() != Some(&a) {
+                            version += 1;
+                            let msg = capi::AssignmentsMessage {
+                                version,
+                                assignment: a.clone(),
+                            };
+                            if tx.send(Ok(msg)).await.is_err() {
+                                return;
+                            }
+                            last = Some(a);
+                        }
+                    }
+                }
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(ASSIGNMENT_RECHECK) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn heartbeat(
         &self,
         r: Request<capi::HeartbeatRequest>,

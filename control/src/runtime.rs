@@ -114,7 +114,22 @@ impl ClusterRuntime {
                     }
                 };
                 let api = api.clone();
+                let reported = match api.call(|d| Ok(d.report_signal())).await {
+                    Ok(n) => n.into_inner(),
+                    Err(e) => {
+                        self.failure(format!("session: {}", e.message()));
+                        return;
+                    }
+                };
+                let follow = follow_assignments(
+                    api.clone(),
+                    manager,
+                    (root.clone(), cert.clone(), key.clone()),
+                    me.clone(),
+                );
                 let task = tokio::spawn(async move {
+                    // The assignments stream lives as long as the heartbeat loop.
+                    let _follow = AbortOnDrop(tokio::spawn(follow));
                     let mut failing = false;
                     loop {
                         if session.renewal_due() {
@@ -136,7 +151,14 @@ impl ClusterRuntime {
                                 Err(e) => tracing::warn!(%manager, "certificate renewal: {e}"),
                             }
                         }
-                        let wait = match session.beat().await {
+                        let tasks = match api.call(|d| Ok(d.task_reports())).await {
+                            Ok(t) => t.into_inner(),
+                            Err(e) => {
+                                tracing::error!("task states: {}", e.message());
+                                Vec::new()
+                            }
+                        };
+                        let wait = match session.beat(tasks).await {
                             Ok(period) => {
                                 if failing {
                                     tracing::info!(%manager, "session with the manager restored");
@@ -163,7 +185,12 @@ impl ClusterRuntime {
                                 Duration::from_secs(1)
                             }
                         };
-                        tokio::time::sleep(wait).await;
+                        // The next beat when the period is over, or at once when a
+                        // task changes state.
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = reported.notified() => {}
+                        }
                     }
                 });
                 Some(Running {
@@ -197,5 +224,51 @@ impl ClusterRuntime {
                 None => r.task.abort(),
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Follows this worker's assignments from its manager: every set received is handed to
+/// the daemon ([`crate::daemon::Api`]'s `assign`); a broken stream is opened again after
+/// a second. Runs until aborted.
+async fn follow_assignments(
+    api: Api,
+    manager: std::net::SocketAddr,
+    (root, cert, key): (String, String, String),
+    me: Description,
+) {
+    let mut failing: Option<String> = None;
+    loop {
+        let r: Result<(), String> = async {
+            let mut session = Session::new(manager, &root, &cert, &key, &me)?;
+            let mut stream = session.assignments().await?;
+            while let Some(m) = stream.message().await.map_err(|e| e.message().to_owned())? {
+                let a: crate::dispatcher::Assignment = serde_json::from_slice(&m.assignment)
+                    .map_err(|e| format!("assignment {} unreadable: {e}", m.version))?;
+                if failing.take().is_some() {
+                    tracing::info!(%manager, "assignments from the manager again");
+                }
+                api.call(move |d| d.assign(a))
+                    .await
+                    .map_err(|e| e.message().to_owned())?;
+            }
+            Err("the manager ended the stream".into())
+        }
+        .await;
+        if let Err(e) = r {
+            if failing.as_ref() != Some(&e) {
+                tracing::warn!(%manager, "assignments: {e}");
+                failing = Some(e);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

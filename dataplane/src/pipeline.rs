@@ -234,7 +234,17 @@ impl Worker {
                         let nc = c.network(net.spec.slot);
                         nc.decap_packets.add(1);
                         nc.decap_bytes.add(d.inner_len as u64);
-                        Step::Done(Next::Tx(net.spec.local_port))
+                        match net.router {
+                            Some(_) => match unnat_remote_reply(
+                                &mut self.flows,
+                                self.now,
+                                pkts[i].data_mut(),
+                            ) {
+                                Ok(()) => Step::Done(Next::Tx(net.spec.local_port)),
+                                Err(r) => Step::Done(Next::Drop(r)),
+                            },
+                            None => Step::Done(Next::Tx(net.spec.local_port)),
+                        }
                     }
                     Err(r) => Step::Done(Next::Drop(r)),
                 };
@@ -427,6 +437,39 @@ fn input_local<B: PacketBuf>(
         }
         None => drop(DropReason::UnknownDestination),
     }
+}
+
+/// A frame that came over VXLAN to a local endpoint of a routed network: if it is the
+/// reply of a connection this node load-balanced to a backend on another node, its source
+/// goes back to the VIP (and port) the client used. The client's node tracked the
+/// connection when it chose the backend (as Docker's IPVS does in the client's sandbox);
+/// the backend's node forwards the reply untranslated. Untracked frames pass unchanged.
+#[inline]
+fn unnat_remote_reply(flows: &mut FlowTable, now: u32, data: &mut [u8]) -> Result<(), DropReason> {
+    let Ok(f) = EthernetFrame::new_checked(&*data) else {
+        return Ok(());
+    };
+    let hl = f.header_len();
+    if f.ethertype() != EtherType::IPV4 || hl != ethernet::HEADER_LEN {
+        return Ok(());
+    }
+    let (flow, seg) = match Ipv4Packet::new_checked(&data[hl..]) {
+        Ok(p) if !p.is_fragment() => match nat::ports(&p) {
+            Some(ports) => (Flow::with_ports(&p, ports), segment(&p)),
+            None => return Ok(()),
+        },
+        _ => return Ok(()),
+    };
+    if let Some(FlowAction::Snat {
+        ip,
+        port,
+        via: None,
+        dnat: None,
+    }) = flows.lookup(&flow.key(), seg, now)
+    {
+        nat::rewrite(&mut data[hl..], Side::Source, ip, port)?;
+    }
+    Ok(())
 }
 
 /// A packet addressed to the router of a routed network: connection tracking and VIP

@@ -522,6 +522,10 @@ impl Gateway {
             for h in &n.hosts {
                 t.add_local_host(vni, h.ip, h.mac)?;
             }
+            // Before the VIPs: a backend on another node is reached through its entry.
+            for r in &n.remote {
+                t.add_remote_endpoint(vni, r.host.ip, r.host.mac, r.vtep)?;
+            }
             for v in &n.vips {
                 t.add_vip(
                     vni,
@@ -595,15 +599,30 @@ impl Gateway {
             self.publish(learnt.clone())?;
         }
         let now = Instant::now();
-        for p in &self.config.peers {
-            if !learnt.contains_key(&p.vtep) {
+        // The VTEPs of the configured peers and of the nodes the control plane's remote
+        // endpoints are on.
+        let vteps: std::collections::BTreeSet<Ipv4Addr> = self
+            .config
+            .peers
+            .iter()
+            .map(|p| p.vtep)
+            .chain(
+                self.state
+                    .networks
+                    .iter()
+                    .flat_map(|n| n.remote.iter().map(|r| r.vtep)),
+            )
+            .collect();
+        self.last_resolve.retain(|v, _| vteps.contains(v));
+        for vtep in vteps {
+            if !learnt.contains_key(&vtep) {
                 let due = self
                     .last_resolve
-                    .get(&p.vtep)
+                    .get(&vtep)
                     .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(1));
                 if due {
-                    kernel::trigger_resolution(p.vtep);
-                    self.last_resolve.insert(p.vtep, now);
+                    kernel::trigger_resolution(vtep);
+                    self.last_resolve.insert(vtep, now);
                 }
             }
         }

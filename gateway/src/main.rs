@@ -89,7 +89,10 @@ fn init_logs(level: &str) -> anyhow::Result<()> {
         Ok(v) if !v.trim().is_empty() => {
             tracing_subscriber::EnvFilter::try_new(v).context("RUST_LOG")?
         }
-        _ => tracing_subscriber::EnvFilter::try_new(level)?,
+        // The DNS server library logs every query at info: never per packet here.
+        _ => tracing_subscriber::EnvFilter::try_new(format!(
+            "{level},hickory_server=warn,hickory_proto=warn"
+        ))?,
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -3,6 +3,7 @@
 //! ([`netns`]) for tests that run the gateway on real (virtual) devices.
 
 pub mod netns;
+pub mod swarm;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;

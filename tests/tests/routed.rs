@@ -380,3 +380,82 @@ fn a_flooded_published_port_keeps_established_connections() {
     assert_eq!(ipv4(&back).src_addr(), vtep(1));
     assert_eq!(w.flows().capacity(), 4096);
 }
+
+/// Node `me` (1 or 2) of a two-node routed network: its local hosts, the other node's as
+/// remote endpoints behind its VTEP, and a VIP over backends on both nodes.
+fn node_tables(me: u8, hosts: [&[Ipv4Addr]; 2], backends: &[Ipv4Addr]) -> Arc<Tables> {
+    let mut t = Tables::new(Underlay::new(UNDERLAY_PORT, underlay_mac(me), vtep(me)));
+    t.generation = 1;
+    let vni = Vni::new(4097).unwrap();
+    t.add_network(NetworkSpec {
+        vni,
+        slot: 0,
+        local_port: PLAIN_PORT,
+        mtu: docker_overlay_mtu(1500, false),
+        encrypted: false,
+    })
+    .unwrap();
+    t.set_router(
+        vni,
+        Router {
+            mac: R,
+            gateway: ip(1),
+        },
+    )
+    .unwrap();
+    let other = 3 - me;
+    t.set_neighbour(vtep(other), underlay_mac(other));
+    for h in hosts[me as usize - 1] {
+        t.add_local_host(vni, *h, mac_of(*h)).unwrap();
+    }
+    for h in hosts[other as usize - 1] {
+        t.add_remote_endpoint(vni, *h, mac_of(*h), vtep(other))
+            .unwrap();
+    }
+    t.add_vip(vni, vip_service(vip(), 80, 80, backends), R)
+        .unwrap();
+    Arc::new(t)
+}
+
+#[test]
+fn a_vip_backend_on_another_node_answers_from_the_vip() {
+    // The client 10.0.0.2 is on node 1; the only backend, 10.0.0.9, on node 2.
+    let hosts: [&[Ipv4Addr]; 2] = [&[ip(2)], &[ip(9)]];
+    let (t1, t2) = (
+        node_tables(1, hosts, &[ip(9)]),
+        node_tables(2, hosts, &[ip(9)]),
+    );
+    let (mut w1, mut w2) = (
+        Worker::new(Arc::new(Counters::default())),
+        Worker::new(Arc::new(Counters::default())),
+    );
+    for sport in [40000u16, 40001] {
+        // Node 1 translates the client's SYN to the remote backend and encapsulates it.
+        let syn = tcp_syn(mac_of(ip(2)), R, ip(2), vip(), sport, 80, b"GET /");
+        let (n, wire) = run1(&mut w1, &t1, PLAIN_PORT, &syn);
+        assert_eq!(n, Next::Tx(UNDERLAY_PORT));
+        // Node 2 delivers it to the backend, the client's address kept.
+        let (n, at_backend) = run1(&mut w2, &t2, UNDERLAY_PORT, &wire);
+        assert_eq!(n, Next::Tx(PLAIN_PORT));
+        assert_eq!(ipv4(&at_backend).src_addr(), ip(2));
+        assert_eq!(ipv4(&at_backend).dst_addr(), ip(9));
+        // The backend answers the client; node 2 sends it back untranslated (it did not
+        // choose the backend) and node 1 puts the VIP back, as the client expects.
+        let reply = tcp(mac_of(ip(9)), R, ip(9), ip(2), 80, sport, b"200 OK");
+        let (n, wire) = run1(&mut w2, &t2, PLAIN_PORT, &reply);
+        assert_eq!(n, Next::Tx(UNDERLAY_PORT));
+        let (n, back) = run1(&mut w1, &t1, UNDERLAY_PORT, &wire);
+        assert_eq!(n, Next::Tx(PLAIN_PORT));
+        assert!(l4_checksums_ok(&back));
+        assert_eq!(ipv4(&back).src_addr(), vip());
+        assert_eq!(ports(&back), (80, sport));
+        assert_eq!(&back[0..6], mac_of(ip(2)).as_bytes());
+    }
+    // Direct traffic between the nodes' endpoints is not translated.
+    let direct = tcp(mac_of(ip(9)), R, ip(9), ip(2), 5000, 6000, b"hi");
+    let (_, wire) = run1(&mut w2, &t2, PLAIN_PORT, &direct);
+    let (n, back) = run1(&mut w1, &t1, UNDERLAY_PORT, &wire);
+    assert_eq!(n, Next::Tx(PLAIN_PORT));
+    assert_eq!(ipv4(&back).src_addr(), ip(9));
+    assert_eq!(ports(&back), (5000, 6000));
+}

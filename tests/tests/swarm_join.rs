@@ -5,8 +5,8 @@
 //! supported), a client without a certificate, a worker calling a manager-only service —
 //! and the worker's heartbeats making it Ready, then Down when its daemon stops; node
 //! inspect, update and rm, `swarm update --cert-expiry`, a certificate renewed over
-//! mutual TLS, a removed node refused; and placement — constraints, replicas per node,
-//! drain and pause — with SwarmKit's "no suitable node" reasons.
+//! mutual TLS, a removed node refused; and placement over the two nodes — constraints,
+//! replicas per node, drain and pause — with SwarmKit's "no suitable node" reasons.
 //!
 //! Checked against implementations that share no code with swarmgate: the token's digest
 //! recomputed by Python's hashlib from the root certificate the manager serves, and the
@@ -16,8 +16,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use swarmgate_control::agent::{self, Description};
 use swarmgate_control::cluster_api::{
@@ -25,187 +25,11 @@ use swarmgate_control::cluster_api::{
     health_client::HealthClient,
 };
 use swarmgate_control::tls;
-use swarmgate_tests::netns::{self, swarmgate_bin};
+use swarmgate_tests::netns;
+use swarmgate_tests::swarm::{must, wait_for, Host, Lan};
 
 const MANAGER_IP: &str = "192.168.83.1";
 const WORKER_IP: &str = "192.168.83.2";
-
-fn sh(cmd: &str) -> Output {
-    Command::new("sh").arg("-c").arg(cmd).output().unwrap()
-}
-
-fn must(cmd: &str) -> String {
-    let o = sh(cmd);
-    assert!(
-        o.status.success(),
-        "{cmd}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-struct Host {
-    ns: String,
-    dir: PathBuf,
-    daemon: Option<Child>,
-}
-
-impl Host {
-    fn sock(&self) -> PathBuf {
-        self.dir.join("sg.sock")
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns))
-            .arg(swarmgate_bin())
-            .arg("-H")
-            .arg(self.sock())
-            .args(["daemon", "-c"])
-            .arg(self.dir.join("daemon.toml"))
-            .arg("--data-root")
-            .arg(self.dir.join("data"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-        let end = Instant::now() + Duration::from_secs(30);
-        while !self.sock().exists() {
-            assert!(Instant::now() < end, "daemon did not start: {}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &d.id().to_string()])
-                .status();
-            let end = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < end {
-                if d.try_wait().unwrap().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = d.kill();
-            let _ = d.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-
-    /// Runs the CLI against this host's daemon: (success, stdout + stderr).
-    fn cli(&self, args: &str) -> (bool, String) {
-        let o = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns))
-            .arg(swarmgate_bin())
-            .arg("-H")
-            .arg(self.sock())
-            .args(args.split_whitespace())
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-        )
-    }
-
-    fn ok(&self, args: &str) -> String {
-        let (ok, out) = self.cli(args);
-        assert!(
-            ok,
-            "swarmgate {args}: {out}\n--- daemon log:\n{}",
-            self.log()
-        );
-        out
-    }
-
-    fn err(&self, args: &str) -> String {
-        let (ok, out) = self.cli(args);
-        assert!(!ok, "swarmgate {args} should fail: {out}");
-        assert_eq!(out.trim().lines().count(), 1, "one line: {out}");
-        out
-    }
-}
-
-struct Env {
-    id: u32,
-    manager: Host,
-    worker: Host,
-}
-
-impl Env {
-    fn new() -> Env {
-        let id = std::process::id() % 100000;
-        let base = std::env::temp_dir().join(format!("sg-join-{id}"));
-        let _ = std::fs::remove_dir_all(&base);
-        let host = |name: &str, ip: &str, core: usize| {
-            let dir = base.join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(
-                dir.join("daemon.toml"),
-                format!(
-                    "[dpdk]\ncores = [{core}]\nfile_prefix = \"sgj{id}{name}\"\nmemory_mb = 256\nmbufs = 8191\n\n\
-                     [underlay]\ndevice = \"net_af_packet0,iface=eth0\"\naddress = \"{ip}/24\"\n\
-                     exception_iface = \"sgjexc\"\n"
-                ),
-            )
-            .unwrap();
-            Host {
-                ns: format!("sgj{id}{name}"),
-                dir,
-                daemon: None,
-            }
-        };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let e = Env {
-            id,
-            manager: host("m", MANAGER_IP, 0),
-            worker: host("w", WORKER_IP, if cores > 1 { 1 } else { 0 }),
-        };
-        let (m, w) = (&e.manager.ns, &e.worker.ns);
-        for cmd in [
-            format!("ip netns add {m}"),
-            format!("ip netns add {w}"),
-            format!("ip link add sgja{id} type veth peer name sgjb{id}"),
-            format!("ip link set sgja{id} netns {m} name eth0"),
-            format!("ip link set sgjb{id} netns {w} name eth0"),
-            format!("ip -n {m} link set lo up"),
-            format!("ip -n {w} link set lo up"),
-            format!("ip -n {m} link set eth0 up"),
-            format!("ip -n {w} link set eth0 up"),
-        ] {
-            must(&cmd);
-        }
-        for ns in [m, w] {
-            sh(&format!(
-                "ip netns exec {ns} ethtool -K eth0 tx off tso off gso off gro off"
-            ));
-        }
-        e
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        self.manager.stop();
-        self.worker.stop();
-        for ns in [&self.manager.ns, &self.worker.ns] {
-            sh(&format!("ip netns del {ns}"));
-        }
-        let _ = self.id;
-    }
-}
 
 /// Runs `f` on a thread inside network namespace `ns`, on its own single-threaded runtime.
 fn in_netns<T: Send + 'static>(
@@ -239,24 +63,8 @@ fn python(script: &str, input: &str) -> String {
     String::from_utf8(o.stdout).unwrap().trim().to_owned()
 }
 
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    start.elapsed()
-}
-
 fn node_rows(h: &Host) -> Vec<serde_json::Value> {
-    h.ok("node ls --format json")
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    h.rows("node ls")
 }
 
 fn probe_desc() -> Description {
@@ -272,6 +80,7 @@ fn probe_beat() -> capi::HeartbeatRequest {
         hostname: "probe".into(),
         advertise_addr: WORKER_IP.into(),
         datapath_addr: WORKER_IP.into(),
+        tasks: Vec::new(),
     }
 }
 
@@ -286,10 +95,11 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     if !netns::root_or_skip("the swarm join test") {
         return;
     }
-    let mut e = Env::new();
-    e.manager.start();
-    e.worker.start();
-    let (m, w) = (&e.manager, &e.worker);
+    let mut lan = Lan::new("sgj", 83, &["m", "w"]);
+    for h in &mut lan.hosts {
+        h.start();
+    }
+    let (m, w) = (&lan.hosts[0], &lan.hosts[1]);
 
     // Init's own refusals (moby's wording), then init with a custom address pool and
     // data-path port, which the worker inherits when it joins.
@@ -615,16 +425,10 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(m.log().contains("not a member"), "{}", m.log());
 
-    // Placement as SwarmKit's scheduler decides it, on the node that runs tasks (the
-    // manager, until workers run them): constraints, replicas per node, drain and pause;
-    // what cannot be placed is Pending with SwarmKit's reason.
-    let ps = |svc: &str| -> Vec<serde_json::Value> {
-        m.ok(&format!("service ps {svc} --format json"))
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    // Placement as SwarmKit's scheduler decides it over the two nodes: constraints,
+    // replicas per node, drain and pause; what cannot be placed is Pending with
+    // SwarmKit's reason.
+    let ps = |svc: &str| m.rows(&format!("service ps {svc}"));
     let state = |t: &serde_json::Value| {
         t["CurrentState"]
             .as_str()
@@ -635,6 +439,12 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
             .to_owned()
     };
     let count = |svc: &str, st: &str| ps(svc).iter().filter(|t| state(t) == st).count();
+    let on = |svc: &str, node: &str| {
+        ps(svc)
+            .iter()
+            .filter(|t| state(t) == "Running" && t["Node"] == node)
+            .count()
+    };
     let out = m.err("service create --name bad --constraint node.role=manager -- sleep 1000");
     assert!(
         out.contains("constraint expected one operator from ==, !="),
@@ -643,9 +453,9 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     m.ok(
         "service create --name east --replicas 2 --constraint node.labels.zone==east -- sleep 1000",
     );
-    m.ok("service create --name capped --replicas 3 --replicas-max-per-node 2 -- sleep 1000");
-    wait_for("capped: 2 running, 1 pending", 20, || {
-        count("capped", "Running") == 2 && count("capped", "Pending") == 1
+    m.ok("service create --name capped --replicas 5 --replicas-max-per-node 2 -- sleep 1000");
+    wait_for("capped: 2 running per node, 1 pending", 30, || {
+        on("capped", "m") == 2 && on("capped", "w") == 2 && count("capped", "Pending") == 1
     });
     let pending = ps("capped")
         .into_iter()
@@ -660,34 +470,42 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
         ps("east")
             .iter()
             .all(|t| t["Error"]
+                == "no suitable node (scheduling constraints not satisfied on 2 nodes)"),
+        "{:?}",
+        ps("east")
+    );
+    m.ok(&format!("node update --label-add zone=east {worker_id}"));
+    wait_for(
+        "east: 2 running on the worker once it has the label",
+        30,
+        || on("east", "w") == 2 && count("east", "Pending") == 0,
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&m.ok(&format!("node inspect {worker_id}"))).unwrap();
+    assert_eq!(inspect[0]["Spec"]["Labels"]["zone"], "east", "{inspect}");
+    m.ok(&format!("node update --availability drain {worker_id}"));
+    wait_for("drained: nothing running on the worker", 30, || {
+        on("east", "w") == 0 && on("capped", "w") == 0
+    });
+    assert_eq!(on("capped", "m"), 2);
+    wait_for("east: 2 pending", 20, || count("east", "Pending") == 2);
+    assert!(
+        ps("east")
+            .iter()
+            .filter(|t| state(t) == "Pending")
+            .all(|t| t["Error"]
                 == "no suitable node (scheduling constraints not satisfied on 1 node)"),
         "{:?}",
         ps("east")
     );
-    m.ok(&format!("node update --label-add zone=east {manager_id}"));
-    wait_for("east: 2 running once the label is there", 20, || {
-        count("east", "Running") == 2 && count("east", "Pending") == 0
-    });
-    let inspect: serde_json::Value =
-        serde_json::from_str(&m.ok(&format!("node inspect {manager_id}"))).unwrap();
-    assert_eq!(inspect[0]["Spec"]["Labels"]["zone"], "east", "{inspect}");
-    m.ok(&format!("node update --availability drain {manager_id}"));
-    wait_for("drained: nothing running", 20, || {
-        count("east", "Running") == 0 && count("capped", "Running") == 0
-    });
-    assert!(ps("east")
-        .iter()
-        .filter(|t| state(t) == "Pending")
-        .all(|t| t["Error"] == "no suitable node (1 node not available for new tasks)"));
-    assert_eq!(count("east", "Pending"), 2);
-    m.ok(&format!("node update --availability pause {manager_id}"));
+    m.ok(&format!("node update --availability pause {worker_id}"));
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(count("east", "Running"), 0, "paused: nothing new starts");
-    m.ok(&format!("node update --availability active {manager_id}"));
-    wait_for("active again: everything back", 20, || {
-        count("east", "Running") == 2 && count("capped", "Running") == 2
+    m.ok(&format!("node update --availability active {worker_id}"));
+    wait_for("active again: everything back", 30, || {
+        on("east", "w") == 2 && count("capped", "Running") == 4
     });
-    let out = m.err(&format!("node update --availability sleepy {manager_id}"));
+    let out = m.err(&format!("node update --availability sleepy {worker_id}"));
     assert!(out.contains("invalid availability"), "{out}");
     m.ok("service rm east capped");
 
@@ -701,13 +519,13 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     };
     // Cut off (its link down): Down within the grace (3 heartbeat periods), Ready again
     // once the link is back, its session re-established by itself.
-    must(&format!("ip -n {} link set eth0 down", e.worker.ns));
+    must(&format!("ip -n {} link set eth0 down", lan.hosts[1].ns));
     let down = wait_for("the cut-off worker Down", 30, || {
-        status(&e.manager) == "Down"
+        status(&lan.hosts[0]) == "Down"
     });
-    must(&format!("ip -n {} link set eth0 up", e.worker.ns));
+    must(&format!("ip -n {} link set eth0 up", lan.hosts[1].ns));
     let back = wait_for("the worker Ready again", 30, || {
-        status(&e.manager) == "Ready"
+        status(&lan.hosts[0]) == "Ready"
     });
     eprintln!(
         "cut-off worker Down after {:.1} s; Ready {:.1} s after its link came back",
@@ -715,12 +533,12 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
         back.as_secs_f64()
     );
     // The manager restarts: same cluster, same tokens, the worker Ready again.
-    let token_before = e.manager.ok("swarm join-token -q worker");
-    e.manager.stop();
-    e.manager.start();
-    assert_eq!(e.manager.ok("swarm join-token -q worker"), token_before);
+    let token_before = lan.hosts[0].ok("swarm join-token -q worker");
+    lan.hosts[0].stop();
+    lan.hosts[0].start();
+    assert_eq!(lan.hosts[0].ok("swarm join-token -q worker"), token_before);
     let again = wait_for("the worker Ready after the manager restarted", 30, || {
-        status(&e.manager) == "Ready"
+        status(&lan.hosts[0]) == "Ready"
     });
     eprintln!(
         "worker Ready {:.1} s after the manager restarted",
@@ -729,11 +547,11 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
 
     // Removed by a manager while up (`node rm --force`): the worker is told at its next
     // heartbeat and leaves the swarm by itself instead of knocking forever.
-    e.manager.ok(&format!("node rm --force {worker_id}"));
+    lan.hosts[0].ok(&format!("node rm --force {worker_id}"));
     let left = wait_for("the removed worker leaves the swarm", 30, || {
         // `node ls` on a node in no swarm points at `swarm init`; on a worker it says
         // workers cannot view the cluster.
-        let (ok, out) = e.worker.cli("node ls");
+        let (ok, out) = lan.hosts[1].cli("node ls");
         !ok && out.contains("swarm init")
     });
     eprintln!(
@@ -741,10 +559,10 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
         left.as_secs_f64()
     );
     assert!(
-        e.worker
+        lan.hosts[1]
             .log()
             .contains("removed from the swarm by a manager"),
         "{}",
-        e.worker.log()
+        lan.hosts[1].log()
     );
 }

@@ -61,7 +61,12 @@ impl Daemon {
             ..TaskRecord::new(id.clone(), "", 0, 0, &r.command)
         };
         self.cluster.tasks.insert(id.clone(), t);
-        if let Err(e) = self.start_task(&id, &nets) {
+        let started = self.allocate(&id, &nets).and_then(|()| {
+            let attach = self.cluster.attachments(&self.cluster.tasks[&id]);
+            self.start_task(&id, &attach)
+        });
+        if let Err(e) = started {
+            self.cluster.release_addresses(&id);
             self.cluster.tasks.remove(&id);
             return Err(Status::internal(e));
         }
@@ -155,8 +160,7 @@ impl Daemon {
             ids.push(t.id.clone());
         }
         for id in ids {
-            self.stop_task(&id, TStatus::Shutdown);
-            self.cluster.tasks.remove(&id);
+            self.forget_task(&id);
             crate::logs::remove(&self.log_path(&id));
         }
         self.commit()?;

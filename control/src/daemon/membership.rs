@@ -13,6 +13,7 @@ use crate::api;
 use crate::ca::{self, NodeIdentity, Role, RootCa};
 use crate::cluster::{now, random_id, Cluster, Meta, NodeRecord, SwarmInfo};
 use crate::cluster_api as capi;
+use crate::dispatcher::{apply_reports, assignment, parse_status, Report};
 use crate::network::CreateNetwork;
 
 /// Docker's answer to a cluster command typed on a worker.
@@ -21,8 +22,11 @@ pub const NOT_A_MANAGER: &str = "This node is not a swarm manager. Worker nodes 
 /// Labels a node may carry.
 const MAX_LABELS: usize = 64;
 
+/// Task states taken from one heartbeat.
+const MAX_REPORTS: usize = 10_000;
+
 /// Heartbeats a node may miss before it is Down (SwarmKit's grace: 3 periods).
-const HEARTBEAT_GRACE: u32 = 3;
+pub(super) const HEARTBEAT_GRACE: u32 = 3;
 
 /// What this node runs for the cluster, as its state asks ([`crate::runtime`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +214,7 @@ impl Daemon {
             availability: "active".into(),
             addr: advertise,
             labels: Default::default(),
+            datapath_addr: (datapath != advertise).then_some(datapath),
         }];
         c.networks.set_node_reserved(self.node_reserved());
         if !pools.is_empty() {
@@ -434,7 +439,7 @@ impl Daemon {
         found.ok_or_else(|| Status::not_found(format!("node {name} not found")))
     }
 
-    fn node_ready(&self, n: &NodeRecord) -> bool {
+    pub(super) fn node_ready(&self, n: &NodeRecord) -> bool {
         let me = self.cluster.swarm.as_ref().map(|s| s.node_id.as_str());
         Some(n.id.as_str()) == me && self.dp.health().is_ok()
             || self
@@ -492,6 +497,22 @@ impl Daemon {
         self.cluster.nodes.retain(|n| !ids.contains(&n.id));
         for id in &ids {
             self.heartbeats.remove(id);
+        }
+        // Its tasks are given up: their addresses free, their slots filled elsewhere.
+        let orphans: Vec<String> = self
+            .cluster
+            .tasks
+            .values()
+            .filter(|t| ids.contains(&t.node) && t.active())
+            .map(|t| t.id.clone())
+            .collect();
+        for id in orphans {
+            self.cluster.release_addresses(&id);
+            let t = self.cluster.tasks.get_mut(&id).expect("listed");
+            t.status = crate::cluster::Status::Shutdown;
+            t.desired = crate::cluster::Desired::Shutdown;
+            t.error = Some("node removed from the swarm".into());
+            t.changed = now();
         }
         self.commit()?;
         Ok(api::Empty {})
@@ -670,6 +691,7 @@ impl Daemon {
             availability: "active".into(),
             addr,
             labels: Default::default(),
+            datapath_addr: datapath_of(&r.advertise_addr, &r.datapath_addr),
         });
         self.commit()?;
         tracing::info!(node = %node_id, %addr, role = role.name(), "node joined");
@@ -738,7 +760,9 @@ impl Daemon {
         let n = self.member(id)?;
         let addr = node_addr(seen, &r.advertise_addr).unwrap_or(n.addr);
         let name = valid_hostname(&r.hostname).unwrap_or_else(|_| n.hostname.clone());
-        if n.addr != addr || n.hostname != name {
+        let datapath = datapath_of(&r.advertise_addr, &r.datapath_addr);
+        let mut changed = false;
+        if n.addr != addr || n.hostname != name || n.datapath_addr != datapath {
             let n = self
                 .cluster
                 .nodes
@@ -747,12 +771,45 @@ impl Daemon {
                 .expect("checked");
             n.addr = addr;
             n.hostname = name;
+            n.datapath_addr = datapath;
+            changed = true;
+        }
+        // Its tasks' states (SwarmKit's `UpdateTaskStatus`); a state this node may not
+        // report is ignored.
+        let reports: Vec<Report> = r
+            .tasks
+            .iter()
+            .take(MAX_REPORTS)
+            .filter_map(|t| {
+                Some(Report {
+                    id: t.id.clone(),
+                    status: parse_status(&t.state)?,
+                    exit_code: t.exit_code,
+                    error: (!t.error.is_empty()).then(|| t.error.chars().take(1024).collect()),
+                })
+            })
+            .collect();
+        changed |= apply_reports(&mut self.cluster, &id.node_id, &reports);
+        self.heartbeats.insert(id.node_id.clone(), Instant::now());
+        if changed {
             self.commit()?;
         }
-        self.heartbeats.insert(id.node_id.clone(), Instant::now());
         Ok(capi::HeartbeatReply {
             period_ms: agent::HEARTBEAT_PERIOD.as_millis() as u64,
         })
+    }
+
+    /// Node `id`'s assignment, JSON, for the dispatcher's stream; refused once the node
+    /// is no longer a member.
+    pub(crate) fn assignment_for(&self, id: &NodeIdentity) -> Result<Vec<u8>, Status> {
+        self.member(id)?;
+        serde_json::to_vec(&assignment(&self.cluster, &id.node_id))
+            .map_err(|e| Status::internal(format!("encoding an assignment: {e}")))
+    }
+
+    /// A receiver that wakes at every commit.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// A manager said this worker is no longer a member (`node rm`): it leaves the swarm,
@@ -808,6 +865,14 @@ fn node_addr(seen: Option<Ipv4Addr>, advertised: &str) -> Result<Ipv4Addr, Statu
         return Err(bad(format!("{a} cannot be a node's address")));
     }
     Ok(a)
+}
+
+/// A node's data-path address when it names one of its own apart from its advertised
+/// address (`--data-path-addr`); `None`: the address its connection comes from.
+fn datapath_of(advertised: &str, datapath: &str) -> Option<Ipv4Addr> {
+    let d: Ipv4Addr = datapath.parse().ok()?;
+    let usable = !(d.is_unspecified() || d.is_loopback() || d.is_multicast() || d.is_broadcast());
+    (usable && datapath != advertised).then_some(d)
 }
 
 /// A host name as a node may report it: 1–255 printable characters.

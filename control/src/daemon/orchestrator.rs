@@ -1,37 +1,101 @@
 //! The orchestrator: the reconcile loop that brings every service to its spec, asking the
-//! scheduler ([`crate::scheduler`]) where each missing task may go.
+//! scheduler ([`crate::scheduler`]) which node each missing task goes to, and the
+//! allocator ([`Daemon::allocate`]) for its addresses. Tasks for this node start here;
+//! those for other nodes reach them through the dispatcher ([`crate::dispatcher`]).
 
+use super::membership::HEARTBEAT_GRACE;
 use super::*;
+use crate::agent;
 
 impl Daemon {
-    /// Whether the scheduler would place one more task of `service` on this node, the
-    /// only one that runs tasks so far ([`crate::scheduler::place`]); why not if not.
-    pub(super) fn place_here(
+    /// The node the scheduler picks for one more task of `service`
+    /// ([`crate::scheduler::place`]) among every node of the swarm; why none if none.
+    /// A node's load is its tasks that hold a place there (placed or running, wanted).
+    pub(super) fn place(
         &self,
-        node: &str,
         service: &str,
         placement: &crate::scheduler::Placement,
-    ) -> Result<(), String> {
-        let Some(n) = self.cluster.nodes.iter().find(|n| n.id == node) else {
-            return Err("no suitable node".into());
-        };
-        let live = |t: &&TaskRecord| t.live() && t.node == node;
-        let tasks: Vec<&TaskRecord> = self.cluster.tasks.values().filter(live).collect();
-        let me = crate::scheduler::Candidate {
-            id: &n.id,
-            hostname: &n.hostname,
-            addr: n.addr,
-            role: &n.role,
-            availability: &n.availability,
-            labels: &n.labels,
-            ready: self.dp.health().is_ok(),
-            service_tasks: tasks
-                .iter()
-                .filter(|t| t.service.as_deref() == Some(service))
-                .count(),
-            tasks: tasks.iter().filter(|t| t.service.is_some()).count(),
-        };
-        crate::scheduler::place(&[me], placement).map(|_| ())
+    ) -> Result<String, String> {
+        let holding = |t: &&TaskRecord| t.active() && t.desired == Desired::Running;
+        let cands: Vec<crate::scheduler::Candidate> = self
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                let tasks: Vec<&TaskRecord> = self
+                    .cluster
+                    .tasks
+                    .values()
+                    .filter(holding)
+                    .filter(|t| t.node == n.id)
+                    .collect();
+                crate::scheduler::Candidate {
+                    id: &n.id,
+                    hostname: &n.hostname,
+                    addr: n.addr,
+                    role: &n.role,
+                    availability: &n.availability,
+                    labels: &n.labels,
+                    ready: self.node_ready(n),
+                    service_tasks: tasks
+                        .iter()
+                        .filter(|t| t.service.as_deref() == Some(service))
+                        .count(),
+                    tasks: tasks.iter().filter(|t| t.service.is_some()).count(),
+                }
+            })
+            .collect();
+        crate::scheduler::place(&cands, placement).map(|i| cands[i].id.to_owned())
+    }
+
+    /// Stops task `id` wherever it runs: here at once ([`Daemon::stop_task`]); on another
+    /// node by no longer wanting it — that node stops it when its assignment says so and
+    /// reports it, and only then are its addresses free.
+    pub(super) fn shutdown_task(&mut self, id: &str) {
+        let me = self.cluster.swarm.as_ref().map(|s| s.node_id.clone());
+        let here = self.running.contains_key(id);
+        match self.cluster.tasks.get_mut(id) {
+            Some(t) if Some(&t.node) != me.as_ref() && !here => {
+                if t.desired != Desired::Shutdown {
+                    tracing::info!(node = %t.node, task = %id, "task to stop on its node");
+                }
+                t.desired = Desired::Shutdown;
+            }
+            Some(_) => self.stop_task(id, TStatus::Shutdown),
+            None => {}
+        }
+    }
+
+    /// Forgets task `id` (its service or network is removed): stopped where it runs, its
+    /// addresses given back, its record gone. Another node still running it stops it when
+    /// its assignment no longer lists it.
+    pub(super) fn forget_task(&mut self, id: &str) {
+        let remote_active = self.cluster.tasks.get(id).is_some_and(|t| {
+            t.active()
+                && Some(&t.node) != self.cluster.swarm.as_ref().map(|s| &s.node_id)
+                && !self.running.contains_key(id)
+        });
+        if remote_active {
+            self.cluster.release_addresses(id);
+        } else {
+            self.stop_task(id, TStatus::Shutdown);
+        }
+        self.cluster.tasks.remove(id);
+    }
+
+    /// Nodes whose tasks are given up and placed elsewhere: not this one, and missing
+    /// their heartbeats — after a grace of three periods from this daemon's start too, so
+    /// that a restarted manager does not move every task before the nodes beat again.
+    fn nodes_down(&self) -> Vec<String> {
+        let me = self.cluster.swarm.as_ref().map(|s| s.node_id.as_str());
+        let settled = self.started.elapsed() > agent::HEARTBEAT_PERIOD * HEARTBEAT_GRACE;
+        self.cluster
+            .nodes
+            .iter()
+            .filter(|n| Some(n.id.as_str()) != me && !self.node_ready(n))
+            .filter(|n| settled || self.heartbeats.contains_key(&n.id))
+            .map(|n| n.id.clone())
+            .collect()
     }
 
     /// Brings every service to its spec: records tasks that exited, replaces them (after
@@ -68,25 +132,36 @@ impl Daemon {
         let Some(node) = self.cluster.swarm.as_ref().map(|s| s.node_id.clone()) else {
             return changed;
         };
-        let services: Vec<_> = self.cluster.services.iter().cloned().collect();
-        // A drained node runs no service tasks (standalone containers stay, as Docker's).
-        let drained = self
-            .cluster
-            .nodes
-            .iter()
-            .any(|n| n.id == node && n.availability == "drain");
-        if drained {
-            let ids: Vec<String> = self
-                .cluster
-                .tasks
-                .values()
-                .filter(|t| t.service.is_some() && t.live() && t.node == node)
-                .map(|t| t.id.clone())
-                .collect();
-            for id in ids {
-                self.stop_task(&id, TStatus::Shutdown);
-                changed = true;
+        if !self.cluster.swarm.as_ref().is_some_and(|s| s.is_manager()) {
+            // A worker runs what it is assigned and reports exits at once.
+            if changed {
+                self.reports.notify_one();
             }
+            return self.run_assigned() | changed;
+        }
+        let services: Vec<_> = self.cluster.services.iter().cloned().collect();
+        // A drained node runs no service tasks (standalone containers stay, as Docker's);
+        // a node that is down has its tasks placed elsewhere (SwarmKit's
+        // `restartTasksByNodeID`).
+        let mut gone: Vec<String> = self.nodes_down();
+        gone.extend(
+            self.cluster
+                .nodes
+                .iter()
+                .filter(|n| n.availability == "drain")
+                .map(|n| n.id.clone()),
+        );
+        let ids: Vec<String> = self
+            .cluster
+            .tasks
+            .values()
+            .filter(|t| t.service.is_some() && t.active() && t.desired == Desired::Running)
+            .filter(|t| gone.contains(&t.node))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in ids {
+            self.shutdown_task(&id);
+            changed = true;
         }
         let mut starts = 0usize;
         for s in services {
@@ -97,14 +172,18 @@ impl Daemon {
                 .get(&s.name)
                 .map(|m| m.version)
                 .unwrap_or(1);
+            let holding = |t: &TaskRecord| {
+                t.service.as_deref() == Some(&s.name) && t.active() && t.desired == Desired::Running
+            };
             let old: Vec<String> = self
                 .cluster
-                .running_tasks(&s.name)
-                .filter(|t| t.version != version || t.slot > want)
+                .tasks
+                .values()
+                .filter(|t| holding(t) && (t.version != version || t.slot > want))
                 .map(|t| t.id.clone())
                 .collect();
             for id in old {
-                self.stop_task(&id, TStatus::Shutdown);
+                self.shutdown_task(&id);
                 changed = true;
             }
             // Pending tasks of slots no longer wanted, or of an older spec, just go.
@@ -115,10 +194,17 @@ impl Daemon {
                     && (t.version != version || t.slot > want))
             });
             changed |= self.cluster.tasks.len() != before;
-            let placement = s.placement();
+            let mut placement = s.placement();
+            if s.mode == ServiceMode::Global {
+                placement.max_per_node = 1; // one task per node
+            }
             for slot in 1..=want {
-                let live = self.cluster.running_tasks(&s.name).any(|t| t.slot == slot);
-                if live {
+                if self
+                    .cluster
+                    .tasks
+                    .values()
+                    .any(|t| holding(t) && t.slot == slot)
+                {
                     continue;
                 }
                 let pending = self
@@ -131,33 +217,35 @@ impl Daemon {
                             && t.status == TStatus::Pending
                     })
                     .map(|t| t.id.clone());
-                // The scheduler's choice among the nodes that run tasks — this one, until
-                // workers get a task runtime; its answer is SwarmKit's.
-                if let Err(why) = self.place_here(&node, &s.name, &placement) {
-                    match pending.and_then(|id| self.cluster.tasks.get_mut(&id)) {
-                        Some(t) if t.error.as_deref() == Some(&why) => {}
-                        Some(t) => {
-                            t.error = Some(why);
-                            t.changed = now();
-                            changed = true;
+                // The scheduler's choice; its answer is SwarmKit's.
+                let target = match self.place(&s.name, &placement) {
+                    Ok(n) => n,
+                    Err(why) => {
+                        match pending.and_then(|id| self.cluster.tasks.get_mut(&id)) {
+                            Some(t) if t.error.as_deref() == Some(&why) => {}
+                            Some(t) => {
+                                t.error = Some(why);
+                                t.changed = now();
+                                changed = true;
+                            }
+                            None => {
+                                let id = random_id(8);
+                                self.cluster.tasks.insert(
+                                    id.clone(),
+                                    TaskRecord {
+                                        node: String::new(),
+                                        status: TStatus::Pending,
+                                        error: Some(why.clone()),
+                                        ..TaskRecord::new(id, &s.name, slot, version, &s.command)
+                                    },
+                                );
+                                tracing::info!(service = %s.name, slot, "task pending: {why}");
+                                changed = true;
+                            }
                         }
-                        None => {
-                            let id = random_id(8);
-                            self.cluster.tasks.insert(
-                                id.clone(),
-                                TaskRecord {
-                                    node: String::new(),
-                                    status: TStatus::Pending,
-                                    error: Some(why.clone()),
-                                    ..TaskRecord::new(id, &s.name, slot, version, &s.command)
-                                },
-                            );
-                            tracing::info!(service = %s.name, slot, "task pending: {why}");
-                            changed = true;
-                        }
+                        continue;
                     }
-                    continue;
-                }
+                };
                 if let Some(id) = pending {
                     self.cluster.tasks.remove(&id);
                     changed = true;
@@ -186,19 +274,33 @@ impl Daemon {
                 self.cluster.tasks.insert(
                     id.clone(),
                     TaskRecord {
-                        node: node.clone(),
+                        node: target.clone(),
                         ..TaskRecord::new(id.clone(), &s.name, slot, version, &s.command)
                     },
                 );
                 let nets: Vec<String> = s.networks.iter().map(|(n, _)| n.clone()).collect();
                 starts += 1;
-                match self.start_task(&id, &nets) {
+                let placed = self.allocate(&id, &nets).and_then(|()| {
+                    if target == node {
+                        let attach = self.cluster.attachments(&self.cluster.tasks[&id]);
+                        self.start_task(&id, &attach)
+                    } else {
+                        // Its node starts it when the assignment reaches it.
+                        let t = self.cluster.tasks.get_mut(&id).expect("inserted");
+                        t.status = TStatus::Assigned;
+                        Ok(())
+                    }
+                });
+                match placed {
                     Ok(()) => {
-                        tracing::info!(node = %node, service = %s.name, slot, task = %id, "task started")
+                        tracing::info!(node = %target, service = %s.name, slot, task = %id, "task placed")
                     }
                     Err(e) => {
-                        tracing::warn!(node = %node, service = %s.name, slot, task = %id, "task rejected: {e}");
+                        tracing::warn!(node = %target, service = %s.name, slot, task = %id, "task rejected: {e}");
+                        self.cluster.release_addresses(&id);
                         let t = self.cluster.tasks.get_mut(&id).expect("inserted");
+                        t.addresses.clear();
+                        t.gw_ip = None;
                         t.desired = Desired::Shutdown;
                         t.error = Some(e);
                     }
@@ -212,7 +314,7 @@ impl Daemon {
                 .values()
                 .filter(|t| {
                     t.service.as_deref() == Some(&s.name)
-                        && !t.live()
+                        && !t.active()
                         && t.status != TStatus::Pending
                 })
                 .map(|t| (t.slot, t.created, t.id.clone()))

@@ -197,8 +197,7 @@ impl Daemon {
                 .map(|t| t.id.clone())
                 .collect();
             for id in &ids {
-                self.stop_task(id, TStatus::Shutdown);
-                self.cluster.tasks.remove(id);
+                self.forget_task(id);
             }
             self.cluster.services.remove(n, &mut self.cluster.networks);
             self.cluster.service_meta.remove(n);

@@ -5,47 +5,56 @@
 use super::*;
 
 impl Daemon {
-    /// Allocates addresses for task `id` on `nets`, creates its namespace and starts its
-    /// command and DNS server. On failure everything it took is given back.
-    pub(super) fn start_task(&mut self, id: &str, nets: &[String]) -> Result<(), String> {
-        let mut addresses = Vec::new();
-        let release = |c: &mut Cluster, a: &[(String, Ipv4Addr)], gw: Option<Ipv4Addr>| {
-            for (n, ip) in a {
-                if let Some(net) = c.networks.get_mut(n) {
+    /// The allocator: an address for task `id` on each of `nets`, all or none.
+    pub(super) fn allocate(&mut self, id: &str, nets: &[String]) -> Result<(), String> {
+        let mut addresses: Vec<(String, Ipv4Addr)> = Vec::new();
+        let mut fail = None;
+        for n in nets {
+            match self.cluster.networks.get_mut(n) {
+                None => fail = Some(format!("network {n} not found")),
+                Some(net) => match net.addressing.allocate() {
+                    Ok(ip) => addresses.push((n.clone(), ip)),
+                    Err(e) => fail = Some(e.to_string()),
+                },
+            }
+            if fail.is_some() {
+                break;
+            }
+        }
+        if let Some(e) = fail {
+            for (n, ip) in &addresses {
+                if let Some(net) = self.cluster.networks.get_mut(n) {
                     let _ = net.addressing.release(*ip);
                 }
             }
-            if let Some(g) = gw {
-                c.gw_used.remove(&u32::from(g));
-            }
-        };
-        for n in nets {
-            let net = self
-                .cluster
-                .networks
-                .get_mut(n)
-                .ok_or_else(|| format!("network {n} not found"))?;
-            match net.addressing.allocate() {
-                Ok(ip) => addresses.push((n.clone(), ip)),
-                Err(e) => {
-                    release(&mut self.cluster, &addresses, None);
-                    return Err(e.to_string());
-                }
-            }
+            return Err(e);
         }
+        if let Some(t) = self.cluster.tasks.get_mut(id) {
+            t.addresses = addresses;
+        }
+        Ok(())
+    }
+
+    /// Starts task `id` on this node, attached as `attach` says (its addresses are
+    /// already allocated): a gateway-bridge address, its namespace, its command and DNS
+    /// server. On failure the gateway-bridge address is given back; the caller gives back
+    /// the rest.
+    pub(super) fn start_task(&mut self, id: &str, attach: &[NetAttachment]) -> Result<(), String> {
         let Some(gw_ip) = self.cluster.gw_allocate() else {
-            release(&mut self.cluster, &addresses, None);
             return Err("no address left on the gateway bridge".into());
+        };
+        let release = |c: &mut Cluster| {
+            c.gw_used.remove(&u32::from(gw_ip));
         };
         let rec = self.cluster.tasks[id].clone();
         let mut attachments = Vec::new();
         let mut routes: Vec<Vec<String>> = Vec::new();
-        for (i, (n, ip)) in addresses.iter().enumerate() {
-            let net = self.cluster.networks.get(n).expect("allocated above");
+        for (i, net) in attach.iter().enumerate() {
+            let ip = &net.ip;
             attachments.push(Attachment {
-                bridge: bridge_name(net.vni.get()),
+                bridge: net.bridge(),
                 ip: *ip,
-                prefix: net.addressing.subnet.prefix(),
+                prefix: net.subnet.prefix(),
                 mac: swarmgate_dataplane::wire::EthernetAddress::from_ipv4_docker(*ip),
                 mtu: net.mtu,
                 isolated: true,
@@ -72,7 +81,7 @@ impl Daemon {
                 [
                     "route",
                     "add",
-                    &net.addressing.subnet.to_string(),
+                    &net.subnet.to_string(),
                     "dev",
                     &dev,
                     "table",
@@ -87,7 +96,7 @@ impl Daemon {
                     "add",
                     "default",
                     "via",
-                    &net.addressing.gateway.to_string(),
+                    &net.gateway.to_string(),
                     "dev",
                     &dev,
                     "table",
@@ -148,7 +157,7 @@ impl Daemon {
         let task = match Task::start(spec.clone()) {
             Ok(t) => t,
             Err(e) => {
-                release(&mut self.cluster, &addresses, Some(gw_ip));
+                release(&mut self.cluster);
                 return Err(e.to_string());
             }
         };
@@ -157,10 +166,10 @@ impl Daemon {
             .pid()
             .and_then(|p| process_start_time(p).map(|(s, _)| (p, s)));
         self.running.insert(rec.id.clone(), task);
-        let dns_nets: Vec<String> = addresses.iter().map(|(n, _)| n.clone()).collect();
+        let dns_nets: Vec<String> = attach.iter().map(|a| a.network.clone()).collect();
         self.start_dns(&rec.id, &ns, dns_nets);
         let t = self.cluster.tasks.get_mut(id).expect("exists");
-        t.addresses = addresses;
+        t.addresses = attach.iter().map(|a| (a.network.clone(), a.ip)).collect();
         t.gw_ip = Some(gw_ip);
         t.spec = Some(spec);
         t.pid = pid;

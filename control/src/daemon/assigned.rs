@@ -1,0 +1,146 @@
+//! A worker's node runtime for its assignment ([`crate::dispatcher::Assignment`]): it
+//! starts the tasks its manager placed here, stops those no longer wanted, forgets those
+//! the manager no longer lists once they ended, and reports every task's state. Its data
+//! plane and DNS follow the assignment ([`Daemon::push`]).
+
+use super::*;
+use crate::cluster_api as capi;
+use crate::dispatcher::Assignment;
+
+impl Daemon {
+    /// Takes a new assignment from this worker's manager: keeps it (persisted, so a
+    /// restarted worker carries on with it) and runs it.
+    pub(crate) fn assign(&mut self, a: Assignment) -> Result<(), Status> {
+        match &self.cluster.swarm {
+            Some(s) if !s.is_manager() => {}
+            _ => {
+                return Err(Status::failed_precondition(
+                    "only a worker takes assignments from a manager",
+                ))
+            }
+        }
+        if self.cluster.assignment.as_ref() == Some(&a) {
+            return Ok(());
+        }
+        tracing::debug!(
+            tasks = a.tasks.len(),
+            networks = a.state.networks.len(),
+            "new assignment"
+        );
+        self.cluster.assignment = Some(a);
+        self.run_assigned();
+        self.commit()
+    }
+
+    /// Makes this worker's tasks match its assignment; true if anything changed. Starts
+    /// at most [`STARTS_PER_ROUND`] tasks per call (the reconcile loop calls again).
+    pub(super) fn run_assigned(&mut self) -> bool {
+        let (Some(a), Some(me)) = (
+            self.cluster.assignment.clone(),
+            self.cluster.swarm.as_ref().map(|s| s.node_id.clone()),
+        ) else {
+            return false;
+        };
+        let mut changed = false;
+        let wanted = |id: &str| {
+            a.tasks
+                .iter()
+                .any(|t| t.id == id && t.desired == Desired::Running)
+        };
+        // Tasks running here that the manager no longer wants.
+        let stop: Vec<String> = self
+            .cluster
+            .tasks
+            .values()
+            .filter(|t| t.live() && !wanted(&t.id))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in stop {
+            self.stop_task(&id, TStatus::Shutdown);
+            changed = true;
+        }
+        // Ended tasks the manager no longer lists: it has their final state.
+        let forget: Vec<String> = self
+            .cluster
+            .tasks
+            .values()
+            .filter(|t| !t.live() && !a.tasks.iter().any(|x| x.id == t.id))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in forget {
+            self.cluster.tasks.remove(&id);
+            crate::logs::remove(&self.log_path(&id));
+            let _ = std::fs::remove_dir_all(self.cfg.data_root.join("tasks").join(&id));
+            changed = true;
+        }
+        // New tasks, once the data plane has their networks (it creates the bridges).
+        if a.tasks
+            .iter()
+            .any(|t| t.desired == Desired::Running && !self.cluster.tasks.contains_key(&t.id))
+        {
+            if let Err(e) = self.push() {
+                tracing::error!("{}", e.message());
+            }
+        }
+        let mut starts = 0;
+        for t in a.tasks.iter().filter(|t| t.desired == Desired::Running) {
+            if self.cluster.tasks.contains_key(&t.id) {
+                continue;
+            }
+            if starts == STARTS_PER_ROUND {
+                break;
+            }
+            starts += 1;
+            let mut rec = TaskRecord::new(
+                t.id.clone(),
+                t.service.as_deref().unwrap_or(""),
+                t.slot,
+                t.version,
+                &t.command,
+            );
+            rec.service = t.service.clone();
+            rec.name = t.name.clone();
+            rec.node = me.clone();
+            rec.status = TStatus::Assigned;
+            self.cluster.tasks.insert(t.id.clone(), rec);
+            match self.start_task(&t.id, &t.networks) {
+                Ok(()) => {
+                    tracing::info!(task = %t.id, service = t.service.as_deref().unwrap_or(""), "task started")
+                }
+                Err(e) => {
+                    tracing::warn!(task = %t.id, "task rejected: {e}");
+                    let r = self.cluster.tasks.get_mut(&t.id).expect("inserted");
+                    r.status = TStatus::Rejected;
+                    r.desired = Desired::Shutdown;
+                    r.error = Some(e);
+                    r.changed = now();
+                }
+            }
+            changed = true;
+        }
+        if changed {
+            self.reports.notify_one();
+        }
+        changed
+    }
+
+    /// The state of every task this worker holds, for its manager's dispatcher.
+    pub(crate) fn task_reports(&self) -> Vec<capi::TaskStatus> {
+        self.cluster
+            .tasks
+            .values()
+            .filter(|t| t.status != TStatus::Assigned && t.status != TStatus::Pending)
+            .map(|t| capi::TaskStatus {
+                id: t.id.clone(),
+                state: t.status.word().into(),
+                exit_code: t.exit_code,
+                error: t.error.clone().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// What the session needs to report at once when a task's state changes.
+    pub(crate) fn report_signal(&self) -> Arc<tokio::sync::Notify> {
+        self.reports.clone()
+    }
+}

@@ -1,0 +1,307 @@
+//! The dispatcher's content (SwarmKit's `manager/dispatcher`): what the manager tells a
+//! node — its [`Assignment`] — and what it learns from the node's task reports. Pure
+//! functions over the [`Cluster`]; the 2377 service ([`crate::remote`]) carries them and
+//! the node's runtime (`daemon::assigned`) acts on them.
+//!
+//! SwarmKit sends a node its tasks, the networks and secrets they need, and leaves the
+//! endpoints of other nodes to libnetwork's gossip (networkdb). swarmgate has no gossip
+//! yet: the manager, which allocates every address, computes each node's whole data-plane
+//! state ([`Cluster::node_state_for`]) — local endpoints, remote endpoints behind their
+//! nodes' VTEPs, VIP backends wherever they run — and the names its DNS answers, and sends
+//! them with the tasks. A node thus applies one consistent set, complete each time
+//! (SwarmKit's `AssignmentsMessage_COMPLETE`); there are no incremental sets.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{bridge_name, now, Cluster, Desired, DnsView, Status, TaskRecord};
+use crate::dataplane::NodeState;
+use crate::ipam::Subnet;
+
+/// A task's place on one overlay network, as its node needs it to attach the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetAttachment {
+    /// The network's name.
+    pub network: String,
+    /// Its VNI (names the node's bridge for it).
+    pub vni: u32,
+    /// The task's address.
+    pub ip: Ipv4Addr,
+    /// The network's subnet.
+    pub subnet: Subnet,
+    /// Its gateway (the data plane's router address).
+    pub gateway: Ipv4Addr,
+    /// Its MTU.
+    pub mtu: u16,
+}
+
+impl NetAttachment {
+    /// The node's bridge for the network.
+    pub fn bridge(&self) -> String {
+        bridge_name(self.vni)
+    }
+}
+
+/// One task as its node runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedTask {
+    /// Task ID.
+    pub id: String,
+    /// Its service (`None`: a standalone container).
+    pub service: Option<String>,
+    /// Slot.
+    pub slot: u32,
+    /// Spec version.
+    pub version: u64,
+    /// Container name (standalone).
+    pub name: Option<String>,
+    /// The command.
+    pub command: Vec<String>,
+    /// Run it, or stop it.
+    pub desired: Desired,
+    /// Its networks, in attachment order.
+    pub networks: Vec<NetAttachment>,
+}
+
+/// Everything a node is told: its tasks, its data plane's state, its DNS's names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Tasks placed on the node that hold addresses (to run, or to stop).
+    pub tasks: Vec<AssignedTask>,
+    /// The node's data plane.
+    pub state: NodeState,
+    /// The names its embedded DNS answers, on the networks it has.
+    pub dns: DnsView,
+}
+
+/// What a node reports about one of its tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Task ID.
+    pub id: String,
+    /// Its state on the node.
+    pub status: Status,
+    /// Exit code, when it ended.
+    pub exit_code: Option<i32>,
+    /// Why it failed or was rejected.
+    pub error: Option<String>,
+}
+
+impl Cluster {
+    /// Where task `t` is attached, from its addresses and the networks' settings.
+    pub fn attachments(&self, t: &TaskRecord) -> Vec<NetAttachment> {
+        t.addresses
+            .iter()
+            .filter_map(|(name, ip)| {
+                let n = self.networks.get(name)?;
+                Some(NetAttachment {
+                    network: name.clone(),
+                    vni: n.vni.get(),
+                    ip: *ip,
+                    subnet: n.addressing.subnet,
+                    gateway: n.addressing.gateway,
+                    mtu: n.mtu,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Node `node`'s assignment.
+pub fn assignment(c: &Cluster, node: &str) -> Assignment {
+    let tasks = c
+        .tasks
+        .values()
+        .filter(|t| t.node == node && t.active())
+        .map(|t| AssignedTask {
+            id: t.id.clone(),
+            service: t.service.clone(),
+            slot: t.slot,
+            version: t.version,
+            name: t.name.clone(),
+            command: t.command.clone(),
+            desired: t.desired,
+            networks: c.attachments(t),
+        })
+        .collect();
+    let state = c.node_state_for(node);
+    let mut dns = c.dns_view();
+    dns.names
+        .retain(|net, _| state.networks.iter().any(|n| n.name == *net));
+    Assignment { tasks, state, dns }
+}
+
+/// Applies node `node`'s reports to its tasks: a placed task that runs becomes Running;
+/// one that ended, failed to start or was stopped records that, stops being wanted (the
+/// orchestrator replaces it) and gives its addresses back. Reports about another node's
+/// tasks, or tasks the manager no longer counts as running, change nothing. Returns true
+/// if anything changed.
+pub fn apply_reports(c: &mut Cluster, node: &str, reports: &[Report]) -> bool {
+    let mut changed = false;
+    for r in reports {
+        let Some(t) = c.tasks.get_mut(&r.id) else {
+            continue;
+        };
+        if t.node != node || !t.active() {
+            continue;
+        }
+        match r.status {
+            Status::Running if t.status == Status::Assigned => {
+                t.status = Status::Running;
+                t.changed = now();
+                changed = true;
+            }
+            Status::Complete | Status::Failed | Status::Shutdown | Status::Rejected => {
+                t.status = r.status;
+                t.exit_code = r.exit_code;
+                if r.error.is_some() {
+                    t.error = r.error.clone();
+                }
+                t.changed = now();
+                if t.service.is_some() {
+                    t.desired = Desired::Shutdown;
+                }
+                let id = t.id.clone();
+                c.release_addresses(&id);
+                changed = true;
+            }
+            _ => {}
+        }
+    }
+    changed
+}
+
+/// The state a node reported, by name ([`Status::word`]); `None` for one a node may not
+/// report.
+pub fn parse_status(s: &str) -> Option<Status> {
+    Some(match s {
+        "Running" => Status::Running,
+        "Complete" => Status::Complete,
+        "Failed" => Status::Failed,
+        "Shutdown" => Status::Shutdown,
+        "Rejected" => Status::Rejected,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::NodeRecord;
+    use crate::network::CreateNetwork;
+
+    fn node(id: &str, role: &str, addr: [u8; 4]) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            hostname: id.into(),
+            role: role.into(),
+            manager_status: String::new(),
+            availability: "active".into(),
+            addr: addr.into(),
+            labels: Default::default(),
+            datapath_addr: None,
+        }
+    }
+
+    fn cluster() -> Cluster {
+        let mut c = Cluster::default();
+        c.networks
+            .create(&CreateNetwork {
+                name: "net".into(),
+                driver: "overlay".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        c.nodes = vec![
+            node("m", "manager", [192, 168, 1, 1]),
+            node("w", "worker", [192, 168, 1, 2]),
+            node("x", "worker", [192, 168, 1, 3]),
+        ];
+        c.nodes[1].datapath_addr = Some([10, 9, 9, 2].into());
+        for (id, n) in [("a", "m"), ("b", "w")] {
+            let ip = c
+                .networks
+                .get_mut("net")
+                .unwrap()
+                .addressing
+                .allocate()
+                .unwrap();
+            let mut t = TaskRecord::new(id.into(), "web", 1, 1, &["x".into()]);
+            t.node = n.into();
+            t.status = Status::Running;
+            t.addresses = vec![("net".into(), ip)];
+            c.tasks.insert(id.into(), t);
+        }
+        c
+    }
+
+    #[test]
+    fn each_node_sees_its_tasks_as_local_and_the_others_behind_their_vtep() {
+        let c = cluster();
+        let a = c.tasks["a"].addresses[0].1;
+        let b = c.tasks["b"].addresses[0].1;
+        let w = assignment(&c, "w");
+        assert_eq!(w.tasks.len(), 1);
+        assert_eq!(w.tasks[0].id, "b");
+        assert_eq!(w.tasks[0].networks[0].ip, b);
+        let net = &w.state.networks[0];
+        assert_eq!(net.hosts.iter().map(|h| h.ip).collect::<Vec<_>>(), vec![b]);
+        assert_eq!(net.remote.len(), 1);
+        assert_eq!(net.remote[0].host.ip, a);
+        assert_eq!(net.remote[0].vtep, Ipv4Addr::new(192, 168, 1, 1));
+        // The manager reaches the worker's task at its data-path address.
+        let m = c.node_state_for("m");
+        assert_eq!(m.networks[0].remote[0].vtep, Ipv4Addr::new(10, 9, 9, 2));
+        // A worker without a task on the network does not have it.
+        assert!(assignment(&c, "x").state.networks.is_empty());
+        assert!(assignment(&c, "x").dns.names.is_empty());
+    }
+
+    #[test]
+    fn a_task_told_to_stop_leaves_the_others_tables_at_once() {
+        let mut c = cluster();
+        c.tasks.get_mut("b").unwrap().desired = Desired::Shutdown;
+        assert!(c.node_state_for("m").networks[0].remote.is_empty());
+        // Its node still has it, to stop it.
+        let w = assignment(&c, "w");
+        assert_eq!(w.tasks[0].desired, Desired::Shutdown);
+    }
+
+    #[test]
+    fn reports_move_only_the_reporting_nodes_tasks() {
+        let mut c = cluster();
+        let b = c.tasks["b"].addresses[0].1;
+        let failed = Report {
+            id: "b".into(),
+            status: Status::Failed,
+            exit_code: Some(3),
+            error: None,
+        };
+        // Another node cannot end the worker's task.
+        assert!(!apply_reports(&mut c, "x", std::slice::from_ref(&failed)));
+        assert_eq!(c.tasks["b"].status, Status::Running);
+        assert!(apply_reports(&mut c, "w", &[failed]));
+        let t = &c.tasks["b"];
+        assert_eq!(
+            (t.status, t.exit_code, t.desired),
+            (Status::Failed, Some(3), Desired::Shutdown)
+        );
+        // Its address is free again.
+        let n = c.networks.get_mut("net").unwrap();
+        assert_eq!(n.addressing.allocate().unwrap(), b);
+        // Reports about ended tasks change nothing.
+        let again = Report {
+            id: "b".into(),
+            status: Status::Running,
+            exit_code: None,
+            error: None,
+        };
+        assert!(!apply_reports(&mut c, "w", &[again]));
+        assert_eq!(parse_status("Assigned"), None);
+        assert_eq!(
+            parse_status(Status::Complete.word()),
+            Some(Status::Complete)
+        );
+    }
+}

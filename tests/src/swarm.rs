@@ -1,0 +1,239 @@
+//! Swarm hosts made of network namespaces: each host has its own network namespace, host
+//! name (a UTS namespace) and `swarmgate daemon` with its own DPDK gateway on an
+//! af_packet underlay; the hosts share a LAN (a bridge in a namespace of its own).
+//! Everything is stopped and removed when the [`Lan`] is dropped. Needs root.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+/// Runs a shell command.
+pub fn sh(cmd: &str) -> Output {
+    Command::new("sh").arg("-c").arg(cmd).output().unwrap()
+}
+
+/// Runs a shell command that must succeed; its stdout.
+pub fn must(cmd: &str) -> String {
+    let o = sh(cmd);
+    assert!(
+        o.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Waits up to `secs` for `f`; how long it took. Panics naming `what` on timeout.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}
+
+/// One host: a network namespace with `eth0` on the LAN, a host name, a daemon.
+pub struct Host {
+    /// Its network namespace.
+    pub ns: String,
+    /// Its host name (what `node ls` shows).
+    pub name: String,
+    /// Its address on the LAN.
+    pub ip: String,
+    /// Its files: configuration, data root, socket, log.
+    pub dir: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Host {
+    /// The daemon's API socket.
+    pub fn sock(&self) -> PathBuf {
+        self.dir.join("sg.sock")
+    }
+
+    /// Starts its daemon (in its namespace, under its host name) and waits for the API.
+    pub fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .args(["unshare", "--uts", "--", "sh", "-c"])
+            .arg(format!("hostname {} && exec \"$0\" \"$@\"", self.name))
+            .arg(crate::netns::swarmgate_bin())
+            .arg("-H")
+            .arg(self.sock())
+            .args(["daemon", "-c"])
+            .arg(self.dir.join("daemon.toml"))
+            .arg("--data-root")
+            .arg(self.dir.join("data"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let end = Instant::now() + Duration::from_secs(30);
+        while !self.sock().exists() {
+            assert!(Instant::now() < end, "daemon did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops its daemon (SIGTERM; SIGKILL after 20 s). Its tasks keep running.
+    pub fn stop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &d.id().to_string()])
+                .status();
+            let end = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < end {
+                if d.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    /// Its daemon's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this host's daemon, `args` split at whitespace: (success,
+    /// stdout + stderr).
+    pub fn cli(&self, args: &str) -> (bool, String) {
+        self.cli_args(&args.split_whitespace().collect::<Vec<_>>())
+    }
+
+    /// Runs the CLI against this host's daemon: (success, stdout + stderr).
+    pub fn cli_args(&self, args: &[&str]) -> (bool, String) {
+        let o = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(crate::netns::swarmgate_bin())
+            .arg("-H")
+            .arg(self.sock())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+
+    /// The CLI, which must succeed.
+    pub fn ok(&self, args: &str) -> String {
+        let (ok, out) = self.cli(args);
+        assert!(
+            ok,
+            "swarmgate {args}: {out}\n--- daemon log:\n{}",
+            self.log()
+        );
+        out
+    }
+
+    /// The CLI, which must fail with one line.
+    pub fn err(&self, args: &str) -> String {
+        let (ok, out) = self.cli(args);
+        assert!(!ok, "swarmgate {args} should fail: {out}");
+        assert_eq!(out.trim().lines().count(), 1, "one line: {out}");
+        out
+    }
+
+    /// `--format json` lines of a listing, parsed.
+    pub fn rows(&self, args: &str) -> Vec<serde_json::Value> {
+        self.ok(&format!("{args} --format json"))
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// Hosts on one LAN.
+pub struct Lan {
+    lan: String,
+    /// The hosts, in the order named.
+    pub hosts: Vec<Host>,
+}
+
+impl Lan {
+    /// Hosts `names` on 192.168.`subnet`.0/24 (addresses .1, .2, … in order), each with a
+    /// daemon configuration (not started). `tag` keeps names apart between tests.
+    pub fn new(tag: &str, subnet: u8, names: &[&str]) -> Lan {
+        let id = std::process::id() % 100000;
+        let base = std::env::temp_dir().join(format!("sg-{tag}-{id}"));
+        let _ = std::fs::remove_dir_all(&base);
+        let lan = format!("{tag}{id}lan");
+        must(&format!("ip netns add {lan}"));
+        must(&format!("ip -n {lan} link add br0 type bridge"));
+        must(&format!("ip -n {lan} link set br0 up"));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut hosts = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let ns = format!("{tag}{id}{name}");
+            let ip = format!("192.168.{subnet}.{}", i + 1);
+            let dir = base.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("daemon.toml"),
+                format!(
+                    "[dpdk]\ncores = [{}]\nfile_prefix = \"{ns}\"\nmemory_mb = 256\nmbufs = 8191\n\n\
+                     [underlay]\ndevice = \"net_af_packet0,iface=eth0\"\naddress = \"{ip}/24\"\n\
+                     exception_iface = \"sgexc\"\n",
+                    i % cores
+                ),
+            )
+            .unwrap();
+            let veth = format!("{tag}{id}{i}");
+            for cmd in [
+                format!("ip netns add {ns}"),
+                format!("ip link add {veth}a type veth peer name {veth}b"),
+                format!("ip link set {veth}a netns {ns} name eth0"),
+                format!("ip link set {veth}b netns {lan}"),
+                format!("ip -n {lan} link set {veth}b master br0 up"),
+                format!("ip -n {ns} link set lo up"),
+                format!("ip -n {ns} link set eth0 up"),
+            ] {
+                must(&cmd);
+            }
+            sh(&format!(
+                "ip netns exec {ns} ethtool -K eth0 tx off tso off gso off gro off"
+            ));
+            hosts.push(Host {
+                ns,
+                name: name.to_string(),
+                ip,
+                dir,
+                daemon: None,
+            });
+        }
+        Lan { lan, hosts }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            // Tasks survive their daemon (live-restore): leave the swarm to stop them.
+            if h.daemon.is_some() {
+                let _ = h.cli("swarm leave --force");
+            }
+            h.stop();
+        }
+        for h in &self.hosts {
+            sh(&format!("ip netns del {}", h.ns));
+        }
+        sh(&format!("ip netns del {}", self.lan));
+    }
+}

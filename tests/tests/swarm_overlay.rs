@@ -1,0 +1,330 @@
+//! A manager and two workers (each a network namespace with its own host name, `swarmgate
+//! daemon` and DPDK gateway on an af_packet underlay): a replicated service on a user
+//! overlay spread over the three nodes, every task reaching every other one across nodes
+//! by address, by the service's VIP and by `tasks.<service>`; scaling, a drained node
+//! emptied, and a worker cut off — Down, its tasks placed elsewhere, its endpoints
+//! withdrawn from the other nodes' data planes and DNS, and its stale tasks stopped when it
+//! comes back.
+//!
+//! Needs root.
+
+use std::collections::{BTreeMap, BTreeSet};
+use swarmgate_tests::netns;
+use swarmgate_tests::swarm::{must, wait_for, Host, Lan};
+
+/// Each task serves its own name over HTTP on port 80.
+const WEB: &str =
+    r#"echo "served by $SWARMGATE_TASK_NAME" > index.html && exec python3 -m http.server 80"#;
+
+/// A task of `web` as `service ps` shows it.
+#[derive(Debug, Clone)]
+struct WebTask {
+    id: String,
+    name: String,
+    node: String,
+    ip: String,
+}
+
+fn running(m: &Host) -> Vec<WebTask> {
+    m.rows("service ps web")
+        .into_iter()
+        .filter(|t| {
+            t["DesiredState"] == "Running"
+                && t["CurrentState"].as_str().unwrap().starts_with("Running")
+        })
+        .map(|t| WebTask {
+            id: t["ID"].as_str().unwrap().to_owned(),
+            name: format!(
+                "{}.{}",
+                t["Name"].as_str().unwrap(),
+                t["ID"].as_str().unwrap()
+            ),
+            node: t["Node"].as_str().unwrap().to_owned(),
+            ip: t["Addresses"][0]
+                .as_str()
+                .unwrap()
+                .split_once('=')
+                .unwrap()
+                .1
+                .to_owned(),
+        })
+        .collect()
+}
+
+fn per_node(tasks: &[WebTask]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for t in tasks {
+        *m.entry(t.node.clone()).or_default() += 1;
+    }
+    m
+}
+
+/// Runs `script` (Python) inside task `id`'s namespace; its stdout, or `None` if it
+/// failed.
+fn in_task(id: &str, script: &str) -> Option<String> {
+    let o = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("sgt-{id}"),
+            "python3",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+/// What task `from` sees: the addresses of `web` and `tasks.web`, the answer of every
+/// address in `targets` (its first line, or "-" on failure), and the tasks that answered
+/// 12 connections to the VIP.
+fn probe(from: &str, targets: &[String]) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
+    let script = format!(
+        r#"
+import json, socket, urllib.request
+def get(u):
+    try:
+        return urllib.request.urlopen(u, timeout=3).read().decode().strip()
+    except Exception:
+        return "-"
+def addrs(n):
+    try:
+        return sorted(socket.gethostbyname_ex(n)[2])
+    except Exception:
+        return []
+print(json.dumps([addrs("web"), addrs("tasks.web"),
+                  [get("http://%s/" % t) for t in {targets:?}],
+                  [get("http://web/") for _ in range(12)]]))
+"#
+    );
+    let out = in_task(from, &script).unwrap_or_else(|| panic!("probe in {from} failed"));
+    serde_json::from_str(&out).unwrap()
+}
+
+fn task_namespaces() -> BTreeSet<String> {
+    must("ip netns list")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|n| n.strip_prefix("sgt-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_service_spreads_over_three_nodes_and_its_tasks_reach_each_other() {
+    if !netns::root_or_skip("the three-node overlay test") {
+        return;
+    }
+    let mut lan = Lan::new("sgo", 84, &["m", "w1", "w2"]);
+    for h in &mut lan.hosts {
+        h.start();
+    }
+    let m = &lan.hosts[0];
+    m.ok(&format!("swarm init --advertise-addr {}", m.ip));
+    let token = m.ok("swarm join-token -q worker").trim().to_owned();
+    for w in &lan.hosts[1..] {
+        w.ok(&format!("swarm join --token {token} {}:2377", m.ip));
+    }
+    wait_for("three nodes Ready", 30, || {
+        let rows = m.rows("node ls");
+        rows.len() == 3 && rows.iter().all(|n| n["Status"] == "Ready")
+    });
+    let hostnames: BTreeSet<String> = m
+        .rows("node ls")
+        .iter()
+        .map(|n| n["Hostname"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        hostnames,
+        ["m", "w1", "w2"].map(String::from).into_iter().collect()
+    );
+
+    // Six replicas spread two per node (SwarmKit's ranking: fewest of the service).
+    m.ok("network create -d overlay my-overlay");
+    let since = std::time::Instant::now();
+    let (ok, out) = m.cli_args(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--network",
+        "my-overlay",
+        "--replicas",
+        "6",
+        "--",
+        "sh",
+        "-c",
+        WEB,
+    ]);
+    assert!(ok, "{out}");
+    wait_for("six tasks running", 60, || running(m).len() == 6);
+    let tasks = running(m);
+    assert_eq!(
+        per_node(&tasks),
+        [("m", 2), ("w1", 2), ("w2", 2)]
+            .map(|(n, k)| (n.to_owned(), k))
+            .into_iter()
+            .collect(),
+        "{tasks:?}"
+    );
+    // The workers were told by the dispatcher and started them; lazily, the network
+    // exists on a worker once a task there needs it.
+    for w in &lan.hosts[1..] {
+        assert_eq!(w.log().matches("task started").count(), 2, "{}", w.log());
+    }
+    let inspect: serde_json::Value =
+        serde_json::from_str(&m.ok("network inspect my-overlay")).unwrap();
+    let peers: BTreeSet<String> = inspect[0]["Peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["IP"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        peers,
+        lan.hosts.iter().map(|h| h.ip.clone()).collect(),
+        "{inspect}"
+    );
+
+    // From one task on each node: every task by address, the VIP, tasks.web.
+    let all_ips: Vec<String> = tasks.iter().map(|t| t.ip.clone()).collect();
+    let mut sorted_ips = all_ips.clone();
+    sorted_ips.sort();
+    wait_for("every task reachable from every node", 60, || {
+        ["m", "w1", "w2"].iter().all(|node| {
+            let from = tasks.iter().find(|t| t.node == *node).unwrap();
+            let (_, _, answers, _) = probe(&from.id, &all_ips);
+            answers.iter().all(|a| a.starts_with("served by"))
+        })
+    });
+    eprintln!(
+        "service create to six tasks reachable from every node: {:.1} s",
+        since.elapsed().as_secs_f64()
+    );
+    for node in ["m", "w1", "w2"] {
+        let from = tasks.iter().find(|t| t.node == node).unwrap();
+        let (vip, by_name, answers, via_vip) = probe(&from.id, &all_ips);
+        assert_eq!(vip.len(), 1, "web is one VIP from {node}: {vip:?}");
+        assert!(!all_ips.contains(&vip[0]));
+        assert_eq!(by_name, sorted_ips, "tasks.web from {node}");
+        for (t, a) in tasks.iter().zip(&answers) {
+            assert_eq!(a, &format!("served by {}", t.name), "{} from {node}", t.ip);
+        }
+        // The VIP spreads connections over tasks, on other nodes too.
+        let served: BTreeSet<&String> = via_vip.iter().collect();
+        assert!(
+            via_vip.iter().all(|a| a.starts_with("served by")),
+            "{via_vip:?}"
+        );
+        assert!(
+            served.len() >= 2,
+            "12 connections to the VIP from {node} all went to {served:?}"
+        );
+        let remote = tasks
+            .iter()
+            .filter(|t| t.node != node)
+            .any(|t| served.contains(&format!("served by {}", t.name)));
+        assert!(
+            remote,
+            "no VIP connection from {node} reached another node: {served:?}"
+        );
+    }
+
+    // Scale down: the tasks gone stop on their nodes and leave every DNS.
+    m.ok("service scale web=3");
+    wait_for("three tasks", 30, || running(m).len() == 3);
+    let three = running(m);
+    let gone: Vec<&WebTask> = tasks
+        .iter()
+        .filter(|t| !three.iter().any(|x| x.id == t.id))
+        .collect();
+    wait_for("the scaled-down tasks' namespaces removed", 30, || {
+        let ns = task_namespaces();
+        gone.iter().all(|t| !ns.contains(&t.id))
+    });
+    let mut three_ips: Vec<String> = three.iter().map(|t| t.ip.clone()).collect();
+    three_ips.sort();
+    wait_for("tasks.web is the three everywhere", 20, || {
+        three.iter().all(|t| probe(&t.id, &[]).1 == three_ips)
+    });
+
+    // Drain a worker: its tasks go elsewhere; nothing of it stays in the others' tables.
+    let w2_id = m
+        .rows("node ls")
+        .into_iter()
+        .find(|n| n["Hostname"] == "w2")
+        .unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    m.ok(&format!("node update --availability drain {w2_id}"));
+    wait_for("w2 emptied, three running elsewhere", 30, || {
+        let r = running(m);
+        r.len() == 3 && r.iter().all(|t| t.node != "w2")
+    });
+    let drained = running(m);
+    wait_for("w2's task namespaces removed", 30, || {
+        let ns = task_namespaces();
+        three
+            .iter()
+            .filter(|t| t.node == "w2")
+            .all(|t| !ns.contains(&t.id))
+    });
+    let mut drained_ips: Vec<String> = drained.iter().map(|t| t.ip.clone()).collect();
+    drained_ips.sort();
+    wait_for("tasks.web without w2's tasks", 20, || {
+        drained.iter().all(|t| probe(&t.id, &[]).1 == drained_ips)
+    });
+    m.ok(&format!("node update --availability active {w2_id}"));
+
+    // A worker cut off (its link down): Down, its tasks placed on the other nodes, its
+    // endpoints withdrawn; back, it stops the tasks it should no longer run.
+    let on_w1: Vec<WebTask> = drained.iter().filter(|t| t.node == "w1").cloned().collect();
+    assert!(!on_w1.is_empty(), "{drained:?}");
+    let w1 = &lan.hosts[1];
+    must(&format!("ip -n {} link set eth0 down", w1.ns));
+    let moved = wait_for("w1's tasks placed elsewhere", 60, || {
+        let r = running(m);
+        r.len() == 3 && r.iter().all(|t| t.node != "w1")
+    });
+    let after = running(m);
+    let mut after_ips: Vec<String> = after.iter().map(|t| t.ip.clone()).collect();
+    after_ips.sort();
+    let withdrawn = wait_for("w1's endpoints withdrawn everywhere", 30, || {
+        after.iter().all(|t| {
+            let (_, by_name, answers, _) = probe(&t.id, &after_ips);
+            by_name == after_ips && answers.iter().all(|a| a.starts_with("served by"))
+        })
+    });
+    eprintln!(
+        "cut-off worker: tasks running elsewhere after {:.1} s, endpoints withdrawn {:.1} s later",
+        moved.as_secs_f64(),
+        withdrawn.as_secs_f64()
+    );
+    must(&format!("ip -n {} link set eth0 up", w1.ns));
+    wait_for("w1 Ready again", 30, || {
+        m.rows("node ls")
+            .iter()
+            .any(|n| n["Hostname"] == "w1" && n["Status"] == "Ready")
+    });
+    wait_for("w1's stale tasks stopped", 30, || {
+        let ns = task_namespaces();
+        on_w1.iter().all(|t| !ns.contains(&t.id))
+    });
+    assert!(w1.log().contains("task stopping"), "{}", w1.log());
+    // Nothing stale: the survivors still see exactly the running tasks.
+    let fin = running(m);
+    let mut fin_ips: Vec<String> = fin.iter().map(|t| t.ip.clone()).collect();
+    fin_ips.sort();
+    for t in &fin {
+        assert_eq!(probe(&t.id, &[]).1, fin_ips, "tasks.web from {}", t.node);
+    }
+    m.ok("service rm web");
+    wait_for("every web task stopped", 30, || {
+        let ns = task_namespaces();
+        tasks.iter().chain(&fin).all(|t| !ns.contains(&t.id))
+    });
+}
