@@ -309,12 +309,23 @@ impl TaskRecord {
         }
     }
 
-    /// docker's task name: `service.slot.id`, or the container name.
+    /// docker's task name: `service.slot.id` (`service.node.id` for a global service), or
+    /// the container name.
     pub fn full_name(&self) -> String {
         match (&self.service, &self.name) {
-            (Some(s), _) => format!("{s}.{}.{}", self.slot, self.id),
+            (Some(_), _) => format!("{}.{}", self.slot_name(), self.id),
             (None, Some(n)) => n.clone(),
             (None, None) => self.id.clone(),
+        }
+    }
+
+    /// `service.slot`, or `service.node` for a global service's task (slot 0), as
+    /// SwarmKit names them.
+    pub fn slot_name(&self) -> String {
+        let s = self.service.as_deref().unwrap_or("");
+        match self.slot {
+            0 => format!("{s}.{}", self.node),
+            n => format!("{s}.{n}"),
         }
     }
 

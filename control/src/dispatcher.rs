@@ -64,11 +64,28 @@ pub struct AssignedTask {
     pub networks: Vec<NetAttachment>,
 }
 
-/// Everything a node is told: its tasks, its data plane's state, its DNS's names.
+/// A network a node has, as `network ls` on that node shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedNetwork {
+    /// Its ID.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its subnet.
+    pub subnet: Subnet,
+    /// Its VNI.
+    pub vni: u32,
+}
+
+/// Everything a node is told: its tasks, its networks, its data plane's state, its DNS's
+/// names.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
     /// Tasks placed on the node that hold addresses (to run, or to stop).
     pub tasks: Vec<AssignedTask>,
+    /// The networks it has (those of its tasks: Docker creates them lazily).
+    #[serde(default)]
+    pub networks: Vec<AssignedNetwork>,
     /// The node's data plane.
     pub state: NodeState,
     /// The names its embedded DNS answers, on the networks it has.
@@ -129,7 +146,29 @@ pub fn assignment(c: &Cluster, node: &str) -> Assignment {
     let mut dns = c.dns_view();
     dns.names
         .retain(|net, _| state.networks.iter().any(|n| n.name == *net));
-    Assignment { tasks, state, dns }
+    let networks = state
+        .networks
+        .iter()
+        .filter_map(|n| {
+            let net = c.networks.get(&n.name)?;
+            Some(AssignedNetwork {
+                id: c
+                    .network_meta
+                    .get(&n.name)
+                    .map(|m| m.id.clone())
+                    .unwrap_or_default(),
+                name: n.name.clone(),
+                subnet: net.addressing.subnet,
+                vni: n.vni,
+            })
+        })
+        .collect();
+    Assignment {
+        tasks,
+        networks,
+        state,
+        dns,
+    }
 }
 
 /// Applies node `node`'s reports to its tasks: a placed task that runs becomes Running;
@@ -253,8 +292,11 @@ mod tests {
         // The manager reaches the worker's task at its data-path address.
         let m = c.node_state_for("m");
         assert_eq!(m.networks[0].remote[0].vtep, Ipv4Addr::new(10, 9, 9, 2));
+        assert_eq!(w.networks.len(), 1);
+        assert_eq!(w.networks[0].name, "net");
         // A worker without a task on the network does not have it.
         assert!(assignment(&c, "x").state.networks.is_empty());
+        assert!(assignment(&c, "x").networks.is_empty());
         assert!(assignment(&c, "x").dns.names.is_empty());
     }
 

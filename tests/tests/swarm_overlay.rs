@@ -1,8 +1,8 @@
 //! A manager and two workers (each a network namespace with its own host name, `swarmgate
 //! daemon` and DPDK gateway on an af_packet underlay): a replicated service on a user
 //! overlay spread over the three nodes, every task reaching every other one across nodes
-//! by address, by the service's VIP and by `tasks.<service>`; scaling, a drained node
-//! emptied, and a worker cut off — Down, its tasks placed elsewhere, its endpoints
+//! by address, by the service's VIP and by `tasks.<service>`; a global service on the
+//! nodes its constraint allows; scaling, a drained node emptied, and a worker cut off — Down, its tasks placed elsewhere, its endpoints
 //! withdrawn from the other nodes' data planes and DNS, and its stale tasks stopped when it
 //! comes back.
 //!
@@ -26,7 +26,11 @@ struct WebTask {
 }
 
 fn running(m: &Host) -> Vec<WebTask> {
-    m.rows("service ps web")
+    running_of(m, "web")
+}
+
+fn running_of(m: &Host, service: &str) -> Vec<WebTask> {
+    m.rows(&format!("service ps {service}"))
         .into_iter()
         .filter(|t| {
             t["DesiredState"] == "Running"
@@ -42,11 +46,8 @@ fn running(m: &Host) -> Vec<WebTask> {
             node: t["Node"].as_str().unwrap().to_owned(),
             ip: t["Addresses"][0]
                 .as_str()
-                .unwrap()
-                .split_once('=')
-                .unwrap()
-                .1
-                .to_owned(),
+                .and_then(|a| a.split_once('='))
+                .map_or(String::new(), |a| a.1.to_owned()),
         })
         .collect()
 }
@@ -174,6 +175,12 @@ fn a_service_spreads_over_three_nodes_and_its_tasks_reach_each_other() {
     // exists on a worker once a task there needs it.
     for w in &lan.hosts[1..] {
         assert_eq!(w.log().matches("task started").count(), 2, "{}", w.log());
+        let nets: Vec<String> = w
+            .rows("network ls")
+            .iter()
+            .map(|n| n["Name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(nets, ["my-overlay"], "network ls on {}", w.name);
     }
     let inspect: serde_json::Value =
         serde_json::from_str(&m.ok("network inspect my-overlay")).unwrap();
@@ -233,6 +240,30 @@ fn a_service_spreads_over_three_nodes_and_its_tasks_reach_each_other() {
         );
     }
 
+    // A global service: one task on every node that satisfies its constraints, named
+    // after the node.
+    m.ok("service create --name agent --mode global --constraint node.role==worker -- sleep 1000");
+    wait_for("agent on both workers", 30, || {
+        let r = running_of(m, "agent");
+        r.len() == 2 && per_node(&r).keys().map(String::as_str).eq(["w1", "w2"])
+    });
+    let node_ids: BTreeMap<String, String> = m
+        .rows("node ls")
+        .iter()
+        .map(|n| {
+            (
+                n["Hostname"].as_str().unwrap().to_owned(),
+                n["ID"].as_str().unwrap().trim_end_matches(" *").to_owned(),
+            )
+        })
+        .collect();
+    for t in running_of(m, "agent") {
+        assert!(
+            t.name.starts_with(&format!("agent.{}.", node_ids[&t.node])),
+            "{t:?}"
+        );
+    }
+
     // Scale down: the tasks gone stop on their nodes and leave every DNS.
     m.ok("service scale web=3");
     wait_for("three tasks", 30, || running(m).len() == 3);
@@ -266,6 +297,10 @@ fn a_service_spreads_over_three_nodes_and_its_tasks_reach_each_other() {
         r.len() == 3 && r.iter().all(|t| t.node != "w2")
     });
     let drained = running(m);
+    wait_for("agent only on w1 while w2 is drained", 30, || {
+        let r = running_of(m, "agent");
+        r.len() == 1 && r[0].node == "w1"
+    });
     wait_for("w2's task namespaces removed", 30, || {
         let ns = task_namespaces();
         three
@@ -279,6 +314,8 @@ fn a_service_spreads_over_three_nodes_and_its_tasks_reach_each_other() {
         drained.iter().all(|t| probe(&t.id, &[]).1 == drained_ips)
     });
     m.ok(&format!("node update --availability active {w2_id}"));
+    wait_for("agent back on w2", 30, || running_of(m, "agent").len() == 2);
+    m.ok("service rm agent");
 
     // A worker cut off (its link down): Down, its tasks placed on the other nodes, its
     // endpoints withdrawn; back, it stops the tasks it should no longer run.

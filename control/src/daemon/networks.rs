@@ -48,6 +48,27 @@ impl Daemon {
     }
 
     pub(super) fn network_list(&self) -> Result<api::NetworkListReply, Status> {
+        // A worker lists the networks it has (those its tasks are on), as Docker's does.
+        if let Some(s) = &self.cluster.swarm {
+            if !s.is_manager() {
+                return Ok(api::NetworkListReply {
+                    networks: self
+                        .cluster
+                        .assignment
+                        .iter()
+                        .flat_map(|a| &a.networks)
+                        .map(|n| api::Network {
+                            id: n.id.clone(),
+                            name: n.name.clone(),
+                            driver: "overlay".into(),
+                            scope: "swarm".into(),
+                            subnet: n.subnet.to_string(),
+                            vni: n.vni,
+                        })
+                        .collect(),
+                });
+            }
+        }
         self.require_manager()?;
         Ok(api::NetworkListReply {
             networks: self

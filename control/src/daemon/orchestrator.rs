@@ -11,16 +11,19 @@ impl Daemon {
     /// The node the scheduler picks for one more task of `service`
     /// ([`crate::scheduler::place`]) among every node of the swarm; why none if none.
     /// A node's load is its tasks that hold a place there (placed or running, wanted).
+    /// `only`: consider that node alone (a global service's task for it).
     pub(super) fn place(
         &self,
         service: &str,
         placement: &crate::scheduler::Placement,
+        only: Option<&str>,
     ) -> Result<String, String> {
         let holding = |t: &&TaskRecord| t.active() && t.desired == Desired::Running;
         let cands: Vec<crate::scheduler::Candidate> = self
             .cluster
             .nodes
             .iter()
+            .filter(|n| only.is_none_or(|o| o == n.id))
             .map(|n| {
                 let tasks: Vec<&TaskRecord> = self
                     .cluster
@@ -83,6 +86,85 @@ impl Daemon {
         self.cluster.tasks.remove(id);
     }
 
+    /// Whether a replacement for `service`'s `slot` (a global service's task for `node`)
+    /// may start: [`RESTART_DELAY`] after the last one ended.
+    fn restart_due(&self, service: &str, slot: u32, node: Option<&str>) -> bool {
+        let last_end = self
+            .cluster
+            .tasks
+            .values()
+            .filter(|t| t.service.as_deref() == Some(service) && t.slot == slot)
+            .filter(|t| node.is_none_or(|n| t.node == n))
+            .filter(|t| {
+                matches!(
+                    t.status,
+                    TStatus::Failed | TStatus::Rejected | TStatus::Complete
+                )
+            })
+            .map(|t| t.changed)
+            .max();
+        !last_end.is_some_and(|e| now() < e + RESTART_DELAY)
+    }
+
+    /// Whether node `node` still satisfies global service `s`'s constraints.
+    fn node_may_keep(&self, s: &crate::service::Service, node: &str) -> bool {
+        let Some(n) = self.cluster.nodes.iter().find(|n| n.id == node) else {
+            return false;
+        };
+        let c = crate::scheduler::Candidate {
+            id: &n.id,
+            hostname: &n.hostname,
+            addr: n.addr,
+            role: &n.role,
+            availability: "active",
+            labels: &n.labels,
+            ready: true,
+            service_tasks: 0,
+            tasks: 0,
+        };
+        s.placement().constraints.iter().all(|k| k.matches(&c))
+    }
+
+    /// A new task of `s` for `slot` at `version` on node `target`: addresses from the
+    /// allocator, then started here or assigned to its node (which starts it when its
+    /// assignment arrives). A task that cannot be placed is recorded Rejected.
+    fn launch(&mut self, s: &crate::service::Service, slot: u32, version: u64, target: &str) {
+        let me = self.cluster.swarm.as_ref().map(|s| s.node_id.clone());
+        let id = random_id(8);
+        self.cluster.tasks.insert(
+            id.clone(),
+            TaskRecord {
+                node: target.to_owned(),
+                ..TaskRecord::new(id.clone(), &s.name, slot, version, &s.command)
+            },
+        );
+        let nets: Vec<String> = s.networks.iter().map(|(n, _)| n.clone()).collect();
+        let placed = self.allocate(&id, &nets).and_then(|()| {
+            if Some(target) == me.as_deref() {
+                let attach = self.cluster.attachments(&self.cluster.tasks[&id]);
+                self.start_task(&id, &attach)
+            } else {
+                let t = self.cluster.tasks.get_mut(&id).expect("inserted");
+                t.status = TStatus::Assigned;
+                Ok(())
+            }
+        });
+        match placed {
+            Ok(()) => {
+                tracing::info!(node = %target, service = %s.name, slot, task = %id, "task placed")
+            }
+            Err(e) => {
+                tracing::warn!(node = %target, service = %s.name, slot, task = %id, "task rejected: {e}");
+                self.cluster.release_addresses(&id);
+                let t = self.cluster.tasks.get_mut(&id).expect("inserted");
+                t.addresses.clear();
+                t.gw_ip = None;
+                t.desired = Desired::Shutdown;
+                t.error = Some(e);
+            }
+        }
+    }
+
     /// Nodes whose tasks are given up and placed elsewhere: not this one, and missing
     /// their heartbeats — after a grace of three periods from this daemon's start too, so
     /// that a restarted manager does not move every task before the nodes beat again.
@@ -129,10 +211,10 @@ impl Daemon {
             changed = true;
         }
         // 2. Services.
-        let Some(node) = self.cluster.swarm.as_ref().map(|s| s.node_id.clone()) else {
+        let Some(manager) = self.cluster.swarm.as_ref().map(|s| s.is_manager()) else {
             return changed;
         };
-        if !self.cluster.swarm.as_ref().is_some_and(|s| s.is_manager()) {
+        if !manager {
             // A worker runs what it is assigned and reports exits at once.
             if changed {
                 self.reports.notify_one();
@@ -198,7 +280,44 @@ impl Daemon {
             if s.mode == ServiceMode::Global {
                 placement.max_per_node = 1; // one task per node
             }
-            for slot in 1..=want {
+            if s.mode == ServiceMode::Global {
+                // SwarmKit's global orchestrator: one task on every node that may run
+                // it; none elsewhere (a drained or down node's are stopped above).
+                for n in self.cluster.nodes.clone() {
+                    let has = self
+                        .cluster
+                        .tasks
+                        .values()
+                        .any(|t| holding(t) && t.node == n.id);
+                    let fits = self.place(&s.name, &placement, Some(&n.id)).is_ok();
+                    if has && !self.node_may_keep(&s, &n.id) {
+                        let ids: Vec<String> = self
+                            .cluster
+                            .tasks
+                            .values()
+                            .filter(|t| holding(t) && t.node == n.id)
+                            .map(|t| t.id.clone())
+                            .collect();
+                        for id in ids {
+                            self.shutdown_task(&id);
+                        }
+                        changed = true;
+                    } else if !has && fits && starts < STARTS_PER_ROUND {
+                        if self.restart_due(&s.name, 0, Some(&n.id)) {
+                            starts += 1;
+                            self.launch(&s, 0, version, &n.id);
+                            changed = true;
+                        }
+                    } else if !has && fits {
+                        changed = true; // more to do: the next round goes on
+                    }
+                }
+            }
+            for slot in (s.mode != ServiceMode::Global)
+                .then_some(1..=want)
+                .into_iter()
+                .flatten()
+            {
                 if self
                     .cluster
                     .tasks
@@ -218,7 +337,7 @@ impl Daemon {
                     })
                     .map(|t| t.id.clone());
                 // The scheduler's choice; its answer is SwarmKit's.
-                let target = match self.place(&s.name, &placement) {
+                let target = match self.place(&s.name, &placement, None) {
                     Ok(n) => n,
                     Err(why) => {
                         match pending.and_then(|id| self.cluster.tasks.get_mut(&id)) {
@@ -254,61 +373,17 @@ impl Daemon {
                     changed = true; // more to do: the next round goes on
                     break;
                 }
-                let last_end = self
-                    .cluster
-                    .tasks
-                    .values()
-                    .filter(|t| t.service.as_deref() == Some(&s.name) && t.slot == slot)
-                    .filter(|t| {
-                        matches!(
-                            t.status,
-                            TStatus::Failed | TStatus::Rejected | TStatus::Complete
-                        )
-                    })
-                    .map(|t| t.changed)
-                    .max();
-                if last_end.is_some_and(|e| now() < e + RESTART_DELAY) {
+                if !self.restart_due(&s.name, slot, None) {
                     continue;
                 }
-                let id = random_id(8);
-                self.cluster.tasks.insert(
-                    id.clone(),
-                    TaskRecord {
-                        node: target.clone(),
-                        ..TaskRecord::new(id.clone(), &s.name, slot, version, &s.command)
-                    },
-                );
-                let nets: Vec<String> = s.networks.iter().map(|(n, _)| n.clone()).collect();
                 starts += 1;
-                let placed = self.allocate(&id, &nets).and_then(|()| {
-                    if target == node {
-                        let attach = self.cluster.attachments(&self.cluster.tasks[&id]);
-                        self.start_task(&id, &attach)
-                    } else {
-                        // Its node starts it when the assignment reaches it.
-                        let t = self.cluster.tasks.get_mut(&id).expect("inserted");
-                        t.status = TStatus::Assigned;
-                        Ok(())
-                    }
-                });
-                match placed {
-                    Ok(()) => {
-                        tracing::info!(node = %target, service = %s.name, slot, task = %id, "task placed")
-                    }
-                    Err(e) => {
-                        tracing::warn!(node = %target, service = %s.name, slot, task = %id, "task rejected: {e}");
-                        self.cluster.release_addresses(&id);
-                        let t = self.cluster.tasks.get_mut(&id).expect("inserted");
-                        t.addresses.clear();
-                        t.gw_ip = None;
-                        t.desired = Desired::Shutdown;
-                        t.error = Some(e);
-                    }
-                }
+                self.launch(&s, slot, version, &target);
                 changed = true;
             }
-            // History: at most HISTORY ended tasks per slot.
-            let mut ended: Vec<(u32, u64, String)> = self
+            // History: at most HISTORY ended tasks per slot (per node for a global
+            // service).
+            let global = s.mode == ServiceMode::Global;
+            let mut ended: Vec<((u32, String), u64, String)> = self
                 .cluster
                 .tasks
                 .values()
@@ -317,14 +392,22 @@ impl Daemon {
                         && !t.active()
                         && t.status != TStatus::Pending
                 })
-                .map(|t| (t.slot, t.created, t.id.clone()))
+                .map(|t| {
+                    let node = if global {
+                        t.node.clone()
+                    } else {
+                        String::new()
+                    };
+                    ((t.slot, node), t.created, t.id.clone())
+                })
                 .collect();
             ended.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            let mut per_slot: HashMap<u32, usize> = HashMap::new();
-            for (slot, _, id) in ended {
-                let k = per_slot.entry(slot).or_default();
+            let mut per_slot: HashMap<(u32, String), usize> = HashMap::new();
+            for (key, _, id) in ended {
+                let slot = key.0;
+                let k = per_slot.entry(key).or_default();
                 *k += 1;
-                if *k > HISTORY || slot > want {
+                if *k > HISTORY || (!global && slot > want) {
                     self.cluster.tasks.remove(&id);
                     crate::logs::remove(&self.log_path(&id));
                     let _ = std::fs::remove_dir_all(self.cfg.data_root.join("tasks").join(&id));

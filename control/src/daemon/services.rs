@@ -260,7 +260,7 @@ impl Daemon {
             _ => String::new(),
         };
         let name = match &t.service {
-            Some(s) => format!("{s}.{}", t.slot),
+            Some(_) => t.slot_name(),
             None => t.full_name(),
         };
         api::Task {
