@@ -5,7 +5,7 @@
 //! The model is ready for more nodes (nodes with roles, tasks assigned to a node), though
 //! one node is all this issue runs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +17,6 @@ use crate::dataplane::{Host, NetState, NodeState, Published, RemoteHost, VipStat
 use crate::network::Networks;
 use crate::publish::{Protocol, PublishMode};
 use crate::service::{EndpointMode, Service, ServiceMode, Services};
-use crate::task::TaskSpec;
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
@@ -264,12 +263,6 @@ pub struct TaskRecord {
     pub changed: u64,
     /// Its address on each network, in attachment order.
     pub addresses: Vec<(String, Ipv4Addr)>,
-    /// Its address on the node's gateway bridge.
-    pub gw_ip: Option<Ipv4Addr>,
-    /// How it was started (kept so a restarted daemon can adopt and clean it up).
-    pub spec: Option<TaskSpec>,
-    /// Process id and start time, while running.
-    pub pid: Option<(u32, u64)>,
     /// `run -d` (the daemon runs the command) or a foreground `run`.
     pub detached: bool,
     /// The command.
@@ -301,9 +294,6 @@ impl TaskRecord {
             created: now(),
             changed: now(),
             addresses: Vec::new(),
-            gw_ip: None,
-            spec: None,
-            pid: None,
             detached: true,
             command: command.to_vec(),
         }
@@ -357,15 +347,8 @@ pub const GWBRIDGE_PREFIX: u8 = 16;
 /// The node's address on it.
 pub const GWBRIDGE_GW: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
 
-/// Addresses a stopping task still holds (see [`Cluster::held_addresses`]).
-#[derive(Debug, Clone, Default)]
-pub struct Held {
-    swarm: Option<String>,
-    addresses: Vec<(String, String, Ipv4Addr)>,
-    gw_ip: Option<Ipv4Addr>,
-}
-
-/// Everything the daemon persists.
+/// The cluster's state: what the cluster wants and what it knows of its nodes and tasks,
+/// the same on every manager. What one node has for itself is [`crate::local::NodeLocal`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Cluster {
     /// Set by `swarm init`.
@@ -382,11 +365,6 @@ pub struct Cluster {
     pub service_meta: BTreeMap<String, Meta>,
     /// Tasks and standalone endpoints by id, history included.
     pub tasks: BTreeMap<String, TaskRecord>,
-    /// Gateway-bridge addresses in use.
-    pub gw_used: BTreeSet<u32>,
-    /// On a worker: what its manager assigned it last.
-    #[serde(default)]
-    pub assignment: Option<crate::dispatcher::Assignment>,
 }
 
 /// The bridge of an overlay network on this node.
@@ -429,56 +407,7 @@ impl Cluster {
             .filter(move |t| t.service.as_deref() == Some(service) && t.serving())
     }
 
-    /// Allocates an address on the gateway bridge.
-    pub fn gw_allocate(&mut self) -> Option<Ipv4Addr> {
-        let base = u32::from(GWBRIDGE_NET);
-        let a = (2..(1u32 << (32 - GWBRIDGE_PREFIX)) - 1)
-            .map(|i| base + i)
-            .find(|a| !self.gw_used.contains(a))?;
-        self.gw_used.insert(a);
-        Some(a.into())
-    }
-
-    /// What task `id` holds, to give back later with [`Cluster::release_held`]: its
-    /// addresses with the identity of their network, and its gateway-bridge address with
-    /// the swarm's.
-    pub fn held_addresses(&self, id: &str) -> Held {
-        let Some(t) = self.tasks.get(id) else {
-            return Held::default();
-        };
-        Held {
-            swarm: self.swarm.as_ref().map(|s| s.id.clone()),
-            addresses: t
-                .addresses
-                .iter()
-                .filter_map(|(net, ip)| {
-                    self.network_meta
-                        .get(net)
-                        .map(|m| (net.clone(), m.id.clone(), *ip))
-                })
-                .collect(),
-            gw_ip: t.gw_ip,
-        }
-    }
-
-    /// Gives back what [`Cluster::held_addresses`] recorded, where the network (and the
-    /// swarm) is still the same one: an address of a network removed and created again
-    /// meanwhile may belong to somebody else now.
-    pub fn release_held(&mut self, h: &Held) {
-        for (net, id, ip) in &h.addresses {
-            if self.network_meta.get(net).is_some_and(|m| m.id == *id) {
-                if let Some(n) = self.networks.get_mut(net) {
-                    let _ = n.addressing.release(*ip);
-                }
-            }
-        }
-        let same_swarm = self.swarm.as_ref().map(|s| &s.id) == h.swarm.as_ref();
-        if let (Some(g), true) = (h.gw_ip, same_swarm) {
-            self.gw_used.remove(&u32::from(g));
-        }
-    }
-
-    /// Returns every address a task holds (overlay and gateway bridge).
+    /// Gives back the addresses task `id` holds on its networks.
     pub fn release_addresses(&mut self, id: &str) {
         let Some(t) = self.tasks.get(id).cloned() else {
             return;
@@ -487,9 +416,6 @@ impl Cluster {
             if let Some(n) = self.networks.get_mut(net) {
                 let _ = n.addressing.release(*ip);
             }
-        }
-        if let Some(g) = t.gw_ip {
-            self.gw_used.remove(&u32::from(g));
         }
     }
 
@@ -930,9 +856,6 @@ mod tests {
             created: 0,
             changed: 0,
             addresses: vec![(net.into(), ip)],
-            gw_ip: None,
-            spec: None,
-            pid: None,
             detached: true,
             command: vec!["x".into()],
         }

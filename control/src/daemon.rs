@@ -35,6 +35,7 @@ use crate::dataplane::{DataPlane, NodeState};
 use crate::dispatcher::NetAttachment;
 use crate::dns::{Dns, DNS_ADDR};
 use crate::ipam::Subnet;
+use crate::local::{LocalTask, NodeLocal};
 use crate::network::CreateNetwork;
 use crate::publish::{self, PortConfig, PublishMode};
 use crate::service::{CreateService, EndpointMode, ServiceMode};
@@ -79,6 +80,8 @@ pub struct DaemonConfig {
 pub struct Daemon {
     cfg: DaemonConfig,
     cluster: Cluster,
+    /// What this node has for itself: its tasks' runtime, its last assignment.
+    local: NodeLocal,
     running: HashMap<String, Task>,
     dns_servers: HashMap<String, JoinHandle<()>>,
     dp: Box<dyn DataPlane>,
@@ -89,7 +92,7 @@ pub struct Daemon {
     /// States written to the store so far (see `Api::call`).
     saves: u64,
     /// Tasks being stopped off the state lock, with the addresses they still hold.
-    stopping: Vec<(JoinHandle<()>, cluster::Held)>,
+    stopping: Vec<(JoinHandle<()>, tasks::Held)>,
     /// On a manager: when each other node's last heartbeat arrived (not persisted: after
     /// a restart every node is Down until it beats again).
     heartbeats: HashMap<String, std::time::Instant>,
@@ -142,7 +145,7 @@ impl Daemon {
     /// Persists the state and pushes it to the data plane and the DNS.
     fn commit(&mut self) -> Result<(), Status> {
         self.store
-            .save(&self.cluster)
+            .save(&self.cluster, &self.local)
             .map_err(|e| Status::internal(format!("saving state: {e:#}")))?;
         self.saves += 1;
         self.changes.send_modify(|v| *v += 1);
@@ -153,7 +156,7 @@ impl Daemon {
     /// worker from its assignment.
     fn push(&mut self) -> Result<(), Status> {
         let me = self.cluster.swarm.as_ref();
-        let (st, dns) = match (me, &self.cluster.assignment) {
+        let (st, dns) = match (me, &self.local.assignment) {
             (Some(s), Some(a)) if !s.is_manager() => {
                 let mut st = a.state.clone();
                 st.vxlan_port = s.data_path_port;
@@ -219,11 +222,12 @@ pub fn run(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> {
 
 async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> {
     let store = Store::open(&cfg.data_root.join("state.redb"))?;
-    let cluster = store.load()?.unwrap_or_default();
+    let (cluster, local) = store.load()?.unwrap_or_default();
     let dns = Dns::new(cfg.dns_upstream);
     let mut d = Daemon {
         cfg: cfg.clone(),
         cluster,
+        local,
         running: HashMap::new(),
         dns_servers: HashMap::new(),
         dp,

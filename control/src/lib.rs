@@ -22,6 +22,7 @@ pub mod dataplane;
 pub mod dispatcher;
 pub mod dns;
 pub mod ipam;
+pub mod local;
 pub mod logs;
 pub mod network;
 pub mod publish;

@@ -1,10 +1,12 @@
-//! Persistence: the cluster state in a redb database (`<data-root>/state.redb`).
+//! Persistence: the cluster state and this node's own state in a redb database
+//! (`<data-root>/state.redb`).
 //!
-//! The whole [`Cluster`] is one JSON value written in one redb write transaction after
-//! every change, so a crash leaves either the state before the change or the state after
-//! it, never a mixture. A cluster of one node holds a few hundred objects; rewriting them
-//! is cheaper than keeping per-object tables consistent by hand. Raft (a later issue) will
-//! replace this with a replicated log whose snapshots use the same serialisation.
+//! The [`Cluster`] and the [`NodeLocal`] are two JSON values written in one redb write
+//! transaction after every change, so a crash leaves either the state before the change
+//! or the state after it, never a mixture. A state stored before the two were split (one
+//! value with the tasks' runtime inside) is read as both. Raft (a later part) will
+//! replace the cluster's value with a replicated log whose snapshots use the same
+//! serialisation; the node's stays here.
 //!
 //! The file is readable by its owner only: the state holds this node's TLS key and, on a
 //! manager, the cluster CA's key (SwarmKit keeps the CA key in its Raft store, encrypted
@@ -16,9 +18,11 @@ use anyhow::Context;
 use redb::{Database, TableDefinition};
 
 use crate::cluster::Cluster;
+use crate::local::NodeLocal;
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const KEY: &str = "cluster";
+const LOCAL: &str = "local";
 
 /// The state database.
 pub struct Store {
@@ -41,8 +45,8 @@ impl Store {
         Ok(Store { db })
     }
 
-    /// The stored cluster, or `None` on first start.
-    pub fn load(&self) -> anyhow::Result<Option<Cluster>> {
+    /// The stored cluster and node states, or `None` on first start.
+    pub fn load(&self) -> anyhow::Result<Option<(Cluster, NodeLocal)>> {
         let tx = self.db.begin_read()?;
         let table = match tx.open_table(STATE) {
             Ok(t) => t,
@@ -52,17 +56,25 @@ impl Store {
         let Some(v) = table.get(KEY)? else {
             return Ok(None);
         };
-        let c = serde_json::from_slice(v.value()).context("decoding the stored state")?;
-        Ok(Some(c))
+        let value: serde_json::Value =
+            serde_json::from_slice(v.value()).context("decoding the stored state")?;
+        let local = match table.get(LOCAL)? {
+            Some(l) => serde_json::from_slice(l.value()).context("decoding this node's state")?,
+            None => NodeLocal::from_legacy(&value),
+        };
+        let c = serde_json::from_value(value).context("decoding the stored state")?;
+        Ok(Some((c, local)))
     }
 
-    /// Stores `c`, atomically.
-    pub fn save(&self, c: &Cluster) -> anyhow::Result<()> {
+    /// Stores `c` and `local`, atomically.
+    pub fn save(&self, c: &Cluster, local: &NodeLocal) -> anyhow::Result<()> {
         let bytes = serde_json::to_vec(c)?;
+        let local = serde_json::to_vec(local)?;
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(STATE)?;
             t.insert(KEY, bytes.as_slice())?;
+            t.insert(LOCAL, local.as_slice())?;
         }
         tx.commit()?;
         Ok(())
@@ -91,7 +103,7 @@ mod tests {
                     ..Default::default()
                 })
                 .unwrap();
-            s.save(&c).unwrap();
+            s.save(&c, &NodeLocal::default()).unwrap();
         }
         let s = Store::open(&path).unwrap();
         {
@@ -99,7 +111,7 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "keys inside: owner only");
         }
-        let c = s.load().unwrap().unwrap();
+        let (c, _) = s.load().unwrap().unwrap();
         let n = c.networks.get("my-overlay").unwrap();
         assert!(n.encrypted);
         assert_eq!(n.mtu, 1424);

@@ -19,7 +19,7 @@ impl Daemon {
                 ))
             }
         }
-        if self.cluster.assignment.as_ref() == Some(&a) {
+        if self.local.assignment.as_ref() == Some(&a) {
             return Ok(());
         }
         tracing::debug!(
@@ -27,7 +27,7 @@ impl Daemon {
             networks = a.state.networks.len(),
             "new assignment"
         );
-        self.cluster.assignment = Some(a);
+        self.local.assignment = Some(a);
         self.run_assigned();
         self.commit()
     }
@@ -36,7 +36,7 @@ impl Daemon {
     /// at most [`STARTS_PER_ROUND`] tasks per call (the reconcile loop calls again).
     pub(super) fn run_assigned(&mut self) -> bool {
         let (Some(a), Some(me)) = (
-            self.cluster.assignment.clone(),
+            self.local.assignment.clone(),
             self.cluster.swarm.as_ref().map(|s| s.node_id.clone()),
         ) else {
             return false;

@@ -388,6 +388,7 @@ impl Daemon {
             self.stop_task(id, crate::cluster::Status::Shutdown);
         }
         self.cluster = Cluster::default();
+        self.local = crate::local::NodeLocal::default();
         self.heartbeats.clear();
         let _ = ip(&["link", "del", GWBRIDGE]);
         self.commit()?;

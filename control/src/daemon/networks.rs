@@ -53,7 +53,7 @@ impl Daemon {
             if !s.is_manager() {
                 return Ok(api::NetworkListReply {
                     networks: self
-                        .cluster
+                        .local
                         .assignment
                         .iter()
                         .flat_map(|a| &a.networks)

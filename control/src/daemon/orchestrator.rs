@@ -158,7 +158,6 @@ impl Daemon {
                 self.cluster.release_addresses(&id);
                 let t = self.cluster.tasks.get_mut(&id).expect("inserted");
                 t.addresses.clear();
-                t.gw_ip = None;
                 t.desired = Desired::Shutdown;
                 t.error = Some(e);
             }

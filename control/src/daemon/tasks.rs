@@ -4,6 +4,16 @@
 
 use super::*;
 
+/// What a stopping task still holds, to give back once its stop has finished: its
+/// addresses with the identity of their network, and its gateway-bridge address with the
+/// swarm's.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Held {
+    swarm: Option<String>,
+    addresses: Vec<(String, String, Ipv4Addr)>,
+    gw_ip: Option<Ipv4Addr>,
+}
+
 impl Daemon {
     /// The allocator: an address for task `id` on each of `nets`, all or none.
     pub(super) fn allocate(&mut self, id: &str, nets: &[String]) -> Result<(), String> {
@@ -40,11 +50,8 @@ impl Daemon {
     /// server. On failure the gateway-bridge address is given back; the caller gives back
     /// the rest.
     pub(super) fn start_task(&mut self, id: &str, attach: &[NetAttachment]) -> Result<(), String> {
-        let Some(gw_ip) = self.cluster.gw_allocate() else {
+        let Some(gw_ip) = self.local.gw_allocate() else {
             return Err("no address left on the gateway bridge".into());
-        };
-        let release = |c: &mut Cluster| {
-            c.gw_used.remove(&u32::from(gw_ip));
         };
         let rec = self.cluster.tasks[id].clone();
         let mut attachments = Vec::new();
@@ -157,7 +164,7 @@ impl Daemon {
         let task = match Task::start(spec.clone()) {
             Ok(t) => t,
             Err(e) => {
-                release(&mut self.cluster);
+                self.local.gw_release(gw_ip);
                 return Err(e.to_string());
             }
         };
@@ -168,11 +175,11 @@ impl Daemon {
         self.running.insert(rec.id.clone(), task);
         let dns_nets: Vec<String> = attach.iter().map(|a| a.network.clone()).collect();
         self.start_dns(&rec.id, &ns, dns_nets);
+        self.local
+            .tasks
+            .insert(id.to_owned(), LocalTask { spec, pid, gw_ip });
         let t = self.cluster.tasks.get_mut(id).expect("exists");
         t.addresses = attach.iter().map(|a| (a.network.clone(), a.ip)).collect();
-        t.gw_ip = Some(gw_ip);
-        t.spec = Some(spec);
-        t.pid = pid;
         t.status = TStatus::Running;
         t.changed = now();
         Ok(())
@@ -206,10 +213,11 @@ impl Daemon {
         }
         let was_live = self.cluster.tasks.get(id).is_some_and(|t| t.live());
         let held = if was_live {
-            self.cluster.held_addresses(id)
+            self.held(id)
         } else {
-            cluster::Held::default()
+            Held::default()
         };
+        self.local.tasks.remove(id);
         match self.running.remove(id) {
             Some(t) => {
                 let h = self.rt.spawn_blocking(move || {
@@ -217,7 +225,7 @@ impl Daemon {
                 });
                 self.stopping.push((h, held));
             }
-            None => self.cluster.release_held(&held),
+            None => self.release_held(&held),
         }
         if let Some(t) = self.cluster.tasks.get_mut(id) {
             t.desired = Desired::Shutdown;
@@ -225,7 +233,49 @@ impl Daemon {
                 t.status = status;
                 t.changed = now();
             }
-            t.pid = None;
+        }
+    }
+
+    /// What task `id` holds (see [`Held`]).
+    fn held(&self, id: &str) -> Held {
+        let Some(t) = self.cluster.tasks.get(id) else {
+            return Held::default();
+        };
+        Held {
+            swarm: self.cluster.swarm.as_ref().map(|s| s.id.clone()),
+            addresses: t
+                .addresses
+                .iter()
+                .filter_map(|(net, ip)| {
+                    self.cluster
+                        .network_meta
+                        .get(net)
+                        .map(|m| (net.clone(), m.id.clone(), *ip))
+                })
+                .collect(),
+            gw_ip: self.local.tasks.get(id).map(|l| l.gw_ip),
+        }
+    }
+
+    /// Gives back what [`Daemon::held`] recorded, where the network (and the swarm) is
+    /// still the same one: an address of a network removed and created again meanwhile
+    /// may belong to somebody else now.
+    fn release_held(&mut self, h: &Held) {
+        for (net, id, ip) in &h.addresses {
+            if self
+                .cluster
+                .network_meta
+                .get(net)
+                .is_some_and(|m| m.id == *id)
+            {
+                if let Some(n) = self.cluster.networks.get_mut(net) {
+                    let _ = n.addressing.release(*ip);
+                }
+            }
+        }
+        let same_swarm = self.cluster.swarm.as_ref().map(|s| &s.id) == h.swarm.as_ref();
+        if let (Some(g), true) = (h.gw_ip, same_swarm) {
+            self.local.gw_release(g);
         }
     }
 
@@ -236,7 +286,7 @@ impl Daemon {
             .partition(|(h, _)| h.is_finished());
         self.stopping = pending;
         for (_, held) in &done {
-            self.cluster.release_held(held);
+            self.release_held(held);
         }
         !done.is_empty()
     }
@@ -255,32 +305,42 @@ impl Daemon {
             .filter(|t| t.live())
             .cloned()
             .collect();
+        let me = self.cluster.swarm.as_ref().map(|s| s.node_id.clone());
         for t in live {
-            let Some(spec) = t.spec.clone() else { continue };
+            let Some(l) = self.local.tasks.get(&t.id).cloned() else {
+                continue; // another node's (or a worker's assignment, not started)
+            };
             let ns_exists = std::path::Path::new("/run/netns")
                 .join(Task::namespace_of(&t.id))
                 .exists();
-            let alive = match (spec.command.is_empty(), t.pid) {
+            let alive = match (l.spec.command.is_empty(), l.pid) {
                 (true, _) => ns_exists,
                 (false, Some((pid, start))) => {
                     ns_exists && matches!(process_start_time(pid), Some((s, true)) if s == start)
                 }
                 (false, None) => false,
             };
-            let task = Task::adopt(spec, t.pid);
+            let task = Task::adopt(l.spec, l.pid);
             if alive {
                 self.running.insert(t.id.clone(), task);
                 let nets = t.addresses.iter().map(|(n, _)| n.clone()).collect();
                 self.start_dns(&t.id, &Task::namespace_of(&t.id), nets);
             } else {
                 task.stop(Duration::from_millis(100));
-                self.cluster.release_addresses(&t.id);
+                self.local.tasks.remove(&t.id);
+                self.local.gw_release(l.gw_ip);
+                // On a manager its addresses are the cluster's to give back; a worker
+                // reports the failure and its manager gives them back.
+                if me.as_deref() == Some(t.node.as_str())
+                    && self.cluster.swarm.as_ref().is_some_and(|s| s.is_manager())
+                {
+                    self.cluster.release_addresses(&t.id);
+                }
                 let r = self.cluster.tasks.get_mut(&t.id).expect("exists");
                 r.status = TStatus::Failed;
                 r.desired = Desired::Shutdown;
                 r.error = Some("task ended while the daemon was stopped".into());
                 r.changed = now();
-                r.pid = None;
             }
         }
         Ok(())
@@ -291,20 +351,20 @@ impl Daemon {
     pub(super) fn shutdown(&mut self) {
         for (h, held) in std::mem::take(&mut self.stopping) {
             let _ = self.rt.block_on(h);
-            self.cluster.release_held(&held);
+            self.release_held(&held);
         }
         for (_, h) in self.dns_servers.drain() {
             h.abort();
         }
         for (id, t) in self.running.drain() {
             let p = t.detach();
-            if let Some(r) = self.cluster.tasks.get_mut(&id) {
+            if let Some(l) = self.local.tasks.get_mut(&id) {
                 if p.is_some() {
-                    r.pid = p;
+                    l.pid = p;
                 }
             }
         }
-        if let Err(e) = self.store.save(&self.cluster) {
+        if let Err(e) = self.store.save(&self.cluster, &self.local) {
             tracing::error!("saving state at exit: {e:#}");
         }
     }
