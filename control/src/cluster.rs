@@ -57,44 +57,24 @@ pub fn random_id(n: usize) -> String {
         .collect()
 }
 
-/// `swarm init`'s result.
+/// The swarm as every manager knows it (SwarmKit's `Cluster` object): its identity, join
+/// tokens, root CA and settings. Who this node is in it is [`crate::local::Membership`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwarmInfo {
     /// Cluster id.
     pub id: String,
-    /// This node's id.
-    pub node_id: String,
-    /// Address other managers reach this node at (port 2377).
-    pub advertise_addr: Ipv4Addr,
-    /// Address for VXLAN traffic.
-    pub datapath_addr: Ipv4Addr,
-    /// Join token for workers (managers only).
+    /// Join token for workers.
     pub worker_token: String,
-    /// Join token for managers (managers only).
+    /// Join token for managers.
     pub manager_token: String,
     /// When.
     pub created: u64,
-    /// `manager` or `worker`: this node's role, as its certificate says.
-    #[serde(default = "manager_role")]
-    pub role: String,
     /// The cluster's root certificate, PEM.
     #[serde(default)]
     pub root_ca_cert: String,
-    /// The root's key, PEM (managers only).
+    /// The root's key, PEM.
     #[serde(default)]
     pub root_ca_key: Option<String>,
-    /// This node's certificate, PEM.
-    #[serde(default)]
-    pub node_cert: String,
-    /// This node's key, PEM.
-    #[serde(default)]
-    pub node_key: String,
-    /// Where a manager listens (`--listen-addr`, 0.0.0.0:2377 by default).
-    #[serde(default = "default_listen")]
-    pub listen_addr: String,
-    /// The manager a worker keeps its session with (`ip:port`).
-    #[serde(default)]
-    pub manager_addr: Option<String>,
     /// Node certificates' validity in seconds (`--cert-expiry`; 90 days).
     #[serde(default = "default_cert_expiry")]
     pub cert_expiry_secs: u64,
@@ -110,23 +90,8 @@ fn default_data_path_port() -> u16 {
 /// Docker's VXLAN port.
 pub const DEFAULT_DATA_PATH_PORT: u16 = 4789;
 
-fn manager_role() -> String {
-    "manager".into()
-}
-
-fn default_listen() -> String {
-    format!("0.0.0.0:{}", crate::remote::PORT)
-}
-
 fn default_cert_expiry() -> u64 {
     crate::ca::DEFAULT_NODE_EXPIRY.as_secs()
-}
-
-impl SwarmInfo {
-    /// Whether this node is a manager.
-    pub fn is_manager(&self) -> bool {
-        self.role == "manager"
-    }
 }
 
 /// A node of the cluster.
@@ -351,7 +316,7 @@ pub const GWBRIDGE_GW: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
 /// the same on every manager. What one node has for itself is [`crate::local::NodeLocal`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Cluster {
-    /// Set by `swarm init`.
+    /// Set by `swarm init` (on managers: a worker holds no cluster state).
     pub swarm: Option<SwarmInfo>,
     /// Nodes.
     pub nodes: Vec<NodeRecord>,
@@ -638,15 +603,14 @@ impl Cluster {
         v
     }
 
-    /// `network inspect`'s document for network `name`.
-    pub fn network_json(&self, name: &str, node_addr: Ipv4Addr) -> Option<Value> {
+    /// `network inspect`'s document for network `name`, as node `me` (data-path address
+    /// `node_addr`) shows it.
+    pub fn network_json(&self, name: &str, me: &str, node_addr: Ipv4Addr) -> Option<Value> {
         let n = self.networks.get(name)?;
         let meta = self.network_meta.get(name).cloned().unwrap_or_default();
         let mut containers = serde_json::Map::new();
         // Docker lists the endpoints on this node.
-        for t in self.tasks.values().filter(|t| {
-            t.live() && Some(t.node.as_str()) == self.swarm.as_ref().map(|s| s.node_id.as_str())
-        }) {
+        for t in self.tasks.values().filter(|t| t.live() && t.node == me) {
             if let Some((_, ip)) = t.addresses.iter().find(|(m, _)| *m == n.name) {
                 containers.insert(
                     t.id.clone(),
@@ -708,12 +672,11 @@ impl Cluster {
         }
         // The nodes that have the network: this one (a manager has every network) and
         // those with a task on it, by their data-path address.
-        let me = self.swarm.as_ref().map(|s| s.node_id.as_str());
         let peers: Vec<Value> = self
             .nodes
             .iter()
             .filter(|nd| {
-                Some(nd.id.as_str()) == me
+                nd.id == me
                     || self.tasks.values().any(|t| {
                         t.node == nd.id
                             && t.active()

@@ -121,6 +121,21 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 impl Daemon {
+    /// This node's place in the swarm, if it is in one.
+    fn me(&self) -> Option<&crate::local::Membership> {
+        self.local.swarm.as_ref()
+    }
+
+    /// This node's ID, if it is in a swarm.
+    fn my_id(&self) -> Option<&str> {
+        self.me().map(|m| m.node_id.as_str())
+    }
+
+    /// Whether this node is a manager.
+    fn is_manager(&self) -> bool {
+        self.me().is_some_and(|m| m.is_manager())
+    }
+
     fn not_swarm() -> Status {
         Status::failed_precondition(
             "This node is not a swarm manager. Use \"swarmgate swarm init\" to connect this node to swarm and try again.",
@@ -155,7 +170,7 @@ impl Daemon {
     /// Programs the data plane and the DNS: on a manager from the cluster state, on a
     /// worker from its assignment.
     fn push(&mut self) -> Result<(), Status> {
-        let me = self.cluster.swarm.as_ref();
+        let me = self.me();
         let (st, dns) = match (me, &self.local.assignment) {
             (Some(s), Some(a)) if !s.is_manager() => {
                 let mut st = a.state.clone();

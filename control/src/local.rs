@@ -24,9 +24,46 @@ pub struct LocalTask {
     pub gw_ip: Ipv4Addr,
 }
 
+/// This node's place in a swarm: who it is, how it proves it and where it talks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The cluster's ID (its certificate's O).
+    pub cluster_id: String,
+    /// This node's ID (its certificate's CN).
+    pub node_id: String,
+    /// `manager` or `worker`, as its certificate says.
+    pub role: String,
+    /// Address the other nodes reach it at (2377).
+    pub advertise_addr: Ipv4Addr,
+    /// Address for VXLAN traffic.
+    pub datapath_addr: Ipv4Addr,
+    /// The cluster's root certificate, PEM (what it trusts).
+    pub root_ca_cert: String,
+    /// Its certificate, PEM.
+    pub node_cert: String,
+    /// Its key, PEM.
+    pub node_key: String,
+    /// Where a manager listens (`--listen-addr`, 0.0.0.0:2377 by default).
+    pub listen_addr: String,
+    /// The manager a worker keeps its session with (`ip:port`).
+    pub manager_addr: Option<String>,
+    /// The swarm's VXLAN UDP port, as it joined (a manager's is the cluster's).
+    pub data_path_port: u16,
+}
+
+impl Membership {
+    /// Whether this node is a manager.
+    pub fn is_manager(&self) -> bool {
+        self.role == "manager"
+    }
+}
+
 /// This node's own state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeLocal {
+    /// Its place in the swarm, when it is in one.
+    #[serde(default)]
+    pub swarm: Option<Membership>,
     /// The tasks started here, by task ID, while they hold a namespace.
     pub tasks: BTreeMap<String, LocalTask>,
     /// Gateway-bridge addresses in use.
@@ -82,8 +119,58 @@ impl NodeLocal {
             .get("assignment")
             .and_then(|a| serde_json::from_value::<Option<Assignment>>(a.clone()).ok())
             .flatten();
+        l.swarm = legacy_membership(cluster);
         l
     }
+}
+
+/// The membership inside a cluster state stored before it was split out (the swarm
+/// record held this node's ID, role, addresses, certificate and key).
+pub fn legacy_membership(cluster: &serde_json::Value) -> Option<Membership> {
+    #[derive(Deserialize)]
+    struct Legacy {
+        id: String,
+        node_id: String,
+        advertise_addr: Ipv4Addr,
+        datapath_addr: Ipv4Addr,
+        #[serde(default = "manager")]
+        role: String,
+        #[serde(default)]
+        root_ca_cert: String,
+        #[serde(default)]
+        node_cert: String,
+        #[serde(default)]
+        node_key: String,
+        #[serde(default = "listen")]
+        listen_addr: String,
+        #[serde(default)]
+        manager_addr: Option<String>,
+        #[serde(default = "port")]
+        data_path_port: u16,
+    }
+    fn manager() -> String {
+        "manager".into()
+    }
+    fn listen() -> String {
+        format!("0.0.0.0:{}", crate::remote::PORT)
+    }
+    fn port() -> u16 {
+        crate::cluster::DEFAULT_DATA_PATH_PORT
+    }
+    let l: Legacy = serde_json::from_value(cluster.get("swarm")?.clone()).ok()?;
+    Some(Membership {
+        cluster_id: l.id,
+        node_id: l.node_id,
+        role: l.role,
+        advertise_addr: l.advertise_addr,
+        datapath_addr: l.datapath_addr,
+        root_ca_cert: l.root_ca_cert,
+        node_cert: l.node_cert,
+        node_key: l.node_key,
+        listen_addr: l.listen_addr,
+        manager_addr: l.manager_addr,
+        data_path_port: l.data_path_port,
+    })
 }
 
 #[cfg(test)]

@@ -58,11 +58,18 @@ impl Store {
         };
         let value: serde_json::Value =
             serde_json::from_slice(v.value()).context("decoding the stored state")?;
-        let local = match table.get(LOCAL)? {
+        let mut local: NodeLocal = match table.get(LOCAL)? {
             Some(l) => serde_json::from_slice(l.value()).context("decoding this node's state")?,
             None => NodeLocal::from_legacy(&value),
         };
-        let c = serde_json::from_value(value).context("decoding the stored state")?;
+        if local.swarm.is_none() {
+            // Stored before the membership moved out of the cluster state.
+            local.swarm = crate::local::legacy_membership(&value);
+        }
+        let mut c: Cluster = serde_json::from_value(value).context("decoding the stored state")?;
+        if local.swarm.as_ref().is_some_and(|m| !m.is_manager()) {
+            c.swarm = None; // a worker holds no cluster state
+        }
         Ok(Some((c, local)))
     }
 
@@ -117,5 +124,49 @@ mod tests {
         assert_eq!(n.mtu, 1424);
         assert_eq!(n.vni.get(), 4096);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_state_stored_before_the_split_is_read_as_cluster_and_node() {
+        let dir = std::env::temp_dir().join(format!("sg-store-legacy-{}", std::process::id()));
+        let path = dir.join("state.redb");
+        let _ = std::fs::remove_dir_all(&dir);
+        let swarm = |role: &str| {
+            serde_json::json!({
+                "id": "c1", "node_id": "n1", "advertise_addr": "10.1.1.1",
+                "datapath_addr": "10.1.1.1", "worker_token": "", "manager_token": "",
+                "created": 1, "role": role, "root_ca_cert": "ROOT", "node_cert": "CERT",
+                "node_key": "KEY", "listen_addr": "0.0.0.0:2377",
+                "manager_addr": "10.1.1.9:2377", "cert_expiry_secs": 7776000,
+                "data_path_port": 4790
+            })
+        };
+        for role in ["worker", "manager"] {
+            let s = Store::open(&path).unwrap();
+            let legacy = serde_json::json!({
+                "swarm": swarm(role), "nodes": [],
+                "networks": serde_json::to_value(Cluster::default().networks).unwrap(),
+                "network_meta": {}, "services": serde_json::to_value(Cluster::default().services).unwrap(),
+                "service_meta": {}, "tasks": {}, "gw_used": [2886860802u32]
+            });
+            let tx = s.db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(STATE).unwrap();
+                t.insert(KEY, serde_json::to_vec(&legacy).unwrap().as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+            let (c, local) = s.load().unwrap().unwrap();
+            let m = local.swarm.expect("membership");
+            assert_eq!((m.node_id.as_str(), m.cluster_id.as_str()), ("n1", "c1"));
+            assert_eq!((m.node_cert.as_str(), m.node_key.as_str()), ("CERT", "KEY"));
+            assert_eq!(m.manager_addr.as_deref(), Some("10.1.1.9:2377"));
+            assert_eq!(m.data_path_port, 4790);
+            assert_eq!(local.gw_used.len(), 1);
+            // A worker keeps no cluster state; a manager keeps the swarm's.
+            assert_eq!(c.swarm.is_some(), role == "manager", "{role}");
+            drop(s);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }

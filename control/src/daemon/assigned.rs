@@ -11,8 +11,8 @@ impl Daemon {
     /// Takes a new assignment from this worker's manager: keeps it (persisted, so a
     /// restarted worker carries on with it) and runs it.
     pub(crate) fn assign(&mut self, a: Assignment) -> Result<(), Status> {
-        match &self.cluster.swarm {
-            Some(s) if !s.is_manager() => {}
+        match self.me() {
+            Some(m) if !m.is_manager() => {}
             _ => {
                 return Err(Status::failed_precondition(
                     "only a worker takes assignments from a manager",
@@ -37,7 +37,7 @@ impl Daemon {
     pub(super) fn run_assigned(&mut self) -> bool {
         let (Some(a), Some(me)) = (
             self.local.assignment.clone(),
-            self.cluster.swarm.as_ref().map(|s| s.node_id.clone()),
+            self.my_id().map(str::to_owned),
         ) else {
             return false;
         };

@@ -51,7 +51,8 @@ impl Daemon {
             }
             nets.push(net_name);
         }
-        let node = self.require_manager()?.node_id.clone();
+        self.require_manager()?;
+        let node = self.my_id().unwrap_or_default().to_owned();
         let id = random_id(8);
         let t = TaskRecord {
             service: None,

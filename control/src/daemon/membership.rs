@@ -14,6 +14,7 @@ use crate::ca::{self, NodeIdentity, Role, RootCa};
 use crate::cluster::{now, random_id, Cluster, Meta, NodeRecord, SwarmInfo};
 use crate::cluster_api as capi;
 use crate::dispatcher::{apply_reports, assignment, parse_status, Report};
+use crate::local::Membership;
 use crate::network::CreateNetwork;
 
 /// Docker's answer to a cluster command typed on a worker.
@@ -107,11 +108,11 @@ fn status_of(e: ca::CaError) -> Status {
 impl Daemon {
     /// The swarm, on a manager; Docker's answer on a worker.
     pub(super) fn require_manager(&self) -> Result<&SwarmInfo, Status> {
-        let s = self.cluster.swarm.as_ref().ok_or_else(Self::not_swarm)?;
-        if !s.is_manager() {
+        let m = self.me().ok_or_else(Self::not_swarm)?;
+        if !m.is_manager() {
             return Err(Status::failed_precondition(NOT_A_MANAGER));
         }
-        Ok(s)
+        self.cluster.swarm.as_ref().ok_or_else(Self::not_swarm)
     }
 
     fn addr_or_own(&self, s: &str, what: &str) -> Result<Ipv4Addr, Status> {
@@ -136,12 +137,14 @@ impl Daemon {
         Ok((a, d))
     }
 
-    /// Makes `c` the state and commits it; on failure the previous state is back, in
-    /// memory and on disk.
-    fn replace_cluster(&mut self, c: Cluster) -> Result<(), Status> {
+    /// Makes `c` the cluster state and `m` this node's membership, and commits both; on
+    /// failure the previous state is back, in memory and on disk.
+    fn replace_cluster(&mut self, c: Cluster, m: Option<Membership>) -> Result<(), Status> {
         let old = std::mem::replace(&mut self.cluster, c);
+        let old_m = std::mem::replace(&mut self.local.swarm, m);
         if let Err(e) = self.commit() {
             self.cluster = old;
+            self.local.swarm = old_m;
             let _ = self.commit();
             return Err(e);
         }
@@ -162,7 +165,7 @@ impl Daemon {
         &mut self,
         r: api::SwarmInitRequest,
     ) -> Result<api::SwarmInitReply, Status> {
-        if self.cluster.swarm.is_some() {
+        if self.me().is_some() {
             return Err(Status::already_exists(
                 "This node is already part of a swarm. Use \"swarmgate swarm leave --force\" to leave this swarm and join another one.",
             ));
@@ -188,21 +191,26 @@ impl Daemon {
         let expiry = ca::DEFAULT_NODE_EXPIRY;
         let (key, cert) = manager_certificate(&root, &node_id, &cluster_id, now_t, expiry)?;
         let mut c = self.cluster.clone();
-        c.swarm = Some(SwarmInfo {
-            id: cluster_id,
+        let me = Membership {
+            cluster_id: cluster_id.clone(),
             node_id: node_id.clone(),
+            role: Role::Manager.name().into(),
             advertise_addr: advertise,
             datapath_addr: datapath,
-            worker_token: root.new_join_token().map_err(status_of)?,
-            manager_token: root.new_join_token().map_err(status_of)?,
-            created: now(),
-            role: Role::Manager.name().into(),
             root_ca_cert: root.cert_pem().to_owned(),
-            root_ca_key: root.key_pem().map(str::to_owned),
             node_cert: cert,
             node_key: key,
             listen_addr: listen,
             manager_addr: None,
+            data_path_port,
+        };
+        c.swarm = Some(SwarmInfo {
+            id: cluster_id,
+            worker_token: root.new_join_token().map_err(status_of)?,
+            manager_token: root.new_join_token().map_err(status_of)?,
+            created: now(),
+            root_ca_cert: root.cert_pem().to_owned(),
+            root_ca_key: root.key_pem().map(str::to_owned),
             cert_expiry_secs: expiry.as_secs(),
             data_path_port,
         });
@@ -237,13 +245,13 @@ impl Daemon {
             })
             .map_err(bad)?;
         c.network_meta.insert("ingress".into(), Meta::new());
-        self.replace_cluster(c)?;
+        self.replace_cluster(c, Some(me))?;
         let s = self.cluster.swarm.as_ref().expect("set");
         Ok(api::SwarmInitReply {
-            node_id: s.node_id.clone(),
+            node_id: node_id_of(self),
             worker_token: s.worker_token.clone(),
             manager_token: s.manager_token.clone(),
-            advertise_addr: s.advertise_addr.to_string(),
+            advertise_addr: advertise.to_string(),
         })
     }
 
@@ -251,16 +259,21 @@ impl Daemon {
     /// placeholders nothing accepted) gets its root CA, its certificate and SwarmKit-format
     /// tokens. Called once at start, before the state is committed.
     pub(super) fn upgrade_swarm(&mut self) -> Result<(), Status> {
-        let Some(s) = &self.cluster.swarm else {
+        let (Some(me), Some(_)) = (self.local.swarm.as_ref(), self.cluster.swarm.as_ref()) else {
             return Ok(());
         };
-        if !s.node_cert.is_empty() || !s.is_manager() {
+        if !me.node_cert.is_empty() || !me.is_manager() {
             return Ok(());
         }
         let now_t = SystemTime::now();
         let root = RootCa::create(now_t).map_err(status_of)?;
-        let (key, cert) =
-            manager_certificate(&root, &s.node_id, &s.id, now_t, ca::DEFAULT_NODE_EXPIRY)?;
+        let (key, cert) = manager_certificate(
+            &root,
+            &me.node_id,
+            &me.cluster_id,
+            now_t,
+            ca::DEFAULT_NODE_EXPIRY,
+        )?;
         let (w, m) = (
             root.new_join_token().map_err(status_of)?,
             root.new_join_token().map_err(status_of)?,
@@ -268,10 +281,12 @@ impl Daemon {
         let s = self.cluster.swarm.as_mut().expect("checked");
         s.root_ca_cert = root.cert_pem().to_owned();
         s.root_ca_key = root.key_pem().map(str::to_owned);
-        s.node_cert = cert;
-        s.node_key = key;
         s.worker_token = w;
         s.manager_token = m;
+        let me = self.local.swarm.as_mut().expect("checked");
+        me.root_ca_cert = root.cert_pem().to_owned();
+        me.node_cert = cert;
+        me.node_key = key;
         tracing::warn!("the swarm has a root CA now; its join tokens changed");
         Ok(())
     }
@@ -279,7 +294,7 @@ impl Daemon {
     /// What `swarm join` may do, checked before any network traffic: this node is in no
     /// swarm, and the addresses are its own.
     pub(super) fn join_plan(&self, r: &api::SwarmJoinRequest) -> Result<Description, Status> {
-        if self.cluster.swarm.is_some() {
+        if self.me().is_some() {
             return Err(Status::already_exists(
                 "This node is already part of a swarm. Use \"swarmgate swarm leave\" to leave this swarm and join another one.",
             ));
@@ -300,34 +315,27 @@ impl Daemon {
         me: Description,
         listen_addr: &str,
     ) -> Result<api::SwarmJoinReply, Status> {
-        if self.cluster.swarm.is_some() {
+        if self.me().is_some() {
             return Err(Status::already_exists(
                 "This node is already part of a swarm.",
             ));
         }
         Self::ensure_gwbridge().map_err(|e| Status::internal(format!("{e:#}")))?;
-        let mut c = self.cluster.clone();
-        c.swarm = Some(SwarmInfo {
-            id: j.identity.cluster_id.clone(),
+        // A worker holds no cluster state: only its membership.
+        let member = Membership {
+            cluster_id: j.identity.cluster_id.clone(),
             node_id: j.identity.node_id.clone(),
+            role: j.identity.role.name().into(),
             advertise_addr: me.advertise_addr,
             datapath_addr: me.datapath_addr,
-            worker_token: String::new(),
-            manager_token: String::new(),
-            created: now(),
-            role: j.identity.role.name().into(),
             root_ca_cert: j.root_pem,
-            root_ca_key: None,
             node_cert: j.cert_pem,
             node_key: j.key_pem,
             listen_addr: parse_listen(listen_addr)?,
             manager_addr: Some(j.manager.to_string()),
-            cert_expiry_secs: (j.identity.not_after - j.identity.not_before).max(0) as u64,
             data_path_port: j.data_path_port,
-        });
-        c.nodes.clear();
-        c.networks.set_node_reserved(self.node_reserved());
-        self.replace_cluster(c)?;
+        };
+        self.replace_cluster(Cluster::default(), Some(member))?;
         Ok(api::SwarmJoinReply {
             node_id: j.identity.node_id,
             role: j.identity.role.name().into(),
@@ -359,6 +367,7 @@ impl Daemon {
             self.commit()?;
         }
         let s = self.cluster.swarm.as_ref().expect("checked");
+        let me = self.me().expect("a manager");
         Ok(api::JoinTokenReply {
             token: match role {
                 Role::Worker => s.worker_token.clone(),
@@ -366,17 +375,15 @@ impl Daemon {
             },
             manager_addr: format!(
                 "{}:{}",
-                s.advertise_addr,
-                s.listen_addr.rsplit_once(':').map_or("2377", |p| p.1)
+                me.advertise_addr,
+                me.listen_addr.rsplit_once(':').map_or("2377", |p| p.1)
             ),
         })
     }
 
     pub(super) fn swarm_leave(&mut self, r: api::SwarmLeaveRequest) -> Result<api::Empty, Status> {
         let s = self
-            .cluster
-            .swarm
-            .as_ref()
+            .me()
             .ok_or_else(|| Status::failed_precondition("This node is not part of a swarm"))?;
         if s.is_manager() && !r.force {
             return Err(Status::failed_precondition(
@@ -396,7 +403,8 @@ impl Daemon {
     }
 
     pub(super) fn node_list(&self) -> Result<api::NodeListReply, Status> {
-        let s = self.require_manager()?;
+        self.require_manager()?;
+        let me = self.my_id();
         // This node is Ready while its data plane forwards; it is the Leader as the one
         // manager holding the state. Other nodes are Ready while their heartbeats arrive
         // within the grace (3 periods), Down otherwise.
@@ -413,14 +421,14 @@ impl Daemon {
                     hostname: n.hostname.clone(),
                     status: if self.node_ready(n) { "Ready" } else { "Down" }.into(),
                     availability: capital(&n.availability),
-                    manager_status: match (n.role.as_str(), n.id == s.node_id) {
+                    manager_status: match (n.role.as_str(), Some(n.id.as_str()) == me) {
                         ("manager", true) => "Leader",
                         ("manager", false) => "Unreachable",
                         _ => "",
                     }
                     .into(),
                     engine_version: env!("CARGO_PKG_VERSION").into(),
-                    self_: n.id == s.node_id,
+                    self_: Some(n.id.as_str()) == me,
                     addr: n.addr.to_string(),
                 })
                 .collect(),
@@ -441,7 +449,7 @@ impl Daemon {
     }
 
     pub(super) fn node_ready(&self, n: &NodeRecord) -> bool {
-        let me = self.cluster.swarm.as_ref().map(|s| s.node_id.as_str());
+        let me = self.my_id();
         Some(n.id.as_str()) == me && self.dp.health().is_ok()
             || self
                 .heartbeats
@@ -594,26 +602,26 @@ impl Daemon {
     /// ([`ca::renewal_due`]); the listener picks the new one up from the state. Returns
     /// whether it did.
     pub(crate) fn renew_own_certificate(&mut self) -> Result<bool, Status> {
-        let Some(s) = &self.cluster.swarm else {
+        let (Some(m), Some(s)) = (self.me(), &self.cluster.swarm) else {
             return Ok(false);
         };
         let now_t = SystemTime::now();
         let secs = now_t
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        if !s.is_manager() || s.node_cert.is_empty() || !ca::renewal_due(&s.node_cert, secs) {
+        if !m.is_manager() || m.node_cert.is_empty() || !ca::renewal_due(&m.node_cert, secs) {
             return Ok(false);
         }
         let expiry = std::time::Duration::from_secs(s.cert_expiry_secs);
-        let (key, cert) = manager_certificate(&self.root()?, &s.node_id, &s.id, now_t, expiry)?;
-        let s = self.cluster.swarm.as_mut().expect("checked");
+        let (key, cert) = manager_certificate(&self.root()?, &m.node_id, &s.id, now_t, expiry)?;
+        let m = self.local.swarm.as_mut().expect("checked");
         let old = (
-            std::mem::replace(&mut s.node_cert, cert),
-            std::mem::replace(&mut s.node_key, key),
+            std::mem::replace(&mut m.node_cert, cert),
+            std::mem::replace(&mut m.node_key, key),
         );
         if let Err(e) = self.commit() {
-            let s = self.cluster.swarm.as_mut().expect("checked");
-            (s.node_cert, s.node_key) = old;
+            let m = self.local.swarm.as_mut().expect("checked");
+            (m.node_cert, m.node_key) = old;
             return Err(e);
         }
         tracing::info!("renewed this manager's certificate");
@@ -627,13 +635,13 @@ impl Daemon {
         key: String,
     ) -> Result<(), Status> {
         let s = self
-            .cluster
+            .local
             .swarm
             .as_mut()
             .ok_or_else(|| Status::failed_precondition("not in a swarm"))?;
         let id = ca::check_node_certificate(&s.root_ca_cert, &cert, &key)
             .map_err(|e| bad(e.to_string()))?;
-        if id.node_id != s.node_id || id.cluster_id != s.id || id.role.name() != s.role {
+        if id.node_id != s.node_id || id.cluster_id != s.cluster_id || id.role.name() != s.role {
             return Err(bad("the renewed certificate is for another node or role"));
         }
         s.node_cert = cert;
@@ -816,7 +824,7 @@ impl Daemon {
     /// A manager said this worker is no longer a member (`node rm`): it leaves the swarm,
     /// as a Docker node does, instead of knocking forever.
     pub(crate) fn removed_by_manager(&mut self) -> Result<(), Status> {
-        if self.cluster.swarm.as_ref().is_some_and(|s| !s.is_manager()) {
+        if self.me().is_some_and(|m| !m.is_manager()) {
             tracing::error!("this node was removed from the swarm by a manager; leaving it");
             self.swarm_leave(api::SwarmLeaveRequest { force: true })?;
         }
@@ -825,7 +833,7 @@ impl Daemon {
 
     /// What the node runtime should run for the current state.
     pub(crate) fn want(&self) -> Want {
-        let Some(s) = &self.cluster.swarm else {
+        let Some(s) = self.me() else {
             return Want::Nothing;
         };
         if s.node_cert.is_empty() {
@@ -882,4 +890,9 @@ fn valid_hostname(s: &str) -> Result<String, Status> {
         return Err(bad(format!("invalid host name {s:?}")));
     }
     Ok(s.to_owned())
+}
+
+/// This node's ID, once it is in a swarm.
+fn node_id_of(d: &Daemon) -> String {
+    d.my_id().unwrap_or_default().to_owned()
 }

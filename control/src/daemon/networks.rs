@@ -49,8 +49,8 @@ impl Daemon {
 
     pub(super) fn network_list(&self) -> Result<api::NetworkListReply, Status> {
         // A worker lists the networks it has (those its tasks are on), as Docker's does.
-        if let Some(s) = &self.cluster.swarm {
-            if !s.is_manager() {
+        if let Some(m) = self.me() {
+            if !m.is_manager() {
                 return Ok(api::NetworkListReply {
                     networks: self
                         .local
@@ -108,7 +108,8 @@ impl Daemon {
     }
 
     pub(super) fn network_inspect(&self, r: api::NamesRequest) -> Result<api::JsonReply, Status> {
-        let s = self.require_manager()?;
+        self.require_manager()?;
+        let me = self.me().expect("a manager");
         let mut docs = Vec::new();
         for n in &r.names {
             let name = self
@@ -116,7 +117,7 @@ impl Daemon {
                 .ok_or_else(|| Status::not_found(format!("network {n} not found")))?;
             docs.push(
                 self.cluster
-                    .network_json(&name, s.datapath_addr)
+                    .network_json(&name, &me.node_id, me.datapath_addr)
                     .expect("exists"),
             );
         }

@@ -55,7 +55,7 @@ impl Daemon {
     /// node by no longer wanting it — that node stops it when its assignment says so and
     /// reports it, and only then are its addresses free.
     pub(super) fn shutdown_task(&mut self, id: &str) {
-        let me = self.cluster.swarm.as_ref().map(|s| s.node_id.clone());
+        let me = self.my_id().map(str::to_owned);
         let here = self.running.contains_key(id);
         match self.cluster.tasks.get_mut(id) {
             Some(t) if Some(&t.node) != me.as_ref() && !here => {
@@ -74,9 +74,7 @@ impl Daemon {
     /// its assignment no longer lists it.
     pub(super) fn forget_task(&mut self, id: &str) {
         let remote_active = self.cluster.tasks.get(id).is_some_and(|t| {
-            t.active()
-                && Some(&t.node) != self.cluster.swarm.as_ref().map(|s| &s.node_id)
-                && !self.running.contains_key(id)
+            t.active() && Some(t.node.as_str()) != self.my_id() && !self.running.contains_key(id)
         });
         if remote_active {
             self.cluster.release_addresses(id);
@@ -129,7 +127,7 @@ impl Daemon {
     /// allocator, then started here or assigned to its node (which starts it when its
     /// assignment arrives). A task that cannot be placed is recorded Rejected.
     fn launch(&mut self, s: &crate::service::Service, slot: u32, version: u64, target: &str) {
-        let me = self.cluster.swarm.as_ref().map(|s| s.node_id.clone());
+        let me = self.my_id().map(str::to_owned);
         let id = random_id(8);
         self.cluster.tasks.insert(
             id.clone(),
@@ -168,7 +166,7 @@ impl Daemon {
     /// their heartbeats — after a grace of three periods from this daemon's start too, so
     /// that a restarted manager does not move every task before the nodes beat again.
     fn nodes_down(&self) -> Vec<String> {
-        let me = self.cluster.swarm.as_ref().map(|s| s.node_id.as_str());
+        let me = self.my_id();
         let settled = self.started.elapsed() > agent::HEARTBEAT_PERIOD * HEARTBEAT_GRACE;
         self.cluster
             .nodes
@@ -210,7 +208,7 @@ impl Daemon {
             changed = true;
         }
         // 2. Services.
-        let Some(manager) = self.cluster.swarm.as_ref().map(|s| s.is_manager()) else {
+        let Some(manager) = self.me().map(|m| m.is_manager()) else {
             return changed;
         };
         if !manager {

@@ -242,7 +242,7 @@ impl Daemon {
             return Held::default();
         };
         Held {
-            swarm: self.cluster.swarm.as_ref().map(|s| s.id.clone()),
+            swarm: self.me().map(|m| m.cluster_id.clone()),
             addresses: t
                 .addresses
                 .iter()
@@ -273,7 +273,7 @@ impl Daemon {
                 }
             }
         }
-        let same_swarm = self.cluster.swarm.as_ref().map(|s| &s.id) == h.swarm.as_ref();
+        let same_swarm = self.me().map(|m| &m.cluster_id) == h.swarm.as_ref();
         if let (Some(g), true) = (h.gw_ip, same_swarm) {
             self.local.gw_release(g);
         }
@@ -295,7 +295,7 @@ impl Daemon {
     /// namespace is still there), restarts their DNS servers; the others are recorded as
     /// failed, cleaned up, and replaced by the reconcile loop.
     pub(super) fn restore(&mut self) -> anyhow::Result<()> {
-        if self.cluster.swarm.is_some() {
+        if self.me().is_some() {
             Self::ensure_gwbridge()?;
         }
         let live: Vec<TaskRecord> = self
@@ -305,7 +305,7 @@ impl Daemon {
             .filter(|t| t.live())
             .cloned()
             .collect();
-        let me = self.cluster.swarm.as_ref().map(|s| s.node_id.clone());
+        let me = self.my_id().map(str::to_owned);
         for t in live {
             let Some(l) = self.local.tasks.get(&t.id).cloned() else {
                 continue; // another node's (or a worker's assignment, not started)
@@ -331,9 +331,7 @@ impl Daemon {
                 self.local.gw_release(l.gw_ip);
                 // On a manager its addresses are the cluster's to give back; a worker
                 // reports the failure and its manager gives them back.
-                if me.as_deref() == Some(t.node.as_str())
-                    && self.cluster.swarm.as_ref().is_some_and(|s| s.is_manager())
-                {
+                if me.as_deref() == Some(t.node.as_str()) && self.is_manager() {
                     self.cluster.release_addresses(&t.id);
                 }
                 let r = self.cluster.tasks.get_mut(&t.id).expect("exists");
