@@ -17,6 +17,10 @@ use crate::tls;
 
 /// SwarmKit's default heartbeat period (`DefaultHeartBeatPeriod`).
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
+/// The shortest heartbeat period a swarm may set (`--dispatcher-heartbeat`).
+pub const MIN_HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
+/// The longest.
+pub const MAX_HEARTBEAT_PERIOD: Duration = Duration::from_secs(3600);
 
 /// What a successful join hands back to the daemon.
 #[derive(Debug, Clone)]
@@ -213,7 +217,7 @@ impl Session {
             .await
             .map_err(status_line)?
             .into_inner();
-        Ok(Duration::from_millis(r.period_ms.clamp(1000, 60_000)))
+        Ok(Duration::from_millis(r.period_ms).clamp(MIN_HEARTBEAT_PERIOD, MAX_HEARTBEAT_PERIOD))
     }
 
     /// Opens the stream of this node's assignments.

@@ -81,6 +81,10 @@ pub enum SwarmCmd {
         /// The VXLAN UDP port for the whole swarm (4789 by default; 1024-49151).
         #[arg(long, default_value_t = 0)]
         data_path_port: u32,
+        /// How often nodes send heartbeats (5s by default; 1s to 1h). A node is Down
+        /// after three periods without one.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        dispatcher_heartbeat: Option<std::time::Duration>,
     },
     /// Join a swarm as a node (the token decides the role).
     Join {
@@ -115,6 +119,9 @@ pub enum SwarmCmd {
         /// Validity of node certificates issued from now on (e.g. 2160h, 90d; at least 1h).
         #[arg(long, value_parser = humantime::parse_duration)]
         cert_expiry: Option<std::time::Duration>,
+        /// How often nodes send heartbeats (1s to 1h; Down after three periods without).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        dispatcher_heartbeat: Option<std::time::Duration>,
     },
     /// Leave the swarm (the last manager needs --force; removes everything).
     Leave {
@@ -404,6 +411,7 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
             default_addr_pool,
             default_addr_pool_mask_length,
             data_path_port,
+            dispatcher_heartbeat,
         }) => {
             let r = c
                 .swarm_init(api::SwarmInitRequest {
@@ -413,6 +421,7 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
                     default_addr_pool,
                     default_addr_pool_mask_length,
                     data_path_port,
+                    dispatcher_heartbeat_ms: heartbeat_ms(dispatcher_heartbeat),
                 })
                 .await
                 .map_err(status)?
@@ -484,9 +493,13 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
                 .map_err(status)?;
             println!("Node left the swarm.");
         }
-        ClientCmd::Swarm(SwarmCmd::Update { cert_expiry }) => {
+        ClientCmd::Swarm(SwarmCmd::Update {
+            cert_expiry,
+            dispatcher_heartbeat,
+        }) => {
             c.swarm_update(api::SwarmUpdateRequest {
                 cert_expiry_secs: cert_expiry.map_or(0, |d| d.as_secs().max(1)),
+                dispatcher_heartbeat_ms: heartbeat_ms(dispatcher_heartbeat),
             })
             .await
             .map_err(status)?;
@@ -898,4 +911,12 @@ async fn exec_in(ns: &str, command: &[String]) -> anyhow::Result<i32> {
         .status()
         .await?;
     Ok(status.code().unwrap_or(128 + 9))
+}
+
+/// A `--dispatcher-heartbeat` for the API: milliseconds, 0 when not given; a duration
+/// that is not 0 never becomes 0 (the daemon refuses what is under a second).
+fn heartbeat_ms(d: Option<std::time::Duration>) -> u64 {
+    d.map_or(0, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
 }

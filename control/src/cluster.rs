@@ -81,6 +81,20 @@ pub struct SwarmInfo {
     /// The swarm's VXLAN UDP port (`--data-path-port`, 4789 by default).
     #[serde(default = "default_data_path_port")]
     pub data_path_port: u16,
+    /// How often nodes send heartbeats, in milliseconds (`--dispatcher-heartbeat`).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_period_ms: u64,
+}
+
+impl SwarmInfo {
+    /// The heartbeat period nodes are asked for.
+    pub fn heartbeat_period(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.heartbeat_period_ms)
+    }
+}
+
+fn default_heartbeat_ms() -> u64 {
+    crate::agent::HEARTBEAT_PERIOD.as_millis() as u64
 }
 
 fn default_data_path_port() -> u16 {

@@ -98,6 +98,11 @@ pub struct Daemon {
     heartbeats: HashMap<String, std::time::Instant>,
     /// When this daemon started.
     started: std::time::Instant,
+    /// Nodes whose going Down was logged (each transition once).
+    down_logged: std::collections::HashSet<String>,
+    /// When `swarm update --dispatcher-heartbeat` last changed the period, and the period
+    /// before (not persisted).
+    period_change: Option<(std::time::Instant, std::time::Duration)>,
     /// Raised by every commit: the dispatcher's streams send nodes their new assignments.
     changes: tokio::sync::watch::Sender<u64>,
     /// On a worker: raised when a task's state changes, so the session reports at once.
@@ -254,6 +259,8 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         stopping: Vec::new(),
         heartbeats: HashMap::new(),
         started: std::time::Instant::now(),
+        down_logged: Default::default(),
+        period_change: None,
         changes: tokio::sync::watch::channel(0).0,
         reports: Arc::new(tokio::sync::Notify::new()),
     };

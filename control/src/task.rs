@@ -167,6 +167,23 @@ impl Task {
         sh(&v)
     }
 
+    /// The task's `/etc/hosts`: loopback, then its first address with the host name it
+    /// sees (the node's: tasks share its UTS namespace) and its task name.
+    fn hosts_file(&self) -> String {
+        let mut h =
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let mut names: Vec<&str> = vec![node.trim()];
+        if let Some((_, n)) = self.spec.env.iter().find(|(k, _)| k == "HOSTNAME") {
+            names.push(n);
+        }
+        names.retain(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_graphic()));
+        if let (Some(a), false) = (self.spec.attachments.first(), names.is_empty()) {
+            h.push_str(&format!("{}\t{}\n", a.ip, names.join(" ")));
+        }
+        h
+    }
+
     fn resolv_dir(&self) -> PathBuf {
         PathBuf::from("/etc/netns").join(&self.ns)
     }
@@ -290,6 +307,11 @@ impl Task {
             format!("nameserver {}\noptions ndots:0\n", self.spec.nameserver),
         )
         .map_err(|e| ("writing resolv.conf".to_string(), e.to_string()))?;
+        // Its own /etc/hosts, as Docker writes one for each container: its host name
+        // resolves to its address without a DNS query (a server calling `getfqdn()` at
+        // start would otherwise wait on the resolver).
+        std::fs::write(dir.join("hosts"), self.hosts_file())
+            .map_err(|e| ("writing hosts".to_string(), e.to_string()))?;
         let (out, err) = match &self.spec.log {
             Some(p) => {
                 let f = std::fs::OpenOptions::new()
@@ -435,6 +457,40 @@ impl Drop for Task {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_task_resolves_its_own_host_name_from_its_hosts_file() {
+        let ip = Ipv4Addr::new(10, 0, 1, 7);
+        let t = Task::adopt(
+            TaskSpec {
+                id: "abc".into(),
+                command: vec![],
+                attachments: vec![Attachment {
+                    bridge: "sgbr4097".into(),
+                    ip,
+                    prefix: 24,
+                    mac: EthernetAddress::from_ipv4_docker(ip),
+                    mtu: 1450,
+                    isolated: true,
+                }],
+                nameserver: Ipv4Addr::new(127, 0, 0, 11),
+                host_ns: None,
+                log: None,
+                env: vec![("HOSTNAME".into(), "web.1.abc".into())],
+                workdir: None,
+                routes: vec![],
+            },
+            None,
+        );
+        let h = t.hosts_file();
+        assert!(h.starts_with("127.0.0.1\tlocalhost\n"), "{h}");
+        let last = h.lines().last().unwrap();
+        assert!(last.starts_with("10.0.1.7\t"), "{h}");
+        assert!(last.ends_with(" web.1.abc"), "{h}");
+        let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert!(last.contains(node.trim()), "{h}");
+    }
+
     use super::*;
 
     fn root() -> bool {

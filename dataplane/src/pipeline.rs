@@ -234,10 +234,11 @@ impl Worker {
                         let nc = c.network(net.spec.slot);
                         nc.decap_packets.add(1);
                         nc.decap_bytes.add(d.inner_len as u64);
-                        match net.router {
-                            Some(_) => match unnat_remote_reply(
+                        match &net.router {
+                            Some(r) => match unnat_remote_reply(
                                 &mut self.flows,
                                 self.now,
+                                r,
                                 pkts[i].data_mut(),
                             ) {
                                 Ok(()) => Step::Done(Next::Tx(net.spec.local_port)),
@@ -382,7 +383,15 @@ fn input_local<B: PacketBuf>(
     };
     let tagged = hl != ethernet::HEADER_LEN;
     if ethertype == EtherType::ARP && !tagged && !is_arp_reply(data, hl) {
-        return match arp_reply(data, hl, |ip| net.arp.get(&ip).copied()) {
+        // A routed network's endpoints learn only the router's MAC, for every address
+        // (local, remote, VIP): their bridge ports are isolated from each other, so a
+        // remote endpoint's own MAC, cached while it was remote, would cut them off from
+        // it the moment its address belonged to a local endpoint.
+        let answer = |ip| match &net.router {
+            Some(r) => net.arp.get(&ip).map(|_| r.mac),
+            None => net.arp.get(&ip).copied(),
+        };
+        return match arp_reply(data, hl, answer) {
             Ok(()) => Step::Done(Next::Tx(net.spec.local_port)),
             Err(r) => drop(r),
         };
@@ -394,7 +403,12 @@ fn input_local<B: PacketBuf>(
         return drop(DropReason::UnknownDestination);
     }
     if let Some(r) = &net.router {
-        if dst == r.mac {
+        // Every IPv4 packet of a routed network goes through the router, whatever MAC its
+        // sender put on it (a remote endpoint's, from proxy ARP, or a stale one): frames
+        // reach local endpoints only with the router's MAC as their source, so the
+        // node's bridge never learns an endpoint's MAC on the data plane's port (which
+        // would cut that endpoint off until it spoke again).
+        if dst == r.mac || (ethertype == EtherType::IPV4 && !tagged) {
             if ethertype != EtherType::IPV4 || tagged {
                 return drop(DropReason::Unsupported);
             }
@@ -439,19 +453,28 @@ fn input_local<B: PacketBuf>(
     }
 }
 
-/// A frame that came over VXLAN to a local endpoint of a routed network: if it is the
-/// reply of a connection this node load-balanced to a backend on another node, its source
+/// A frame that came over VXLAN to a local endpoint of a routed network: its source MAC
+/// becomes the router's; if it is the reply of a connection this node load-balanced to a backend on another node, its source
 /// goes back to the VIP (and port) the client used. The client's node tracked the
 /// connection when it chose the backend (as Docker's IPVS does in the client's sandbox);
 /// the backend's node forwards the reply untranslated. Untracked frames pass unchanged.
 #[inline]
-fn unnat_remote_reply(flows: &mut FlowTable, now: u32, data: &mut [u8]) -> Result<(), DropReason> {
+fn unnat_remote_reply(
+    flows: &mut FlowTable,
+    now: u32,
+    router: &Router,
+    data: &mut [u8],
+) -> Result<(), DropReason> {
     let Ok(f) = EthernetFrame::new_checked(&*data) else {
         return Ok(());
     };
     let hl = f.header_len();
     if f.ethertype() != EtherType::IPV4 || hl != ethernet::HEADER_LEN {
         return Ok(());
+    }
+    // From the router, as everything a local endpoint receives (see `input_local`).
+    if !f.dst_addr().is_multicast() {
+        EthernetFrame::new_unchecked(&mut *data).set_src_addr(router.mac);
     }
     let (flow, seg) = match Ipv4Packet::new_checked(&data[hl..]) {
         Ok(p) if !p.is_fragment() => match nat::ports(&p) {

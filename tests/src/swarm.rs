@@ -37,6 +37,26 @@ pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration 
     start.elapsed()
 }
 
+/// Waits up to `secs` for `f` to return `Ok`; how long it took. Panics naming `what`
+/// with `f`'s last explanation on timeout (`SG_DEBUG_WAIT=1` prints each one).
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> Result<(), String>) -> Duration {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(()) => return start.elapsed(),
+            Err(why) if start.elapsed() >= Duration::from_secs(secs) => {
+                panic!("timed out: {what}: {why}")
+            }
+            Err(why) => {
+                if std::env::var("SG_DEBUG_WAIT").is_ok() {
+                    eprintln!("waiting: {what}: {}", why.lines().next().unwrap_or(""));
+                }
+                std::thread::sleep(Duration::from_millis(200))
+            }
+        }
+    }
+}
+
 /// One host: a network namespace with `eth0` on the LAN, a host name, a daemon.
 pub struct Host {
     /// Its network namespace.

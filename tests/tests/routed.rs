@@ -450,7 +450,19 @@ fn a_vip_backend_on_another_node_answers_from_the_vip() {
         assert_eq!(ipv4(&back).src_addr(), vip());
         assert_eq!(ports(&back), (80, sport));
         assert_eq!(&back[0..6], mac_of(ip(2)).as_bytes());
+        assert_eq!(&back[6..12], R.as_bytes(), "from the router");
     }
+    // The remote endpoint's address is answered with the router's MAC, as every address
+    // of a routed network is (its own MAC would be useless on an isolated bridge port
+    // once the address moves to this node).
+    let (n, reply) = run1(
+        &mut w1,
+        &t1,
+        PLAIN_PORT,
+        &arp_request(mac_of(ip(2)), ip(2), ip(9)),
+    );
+    assert_eq!(n, Next::Tx(PLAIN_PORT));
+    assert_eq!(&reply[6..12], R.as_bytes());
     // Direct traffic between the nodes' endpoints is not translated.
     let direct = tcp(mac_of(ip(9)), R, ip(9), ip(2), 5000, 6000, b"hi");
     let (_, wire) = run1(&mut w2, &t2, PLAIN_PORT, &direct);
@@ -458,4 +470,33 @@ fn a_vip_backend_on_another_node_answers_from_the_vip() {
     assert_eq!(n, Next::Tx(PLAIN_PORT));
     assert_eq!(ipv4(&back).src_addr(), ip(9));
     assert_eq!(ports(&back), (5000, 6000));
+    assert_eq!(&back[6..12], R.as_bytes(), "from the router");
+}
+
+#[test]
+fn frames_to_a_local_endpoints_own_mac_still_leave_from_the_router() {
+    // A sender that kept an endpoint's real MAC (learnt while it was remote, say): the
+    // frame is routed, and its source is the router's, so the node's bridge never learns
+    // the sender's MAC on the data plane's port.
+    let t = tables(1, &[ip(3)]);
+    let mut w = Worker::new(Arc::new(Counters::default()));
+    let f = tcp(
+        mac_of(ip(2)),
+        mac_of(ip(3)),
+        ip(2),
+        ip(3),
+        40000,
+        80,
+        b"direct",
+    );
+    let (n, out) = run1(&mut w, &t, PLAIN_PORT, &f);
+    assert_eq!(n, Next::Tx(PLAIN_PORT));
+    assert_eq!(&out[0..6], mac_of(ip(3)).as_bytes());
+    assert_eq!(&out[6..12], R.as_bytes());
+    // To a VIP by a stale MAC: translated all the same.
+    let syn = tcp_syn(mac_of(ip(2)), mac_of(ip(4)), ip(2), vip(), 41000, 80, b"");
+    let (n, out) = run1(&mut w, &t, PLAIN_PORT, &syn);
+    assert_eq!(n, Next::Tx(PLAIN_PORT));
+    assert_eq!(ipv4(&out).dst_addr(), ip(3));
+    assert_eq!(&out[6..12], R.as_bytes());
 }

@@ -365,6 +365,10 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
         "{out}"
     );
     m.ok("swarm update --cert-expiry 2h");
+    for bad in ["500ms", "2h"] {
+        let out = m.err(&format!("swarm update --dispatcher-heartbeat {bad}"));
+        assert!(out.contains("must be between 1s and 1h"), "{out}");
+    }
 
     // The probe renews its certificate over mutual TLS: same node, same role, the new
     // lifetime; OpenSSL verifies it against the root. Once removed, it is refused.

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use swarmgate_tests::netns;
-use swarmgate_tests::swarm::{must, wait_for, Host, Lan};
+use swarmgate_tests::swarm::{must, wait_for, wait_until, Host, Lan};
 
 /// Each task serves its own name over HTTP on port 80.
 const WEB: &str =
@@ -124,7 +124,12 @@ fn a_service_spreads_over_three_nodes_and_its_tasks_reach_each_other() {
         h.start();
     }
     let m = &lan.hosts[0];
-    m.ok(&format!("swarm init --advertise-addr {}", m.ip));
+    // Heartbeats every second (Docker's `--dispatcher-heartbeat`; 5 s by default): a node
+    // is Down after 3 s without one.
+    m.ok(&format!(
+        "swarm init --advertise-addr {} --dispatcher-heartbeat 1s",
+        m.ip
+    ));
     let token = m.ok("swarm join-token -q worker").trim().to_owned();
     for w in &lan.hosts[1..] {
         w.ok(&format!("swarm join --token {token} {}:2377", m.ip));
@@ -327,14 +332,27 @@ fn a_service_spreads_over_three_nodes_and_its_tasks_reach_each_other() {
         let r = running(m);
         r.len() == 3 && r.iter().all(|t| t.node != "w1")
     });
-    let after = running(m);
-    let mut after_ips: Vec<String> = after.iter().map(|t| t.ip.clone()).collect();
-    after_ips.sort();
-    let withdrawn = wait_for("w1's endpoints withdrawn everywhere", 30, || {
-        after.iter().all(|t| {
+    // Every survivor sees exactly the running tasks (recomputed each round: a task that
+    // moved again meanwhile is waited for too).
+    let withdrawn = wait_until("w1's endpoints withdrawn everywhere", 30, || {
+        let after = running(m);
+        let mut after_ips: Vec<String> = after.iter().map(|t| t.ip.clone()).collect();
+        after_ips.sort();
+        if after.len() != 3 || after.iter().any(|t| t.node == "w1") {
+            return Err(format!("running: {after:?}"));
+        }
+        for t in &after {
             let (_, by_name, answers, _) = probe(&t.id, &after_ips);
-            by_name == after_ips && answers.iter().all(|a| a.starts_with("served by"))
-        })
+            if by_name != after_ips || !answers.iter().all(|a| a.starts_with("served by")) {
+                return Err(format!(
+                    "from {} on {}: tasks.web {by_name:?} (want {after_ips:?}), {answers:?} running {after:?}\n--- manager log:\n{}",
+                    t.id,
+                    t.node,
+                    m.log()
+                ));
+            }
+        }
+        Ok(())
     });
     eprintln!(
         "cut-off worker: tasks running elsewhere after {:.1} s, endpoints withdrawn {:.1} s later",

@@ -27,7 +27,7 @@ const MAX_LABELS: usize = 64;
 const MAX_REPORTS: usize = 10_000;
 
 /// Heartbeats a node may miss before it is Down (SwarmKit's grace: 3 periods).
-pub(super) const HEARTBEAT_GRACE: u32 = 3;
+const HEARTBEAT_GRACE: u32 = 3;
 
 /// What this node runs for the cluster, as its state asks ([`crate::runtime`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +173,10 @@ impl Daemon {
         let (advertise, datapath) = self.own_addresses(&r.advertise_addr, &r.datapath_addr)?;
         let listen = parse_listen(&r.listen_addr)?;
         let data_path_port = data_path_port(r.data_path_port)?;
+        let heartbeat = match r.dispatcher_heartbeat_ms {
+            0 => agent::HEARTBEAT_PERIOD,
+            ms => heartbeat_period(ms)?,
+        };
         let mut pools = Vec::new();
         for p in &r.default_addr_pool {
             pools.push(
@@ -213,6 +217,7 @@ impl Daemon {
             root_ca_key: root.key_pem().map(str::to_owned),
             cert_expiry_secs: expiry.as_secs(),
             data_path_port,
+            heartbeat_period_ms: heartbeat.as_millis() as u64,
         });
         c.nodes = vec![NodeRecord {
             id: node_id,
@@ -454,7 +459,7 @@ impl Daemon {
             || self
                 .heartbeats
                 .get(&n.id)
-                .is_some_and(|t| t.elapsed() <= agent::HEARTBEAT_PERIOD * HEARTBEAT_GRACE)
+                .is_some_and(|t| t.elapsed() <= self.down_after())
     }
 
     pub(super) fn node_inspect(&self, r: api::NamesRequest) -> Result<api::JsonReply, Status> {
@@ -573,12 +578,17 @@ impl Daemon {
     }
 
     /// `swarm update --cert-expiry`: the validity of certificates issued from now on
-    /// (SwarmKit's `validateClusterSpec`: at least an hour).
+    /// (SwarmKit's `validateClusterSpec`: at least an hour); `--dispatcher-heartbeat`:
+    /// the period nodes are asked for from their next heartbeat on.
     pub(super) fn swarm_update(
         &mut self,
         r: api::SwarmUpdateRequest,
     ) -> Result<api::Empty, Status> {
         self.require_manager()?;
+        let heartbeat = match r.dispatcher_heartbeat_ms {
+            0 => None,
+            ms => Some(heartbeat_period(ms)?),
+        };
         if r.cert_expiry_secs != 0 {
             if r.cert_expiry_secs < ca::MIN_NODE_EXPIRY.as_secs() {
                 return Err(bad("minimum certificate expiry time is 1h0m0s"));
@@ -593,6 +603,16 @@ impl Daemon {
                 .as_mut()
                 .expect("checked")
                 .cert_expiry_secs = r.cert_expiry_secs;
+        }
+        if let Some(h) = heartbeat {
+            // Nodes learn the new period at their next heartbeat: until then the old
+            // one's grace still counts, so a shorter period declares no node Down early.
+            self.period_change = Some((std::time::Instant::now(), self.heartbeat_period()));
+            self.cluster
+                .swarm
+                .as_mut()
+                .expect("checked")
+                .heartbeat_period_ms = h.as_millis() as u64;
         }
         self.commit()?;
         Ok(api::Empty {})
@@ -804,7 +824,7 @@ impl Daemon {
             self.commit()?;
         }
         Ok(capi::HeartbeatReply {
-            period_ms: agent::HEARTBEAT_PERIOD.as_millis() as u64,
+            period_ms: self.heartbeat_period().as_millis() as u64,
         })
     }
 
@@ -819,6 +839,26 @@ impl Daemon {
     /// A receiver that wakes at every commit.
     pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// The heartbeat period this swarm asks nodes for.
+    pub(super) fn heartbeat_period(&self) -> std::time::Duration {
+        self.cluster
+            .swarm
+            .as_ref()
+            .map_or(agent::HEARTBEAT_PERIOD, |s| s.heartbeat_period())
+    }
+
+    /// How long without a heartbeat before a node is Down: three periods (SwarmKit's
+    /// grace), the previous period's three for as long as nodes may still be on it.
+    pub(super) fn down_after(&self) -> std::time::Duration {
+        let now = self.heartbeat_period() * HEARTBEAT_GRACE;
+        match self.period_change {
+            Some((at, old)) if at.elapsed() < old * HEARTBEAT_GRACE => {
+                now.max(old * HEARTBEAT_GRACE)
+            }
+            _ => now,
+        }
     }
 
     /// A manager said this worker is no longer a member (`node rm`): it leaves the swarm,
@@ -874,6 +914,20 @@ fn node_addr(seen: Option<Ipv4Addr>, advertised: &str) -> Result<Ipv4Addr, Statu
         return Err(bad(format!("{a} cannot be a node's address")));
     }
     Ok(a)
+}
+
+/// `--dispatcher-heartbeat`, checked: SwarmKit refuses only a negative period
+/// (`controlapi/cluster.go` `validateClusterSpec`); swarmgate also bounds it to 1 s – 1 h,
+/// so that neither a busy loop of heartbeats nor a node never declared Down can be asked for.
+fn heartbeat_period(ms: u64) -> Result<std::time::Duration, Status> {
+    let d = std::time::Duration::from_millis(ms);
+    if !(agent::MIN_HEARTBEAT_PERIOD..=agent::MAX_HEARTBEAT_PERIOD).contains(&d) {
+        return Err(bad(format!(
+            "invalid dispatcher heartbeat {}: it must be between 1s and 1h",
+            humantime::format_duration(d)
+        )));
+    }
+    Ok(d)
 }
 
 /// A node's data-path address when it names one of its own apart from its advertised

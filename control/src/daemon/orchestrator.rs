@@ -3,9 +3,7 @@
 //! allocator ([`Daemon::allocate`]) for its addresses. Tasks for this node start here;
 //! those for other nodes reach them through the dispatcher ([`crate::dispatcher`]).
 
-use super::membership::HEARTBEAT_GRACE;
 use super::*;
-use crate::agent;
 
 impl Daemon {
     /// The node the scheduler picks for one more task of `service`
@@ -167,7 +165,7 @@ impl Daemon {
     /// that a restarted manager does not move every task before the nodes beat again.
     fn nodes_down(&self) -> Vec<String> {
         let me = self.my_id();
-        let settled = self.started.elapsed() > agent::HEARTBEAT_PERIOD * HEARTBEAT_GRACE;
+        let settled = self.started.elapsed() > self.down_after();
         self.cluster
             .nodes
             .iter()
@@ -222,7 +220,27 @@ impl Daemon {
         // A drained node runs no service tasks (standalone containers stay, as Docker's);
         // a node that is down has its tasks placed elsewhere (SwarmKit's
         // `restartTasksByNodeID`).
-        let mut gone: Vec<String> = self.nodes_down();
+        let down = self.nodes_down();
+        // Each transition logged once, with how long the node has been silent.
+        for id in &down {
+            if self.down_logged.insert(id.clone()) {
+                let silent = self.heartbeats.get(id).map(|t| t.elapsed().as_secs_f64());
+                tracing::warn!(node = %id, silent_s = ?silent, "node down: its tasks go elsewhere");
+            }
+        }
+        let back: Vec<String> = self
+            .down_logged
+            .iter()
+            .filter(|id| !down.contains(id))
+            .cloned()
+            .collect();
+        for id in back {
+            self.down_logged.remove(&id);
+            if self.cluster.nodes.iter().any(|n| n.id == id) {
+                tracing::info!(node = %id, "node ready again");
+            }
+        }
+        let mut gone: Vec<String> = down;
         gone.extend(
             self.cluster
                 .nodes
