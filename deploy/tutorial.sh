@@ -153,6 +153,14 @@ for i in range(4):
 
 say "8. Clean up: remove the service and the network"
 sg service rm my-nginx
-sg network rm my-overlay
+# As with Docker, the network has active endpoints until every node has stopped the
+# service's tasks: retried for up to 10 s.
+echo "\$ swarmgate network rm my-overlay" >&2
+for i in $(seq 40); do
+  if out=$("$SG_BIN" -H "$SOCK" network rm my-overlay 2>&1); then echo "$out"; break; fi
+  [ "$i" = 40 ] && { echo "$out" >&2; exit 1; }
+  sleep 0.25
+done
+
 sg network ls
 say "Done."

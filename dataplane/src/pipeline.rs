@@ -453,8 +453,9 @@ fn input_local<B: PacketBuf>(
     }
 }
 
-/// A frame that came over VXLAN to a local endpoint of a routed network: its source MAC
-/// becomes the router's; if it is the reply of a connection this node load-balanced to a backend on another node, its source
+/// A frame that came over VXLAN to a local endpoint of a routed network: anything but
+/// unicast IPv4 is dropped, its source MAC becomes the router's, and if it is the reply of
+/// a connection this node load-balanced to a backend on another node, its source
 /// goes back to the VIP (and port) the client used. The client's node tracked the
 /// connection when it chose the backend (as Docker's IPVS does in the client's sandbox);
 /// the backend's node forwards the reply untranslated. Untracked frames pass unchanged.
@@ -465,17 +466,17 @@ fn unnat_remote_reply(
     router: &Router,
     data: &mut [u8],
 ) -> Result<(), DropReason> {
-    let Ok(f) = EthernetFrame::new_checked(&*data) else {
-        return Ok(());
-    };
+    let f = EthernetFrame::new_checked(&*data)?;
     let hl = f.header_len();
-    if f.ethertype() != EtherType::IPV4 || hl != ethernet::HEADER_LEN {
-        return Ok(());
+    // Only routed unicast IPv4 crosses between the nodes of a routed network (ARP is
+    // answered on each node): anything else could teach the bridge a MAC on the data
+    // plane's port.
+    if f.ethertype() != EtherType::IPV4 || hl != ethernet::HEADER_LEN || f.dst_addr().is_multicast()
+    {
+        return Err(DropReason::Unsupported);
     }
     // From the router, as everything a local endpoint receives (see `input_local`).
-    if !f.dst_addr().is_multicast() {
-        EthernetFrame::new_unchecked(&mut *data).set_src_addr(router.mac);
-    }
+    EthernetFrame::new_unchecked(&mut *data).set_src_addr(router.mac);
     let (flow, seg) = match Ipv4Packet::new_checked(&data[hl..]) {
         Ok(p) if !p.is_fragment() => match nat::ports(&p) {
             Some(ports) => (Flow::with_ports(&p, ports), segment(&p)),

@@ -269,9 +269,28 @@ fn a_service_spreads_over_three_nodes_and_its_tasks_reach_each_other() {
         );
     }
 
-    // Scale down: the tasks gone stop on their nodes and leave every DNS.
+    // Scale up and at once down, before the workers have started everything: the tasks
+    // stopped before they started are reported as such and hold nothing; the tasks gone
+    // stop on their nodes and leave every DNS.
+    m.ok("service scale web=40");
     m.ok("service scale web=3");
     wait_for("three tasks", 30, || running(m).len() == 3);
+    wait_until("every task told to stop has stopped", 30, || {
+        let held: Vec<serde_json::Value> = m
+            .rows("service ps web")
+            .into_iter()
+            .filter(|t| t["DesiredState"] == "Shutdown")
+            .filter(|t| {
+                let st = t["CurrentState"].as_str().unwrap();
+                st.starts_with("Running") || st.starts_with("Assigned")
+            })
+            .collect();
+        if held.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{held:?}"))
+        }
+    });
     let three = running(m);
     let gone: Vec<&WebTask> = tasks
         .iter()

@@ -73,6 +73,21 @@ impl Daemon {
             let _ = std::fs::remove_dir_all(self.cfg.data_root.join("tasks").join(&id));
             changed = true;
         }
+        // Tasks stopped before this node started them: recorded as stopped, so that the
+        // manager hears of them and gives their addresses back.
+        for t in a.tasks.iter().filter(|t| t.desired == Desired::Shutdown) {
+            if !self.cluster.tasks.contains_key(&t.id) {
+                let mut rec = TaskRecord::new(t.id.clone(), "", t.slot, t.version, &t.command);
+                rec.service = t.service.clone();
+                rec.name = t.name.clone();
+                rec.node = me.clone();
+                rec.status = TStatus::Shutdown;
+                rec.desired = Desired::Shutdown;
+                rec.error = Some("stopped before it started".into());
+                self.cluster.tasks.insert(t.id.clone(), rec);
+                changed = true;
+            }
+        }
         // New tasks, once the data plane has their networks (it creates the bridges).
         if a.tasks
             .iter()
@@ -124,12 +139,16 @@ impl Daemon {
         changed
     }
 
-    /// The state of every task this worker holds, for its manager's dispatcher.
+    /// The state of every task this worker holds, for its manager's dispatcher. A task
+    /// being stopped is not reported until its namespace is gone: its manager must not
+    /// give its address to another task while the old one still holds it.
     pub(crate) fn task_reports(&self) -> Vec<capi::TaskStatus> {
+        let stopping: Vec<&str> = self.stopping.iter().map(|(_, h)| h.id.as_str()).collect();
         self.cluster
             .tasks
             .values()
             .filter(|t| t.status != TStatus::Assigned && t.status != TStatus::Pending)
+            .filter(|t| !stopping.contains(&t.id.as_str()))
             .map(|t| capi::TaskStatus {
                 id: t.id.clone(),
                 state: t.status.word().into(),

@@ -34,7 +34,7 @@ impl Api {
             // Every verb is all or nothing: a refusal before the new state is saved leaves
             // memory exactly as it was (and so as on disk and in the data plane), however
             // far the handler got. Handlers validate first anyway; this makes it structural.
-            let before = g.cluster.clone();
+            let before = (g.cluster.clone(), g.local.clone());
             let saves = g.saves;
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut g)))
                 .unwrap_or_else(|p| {
@@ -47,7 +47,7 @@ impl Api {
                     Err(Status::internal(format!("internal error: {what}")))
                 });
             if r.is_err() && g.saves == saves {
-                g.cluster = before;
+                (g.cluster, g.local) = before;
             }
             r
         })

@@ -162,9 +162,14 @@ impl Daemon {
                     s.name
                 )));
             }
-            if let Some(t) = self.cluster.tasks.values().find(|t| {
-                t.service.is_none() && t.live() && t.addresses.iter().any(|(m, _)| *m == name)
-            }) {
+            // Any task that still holds an address on it: a standalone endpoint, or a task
+            // of a removed or changed service that its node has not stopped yet.
+            if let Some(t) = self
+                .cluster
+                .tasks
+                .values()
+                .find(|t| t.active() && t.addresses.iter().any(|(m, _)| *m == name))
+            {
                 return Err(Status::failed_precondition(format!(
                     "error while removing network: network {name} has active endpoints ({})",
                     t.full_name()

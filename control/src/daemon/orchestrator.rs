@@ -67,19 +67,20 @@ impl Daemon {
         }
     }
 
-    /// Forgets task `id` (its service or network is removed): stopped where it runs, its
-    /// addresses given back, its record gone. Another node still running it stops it when
-    /// its assignment no longer lists it.
+    /// Forgets task `id` (its service is removed): stopped where it runs and its record
+    /// gone. A task on another node is only told to stop: its record, and its addresses,
+    /// stay until that node reports it stopped (or is removed), so no new task gets an
+    /// address its old namespace still holds; [`Daemon::reconcile`] drops the record then.
     pub(super) fn forget_task(&mut self, id: &str) {
         let remote_active = self.cluster.tasks.get(id).is_some_and(|t| {
             t.active() && Some(t.node.as_str()) != self.my_id() && !self.running.contains_key(id)
         });
         if remote_active {
-            self.cluster.release_addresses(id);
+            self.shutdown_task(id);
         } else {
             self.stop_task(id, TStatus::Shutdown);
+            self.cluster.tasks.remove(id);
         }
-        self.cluster.tasks.remove(id);
     }
 
     /// Whether a replacement for `service`'s `slot` (a global service's task for `node`)
@@ -258,6 +259,23 @@ impl Daemon {
             .collect();
         for id in ids {
             self.shutdown_task(&id);
+            changed = true;
+        }
+        // Ended tasks of removed services (kept until their node reported them stopped).
+        let gone_services: Vec<String> = self
+            .cluster
+            .tasks
+            .values()
+            .filter(|t| !t.active())
+            .filter(|t| {
+                t.service
+                    .as_ref()
+                    .is_some_and(|s| self.cluster.services.get(s).is_none())
+            })
+            .map(|t| t.id.clone())
+            .collect();
+        for id in gone_services {
+            self.cluster.tasks.remove(&id);
             changed = true;
         }
         let mut starts = 0usize;

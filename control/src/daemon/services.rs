@@ -199,6 +199,7 @@ impl Daemon {
             for id in &ids {
                 self.forget_task(id);
             }
+
             self.cluster.services.remove(n, &mut self.cluster.networks);
             self.cluster.service_meta.remove(n);
             // Its logs and working directories go with it.

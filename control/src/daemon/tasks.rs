@@ -9,6 +9,8 @@ use super::*;
 /// swarm's.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Held {
+    /// The task.
+    pub(super) id: String,
     swarm: Option<String>,
     addresses: Vec<(String, String, Ipv4Addr)>,
     gw_ip: Option<Ipv4Addr>,
@@ -242,6 +244,7 @@ impl Daemon {
             return Held::default();
         };
         Held {
+            id: id.to_owned(),
             swarm: self.me().map(|m| m.cluster_id.clone()),
             addresses: t
                 .addresses
@@ -287,6 +290,9 @@ impl Daemon {
         self.stopping = pending;
         for (_, held) in &done {
             self.release_held(held);
+        }
+        if !done.is_empty() {
+            self.reports.notify_one(); // a worker reports the stops now finished
         }
         !done.is_empty()
     }
