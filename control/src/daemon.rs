@@ -98,6 +98,10 @@ pub struct Daemon {
     heartbeats: HashMap<String, std::time::Instant>,
     /// When this daemon started.
     started: std::time::Instant,
+    /// The last attempt to program the data plane failed (retried every tick).
+    push_failed: bool,
+    /// The last retry's error, logged once.
+    push_error: Option<String>,
     /// Nodes whose going Down was logged (each transition once).
     down_logged: std::collections::HashSet<String>,
     /// When `swarm update --dispatcher-heartbeat` last changed the period, and the period
@@ -196,10 +200,13 @@ impl Daemon {
             ),
         };
         if self.applied.as_ref() != Some(&st) {
+            // A failure is retried by housekeeping, not only at the next change.
+            self.push_failed = true;
             self.dp
                 .apply(&st)
                 .map_err(|e| Status::internal(format!("programming the data plane: {e:#}")))?;
             self.applied = Some(st);
+            self.push_failed = false;
         }
         self.dns.set_view(dns);
         Ok(())
@@ -259,6 +266,8 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         stopping: Vec::new(),
         heartbeats: HashMap::new(),
         started: std::time::Instant::now(),
+        push_failed: false,
+        push_error: None,
         down_logged: Default::default(),
         period_change: None,
         changes: tokio::sync::watch::channel(0).0,
@@ -310,6 +319,16 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
                     if d.reconcile() {
                         if let Err(e) = d.commit() {
                             tracing::error!("{}", e.message());
+                        }
+                    } else if d.push_failed {
+                        // Retried every tick; logged once per distinct error.
+                        match d.push() {
+                            Err(e) if d.push_error.as_deref() != Some(e.message()) => {
+                                tracing::error!("{}", e.message());
+                                d.push_error = Some(e.message().to_owned());
+                            }
+                            Err(_) => {}
+                            Ok(()) => d.push_error = None,
                         }
                     }
                     if let Err(e) = d.dp.tick() {

@@ -89,6 +89,9 @@ pub struct Remote {
     /// This cluster's ID (the O of the manager's own certificate): callers are authorised
     /// against it before anything touches the daemon's state.
     cluster_id: Arc<str>,
+    /// The newest assignments stream of each node (one per node: a node that opens
+    /// another ends its previous one, so no node holds more than one).
+    streams: Arc<std::sync::Mutex<(u64, std::collections::HashMap<String, u64>)>>,
 }
 
 /// Aborts a task when dropped: the accept loop dies with the server future, however that
@@ -159,6 +162,7 @@ impl Remote {
         Remote {
             api,
             cluster_id: cluster_id.into(),
+            streams: Default::default(),
         }
     }
 
@@ -312,11 +316,27 @@ impl dispatcher_server::Dispatcher for Remote {
             .await?
             .into_inner();
         let api = self.api.clone();
+        let streams = self.streams.clone();
+        let generation = {
+            let mut s = streams.lock().unwrap_or_else(|e| e.into_inner());
+            s.0 += 1;
+            let g = s.0;
+            s.1.insert(id.node_id.clone(), g);
+            g
+        };
+        let node = id.node_id.clone();
+        let current = move || {
+            let s = streams.lock().unwrap_or_else(|e| e.into_inner());
+            s.1.get(&node).copied() == Some(generation)
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
             let mut last: Option<Vec<u8>> = None;
             let mut version = 0u64;
             loop {
+                if !current() {
+                    return; // replaced by the node's newer stream
+                }
                 let who = id.clone();
                 match api.call(move |d| d.assignment_for(&who)).await {
                     Err(e) => {

@@ -346,6 +346,7 @@ impl Daemon {
                     }
                 }
             }
+            let mut no_node: Option<String> = None;
             for slot in (s.mode != ServiceMode::Global)
                 .then_some(1..=want)
                 .into_iter()
@@ -369,8 +370,17 @@ impl Daemon {
                             && t.status == TStatus::Pending
                     })
                     .map(|t| t.id.clone());
-                // The scheduler's choice; its answer is SwarmKit's.
-                let target = match self.place(&s.name, &placement, None) {
+                // The scheduler's choice; its answer is SwarmKit's. Once it has found no
+                // node for a slot it finds none for the next ones either (nothing changed
+                // in between): its answer is reused rather than asked again per slot.
+                let placed = match &no_node {
+                    Some(why) => Err(why.clone()),
+                    None => self.place(&s.name, &placement, None),
+                };
+                if let Err(why) = &placed {
+                    no_node = Some(why.clone());
+                }
+                let target = match placed {
                     Ok(n) => n,
                     Err(why) => {
                         match pending.and_then(|id| self.cluster.tasks.get_mut(&id)) {
