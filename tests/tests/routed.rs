@@ -26,10 +26,9 @@ fn client() -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 50, 77)
 }
 
-/// Node 1 with one routed network: local hosts 10.0.0.2..=4, a VIP on port 80 and the
-/// published port 8080, both over `backends`.
-fn tables(generation: u64, backends: &[Ipv4Addr]) -> Arc<Tables> {
-    let mut t = Tables::new(Underlay::new(UNDERLAY_PORT, underlay_mac(1), vtep(1)));
+/// Node `me`'s tables with one routed network (VNI 4097, router `R` at 10.0.0.1).
+fn routed(me: u8, generation: u64) -> (Tables, Vni) {
+    let mut t = Tables::new(Underlay::new(UNDERLAY_PORT, underlay_mac(me), vtep(me)));
     t.generation = generation;
     let vni = Vni::new(4097).unwrap();
     t.add_network(NetworkSpec {
@@ -48,6 +47,13 @@ fn tables(generation: u64, backends: &[Ipv4Addr]) -> Arc<Tables> {
         },
     )
     .unwrap();
+    (t, vni)
+}
+
+/// Node 1 with one routed network: local hosts 10.0.0.2..=4, a VIP on port 80 and the
+/// published port 8080, both over `backends`.
+fn tables(generation: u64, backends: &[Ipv4Addr]) -> Arc<Tables> {
+    let (mut t, vni) = routed(1, generation);
     for i in 2..=5 {
         t.add_local_host(vni, ip(i), mac_of(ip(i))).unwrap();
     }
@@ -384,25 +390,7 @@ fn a_flooded_published_port_keeps_established_connections() {
 /// Node `me` (1 or 2) of a two-node routed network: its local hosts, the other node's as
 /// remote endpoints behind its VTEP, and a VIP over backends on both nodes.
 fn node_tables(me: u8, hosts: [&[Ipv4Addr]; 2], backends: &[Ipv4Addr]) -> Arc<Tables> {
-    let mut t = Tables::new(Underlay::new(UNDERLAY_PORT, underlay_mac(me), vtep(me)));
-    t.generation = 1;
-    let vni = Vni::new(4097).unwrap();
-    t.add_network(NetworkSpec {
-        vni,
-        slot: 0,
-        local_port: PLAIN_PORT,
-        mtu: docker_overlay_mtu(1500, false),
-        encrypted: false,
-    })
-    .unwrap();
-    t.set_router(
-        vni,
-        Router {
-            mac: R,
-            gateway: ip(1),
-        },
-    )
-    .unwrap();
+    let (mut t, vni) = routed(me, 1);
     let other = 3 - me;
     t.set_neighbour(vtep(other), underlay_mac(other));
     for h in hosts[me as usize - 1] {
