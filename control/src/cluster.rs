@@ -330,7 +330,8 @@ pub const GWBRIDGE_GW: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
 /// the same on every manager. What one node has for itself is [`crate::local::NodeLocal`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Cluster {
-    /// Set by `swarm init` (on managers: a worker holds no cluster state).
+    /// Set by `swarm init`, on managers. A worker has none: its `Cluster` holds only
+    /// the records of its own tasks (SwarmKit's agent keeps those in its own store).
     pub swarm: Option<SwarmInfo>,
     /// Nodes.
     pub nodes: Vec<NodeRecord>,

@@ -68,7 +68,7 @@ impl Store {
         }
         let mut c: Cluster = serde_json::from_value(value).context("decoding the stored state")?;
         if local.swarm.as_ref().is_some_and(|m| !m.is_manager()) {
-            c.swarm = None; // a worker holds no cluster state
+            c.swarm = None; // a worker holds no swarm record
         }
         Ok(Some((c, local)))
     }
@@ -163,7 +163,7 @@ mod tests {
             assert_eq!(m.manager_addr.as_deref(), Some("10.1.1.9:2377"));
             assert_eq!(m.data_path_port, 4790);
             assert_eq!(local.gw_used.len(), 1);
-            // A worker keeps no cluster state; a manager keeps the swarm's.
+            // A worker keeps no swarm record; a manager keeps the swarm's.
             assert_eq!(c.swarm.is_some(), role == "manager", "{role}");
             drop(s);
             let _ = std::fs::remove_dir_all(&dir);

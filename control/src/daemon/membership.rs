@@ -326,7 +326,8 @@ impl Daemon {
             ));
         }
         Self::ensure_gwbridge().map_err(|e| Status::internal(format!("{e:#}")))?;
-        // A worker holds no cluster state: only its membership.
+        // A worker holds no swarm record: its membership, and later the records of
+        // its own tasks (as SwarmKit's agent keeps them in its own task store).
         let member = Membership {
             cluster_id: j.identity.cluster_id.clone(),
             node_id: j.identity.node_id.clone(),
