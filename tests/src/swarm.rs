@@ -4,25 +4,10 @@
 //! Everything is stopped and removed when the [`Lan`] is dropped. Needs root.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
+
+use crate::netns::{run, try_run};
 use std::time::{Duration, Instant};
-
-/// Runs a shell command.
-pub fn sh(cmd: &str) -> Output {
-    Command::new("sh").arg("-c").arg(cmd).output().unwrap()
-}
-
-/// Runs a shell command that must succeed; its stdout.
-pub fn must(cmd: &str) -> String {
-    let o = sh(cmd);
-    assert!(
-        o.status.success(),
-        "{cmd}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Waits up to `secs` for `f`; how long it took. Panics naming `what` on timeout.
 pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
@@ -195,9 +180,9 @@ impl Lan {
         let base = std::env::temp_dir().join(format!("sg-{tag}-{id}"));
         let _ = std::fs::remove_dir_all(&base);
         let lan = format!("{tag}{id}lan");
-        must(&format!("ip netns add {lan}"));
-        must(&format!("ip -n {lan} link add br0 type bridge"));
-        must(&format!("ip -n {lan} link set br0 up"));
+        run(&format!("ip netns add {lan}"));
+        run(&format!("ip -n {lan} link add br0 type bridge"));
+        run(&format!("ip -n {lan} link set br0 up"));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut hosts = Vec::new();
         for (i, name) in names.iter().enumerate() {
@@ -225,9 +210,9 @@ impl Lan {
                 format!("ip -n {ns} link set lo up"),
                 format!("ip -n {ns} link set eth0 up"),
             ] {
-                must(&cmd);
+                run(&cmd);
             }
-            sh(&format!(
+            try_run(&format!(
                 "ip netns exec {ns} ethtool -K eth0 tx off tso off gso off gro off"
             ));
             hosts.push(Host {
@@ -252,8 +237,8 @@ impl Drop for Lan {
             h.stop();
         }
         for h in &self.hosts {
-            sh(&format!("ip netns del {}", h.ns));
+            try_run(&format!("ip netns del {}", h.ns));
         }
-        sh(&format!("ip netns del {}", self.lan));
+        try_run(&format!("ip netns del {}", self.lan));
     }
 }

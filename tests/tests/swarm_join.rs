@@ -26,7 +26,7 @@ use swarmgate_control::cluster_api::{
 };
 use swarmgate_control::tls;
 use swarmgate_tests::netns;
-use swarmgate_tests::swarm::{must, wait_for, Host, Lan};
+use swarmgate_tests::swarm::{wait_for, Host, Lan};
 
 const MANAGER_IP: &str = "192.168.83.1";
 const WORKER_IP: &str = "192.168.83.2";
@@ -184,7 +184,7 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     // OpenSSL verifies the manager's certificate (as served on 2377) against that root and
     // reads SwarmKit's subject from it.
     let root_file = write(&m.dir, "root.pem", &root_pem);
-    let chain = must(&format!(
+    let chain = netns::run(&format!(
         "ip netns exec {} sh -c 'openssl s_client -connect {MANAGER_IP}:2377 -servername swarm-manager -showcerts </dev/null 2>/dev/null'",
         w.ns
     ));
@@ -196,13 +196,13 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
         chain[a..b].to_owned() + "\n"
     };
     let leaf = write(&m.dir, "manager.pem", &leaf_pem);
-    let verify = must(&format!(
+    let verify = netns::run(&format!(
         "openssl verify -CAfile {} -purpose sslserver {}",
         root_file.display(),
         leaf.display()
     ));
     assert!(verify.contains(": OK"), "{verify}");
-    let subject = must(&format!(
+    let subject = netns::run(&format!(
         "openssl x509 -noout -subject -nameopt RFC2253 -in {}",
         leaf.display()
     ));
@@ -214,7 +214,7 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
         .to_owned();
     assert!(subject.contains(&format!("CN={manager_id}")), "{subject}");
     assert!(subject.contains("OU=swarm-manager"), "{subject}");
-    let root_subject = must(&format!(
+    let root_subject = netns::run(&format!(
         "openssl x509 -noout -subject -in {}",
         root_file.display()
     ));
@@ -382,13 +382,13 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
         }
     });
     let renewed_file = write(&m.dir, "renewed.pem", &renewed);
-    let verify = must(&format!(
+    let verify = netns::run(&format!(
         "openssl verify -CAfile {} -purpose sslclient {}",
         root_file.display(),
         renewed_file.display()
     ));
     assert!(verify.contains(": OK"), "{verify}");
-    let subject = must(&format!(
+    let subject = netns::run(&format!(
         "openssl x509 -noout -subject -nameopt RFC2253 -in {}",
         renewed_file.display()
     ));
@@ -397,7 +397,7 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
         "{subject}"
     );
     assert!(subject.contains("OU=swarm-worker"), "{subject}");
-    let dates = must(&format!(
+    let dates = netns::run(&format!(
         "openssl x509 -noout -startdate -enddate -dateopt iso_8601 -in {}",
         renewed_file.display()
     ));
@@ -408,7 +408,7 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
             .unwrap()
             .trim()
             .to_owned();
-        must(&format!("date -u -d '{v}' +%s"))
+        netns::run(&format!("date -u -d '{v}' +%s"))
             .trim()
             .parse::<i64>()
             .unwrap()
@@ -523,11 +523,11 @@ fn a_worker_joins_with_a_token_over_mutual_tls() {
     };
     // Cut off (its link down): Down within the grace (3 heartbeat periods), Ready again
     // once the link is back, its session re-established by itself.
-    must(&format!("ip -n {} link set eth0 down", lan.hosts[1].ns));
+    netns::run(&format!("ip -n {} link set eth0 down", lan.hosts[1].ns));
     let down = wait_for("the cut-off worker Down", 30, || {
         status(&lan.hosts[0]) == "Down"
     });
-    must(&format!("ip -n {} link set eth0 up", lan.hosts[1].ns));
+    netns::run(&format!("ip -n {} link set eth0 up", lan.hosts[1].ns));
     let back = wait_for("the worker Ready again", 30, || {
         status(&lan.hosts[0]) == "Ready"
     });

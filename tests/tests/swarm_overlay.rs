@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use swarmgate_tests::netns;
-use swarmgate_tests::swarm::{must, wait_for, wait_until, Host, Lan};
+use swarmgate_tests::swarm::{wait_for, wait_until, Host, Lan};
 
 /// Each task serves its own name over HTTP on port 80.
 const WEB: &str =
@@ -106,7 +106,7 @@ print(json.dumps([addrs("web"), addrs("tasks.web"),
 }
 
 fn task_namespaces() -> BTreeSet<String> {
-    must("ip netns list")
+    netns::run("ip netns list")
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter_map(|n| n.strip_prefix("sgt-"))
@@ -346,7 +346,7 @@ fn a_service_spreads_over_three_nodes_and_its_tasks_reach_each_other() {
     let on_w1: Vec<WebTask> = drained.iter().filter(|t| t.node == "w1").cloned().collect();
     assert!(!on_w1.is_empty(), "{drained:?}");
     let w1 = &lan.hosts[1];
-    must(&format!("ip -n {} link set eth0 down", w1.ns));
+    netns::run(&format!("ip -n {} link set eth0 down", w1.ns));
     let moved = wait_for("w1's tasks placed elsewhere", 60, || {
         let r = running(m);
         r.len() == 3 && r.iter().all(|t| t.node != "w1")
@@ -378,7 +378,7 @@ fn a_service_spreads_over_three_nodes_and_its_tasks_reach_each_other() {
         moved.as_secs_f64(),
         withdrawn.as_secs_f64()
     );
-    must(&format!("ip -n {} link set eth0 up", w1.ns));
+    netns::run(&format!("ip -n {} link set eth0 up", w1.ns));
     wait_for("w1 Ready again", 30, || {
         m.rows("node ls")
             .iter()

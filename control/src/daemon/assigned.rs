@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::cluster_api as capi;
-use crate::dispatcher::Assignment;
+use crate::dispatcher::{AssignedTask, Assignment};
 
 impl Daemon {
     /// Takes a new assignment from this worker's manager: keeps it (persisted, so a
@@ -77,11 +77,7 @@ impl Daemon {
         // manager hears of them and gives their addresses back.
         for t in a.tasks.iter().filter(|t| t.desired == Desired::Shutdown) {
             if !self.cluster.tasks.contains_key(&t.id) {
-                let mut rec = TaskRecord::new(t.id.clone(), "", t.slot, t.version, &t.command);
-                rec.service = t.service.clone();
-                rec.name = t.name.clone();
-                rec.node = me.clone();
-                rec.status = TStatus::Shutdown;
+                let mut rec = record_of(t, &me, TStatus::Shutdown);
                 rec.desired = Desired::Shutdown;
                 rec.error = Some("stopped before it started".into());
                 self.cluster.tasks.insert(t.id.clone(), rec);
@@ -106,18 +102,9 @@ impl Daemon {
                 break;
             }
             starts += 1;
-            let mut rec = TaskRecord::new(
-                t.id.clone(),
-                t.service.as_deref().unwrap_or(""),
-                t.slot,
-                t.version,
-                &t.command,
-            );
-            rec.service = t.service.clone();
-            rec.name = t.name.clone();
-            rec.node = me.clone();
-            rec.status = TStatus::Assigned;
-            self.cluster.tasks.insert(t.id.clone(), rec);
+            self.cluster
+                .tasks
+                .insert(t.id.clone(), record_of(t, &me, TStatus::Assigned));
             match self.start_task(&t.id, &t.networks) {
                 Ok(()) => {
                     tracing::info!(task = %t.id, service = t.service.as_deref().unwrap_or(""), "task started")
@@ -161,5 +148,16 @@ impl Daemon {
     /// What the session needs to report at once when a task's state changes.
     pub(crate) fn report_signal(&self) -> Arc<tokio::sync::Notify> {
         self.reports.clone()
+    }
+}
+
+/// This worker's record of assigned task `t`, in `status`.
+fn record_of(t: &AssignedTask, me: &str, status: TStatus) -> TaskRecord {
+    TaskRecord {
+        service: t.service.clone(),
+        name: t.name.clone(),
+        node: me.to_owned(),
+        status,
+        ..TaskRecord::new(t.id.clone(), "", t.slot, t.version, &t.command)
     }
 }
