@@ -115,10 +115,6 @@ pub async fn join(manager: SocketAddr, token: &str, me: &Description) -> Result<
     if identity.node_id != reply.node_id || identity.cluster_id != reply.cluster_id {
         return Err("the manager's certificate does not match its answer".into());
     }
-    if identity.role != ca::Role::Worker {
-        // A manager's certificate without Raft would make a manager with no state.
-        return Err("the manager issued a manager certificate; only workers can join".into());
-    }
     let data_path_port = match reply.data_path_port {
         0 => crate::cluster::DEFAULT_DATA_PATH_PORT,
         p => u16::try_from(p).map_err(|_| format!("the manager sent data-path port {p}"))?,
@@ -231,4 +227,35 @@ impl Session {
             .map_err(status_line)?
             .into_inner())
     }
+}
+
+/// A manager that joined asks the leader at `leader` to add it to Raft's membership as
+/// listening on `addr` (SwarmKit's `raft.go` `Join`, called by a new manager on the
+/// manager it joined through). Returns once it is a voter.
+pub async fn join_raft(
+    leader: SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    addr: &str,
+) -> Result<(), String> {
+    let mut c = crate::cluster_api::raft_client::RaftClient::new(tls::channel_with_timeout(
+        leader,
+        tls,
+        // Adding a learner waits for it to take the log.
+        Duration::from_secs(60),
+    ));
+    c.join(capi::RaftJoinRequest { addr: addr.into() })
+        .await
+        .map_err(status_line)?;
+    Ok(())
+}
+
+/// A manager leaving the swarm asks the leader at `leader` to take it out of Raft's
+/// membership (SwarmKit's `raft.go` `Leave`).
+pub async fn leave_raft(
+    leader: SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<(), String> {
+    let mut c = crate::cluster_api::raft_client::RaftClient::new(tls::channel(leader, tls));
+    c.leave(capi::Empty {}).await.map_err(status_line)?;
+    Ok(())
 }

@@ -45,6 +45,7 @@ use crate::task::{process_start_time, Attachment, Task, TaskSpec, TaskState};
 mod assigned;
 mod containers;
 mod grpc;
+mod leadership;
 mod membership;
 mod networks;
 mod orchestrator;
@@ -53,7 +54,7 @@ mod tasks;
 
 use grpc::lock_state;
 pub use grpc::Api;
-pub use membership::{Want, NOT_A_MANAGER};
+pub use membership::{Want, LEADER_IS_AT, LOST_QUORUM, NOT_A_MANAGER};
 
 /// How long a slot waits after its task ended before a replacement starts.
 const RESTART_DELAY: u64 = 1;
@@ -96,8 +97,6 @@ pub struct Daemon {
     /// On a manager: when each other node's last heartbeat arrived (not persisted: after
     /// a restart every node is Down until it beats again).
     heartbeats: HashMap<String, std::time::Instant>,
-    /// When this daemon started.
-    started: std::time::Instant,
     /// The last attempt to program the data plane failed (retried every tick).
     push_failed: bool,
     /// The last retry's error, logged once.
@@ -111,6 +110,18 @@ pub struct Daemon {
     changes: tokio::sync::watch::Sender<u64>,
     /// On a worker: raised when a task's state changes, so the session reports at once.
     reports: Arc<tokio::sync::Notify>,
+    /// On a manager: its Raft member, once the node runtime has started it (shared with
+    /// the 2377 server, which hands it Raft's messages without taking the state lock).
+    raft: Arc<arc_swap::ArcSwapOption<crate::raft::Replica>>,
+    /// Whether this daemon acts as the swarm's leader: it holds the replicated state in
+    /// `cluster`, orchestrates, and commits through Raft. Otherwise it is an agent, like
+    /// a worker (SwarmKit runs an agent on every node, managers included).
+    leading: bool,
+    /// The cluster state as last committed through Raft (JSON), what the next command is
+    /// the difference from.
+    replicated: serde_json::Value,
+    /// When this manager last took the lead (nodes get the heartbeat grace from then).
+    leader_since: std::time::Instant,
 }
 
 fn bad(msg: impl std::fmt::Display) -> Status {
@@ -145,6 +156,16 @@ impl Daemon {
         self.me().is_some_and(|m| m.is_manager())
     }
 
+    /// Whether this node leads the swarm now (see [`Daemon::leading`]).
+    fn leads(&self) -> bool {
+        self.leading && self.is_manager()
+    }
+
+    /// This manager's Raft member, if it runs.
+    fn replica(&self) -> Option<Arc<crate::raft::Replica>> {
+        self.raft.load_full()
+    }
+
     fn not_swarm() -> Status {
         Status::failed_precondition(
             "This node is not a swarm manager. Use \"swarmgate swarm init\" to connect this node to swarm and try again.",
@@ -166,8 +187,13 @@ impl Daemon {
         v
     }
 
-    /// Persists the state and pushes it to the data plane and the DNS.
+    /// Commits the state: on the leader through Raft first (refused, and nothing saved,
+    /// when no quorum takes it), then persisted here, then pushed to the data plane and
+    /// the DNS.
     fn commit(&mut self) -> Result<(), Status> {
+        if self.leads() {
+            self.replicate()?;
+        }
         self.store
             .save(&self.cluster, &self.local)
             .map_err(|e| Status::internal(format!("saving state: {e:#}")))?;
@@ -180,13 +206,16 @@ impl Daemon {
     /// worker from its assignment.
     fn push(&mut self) -> Result<(), Status> {
         let me = self.me();
+        let leads = self.leads();
         let (st, dns) = match (me, &self.local.assignment) {
-            (Some(s), Some(a)) if !s.is_manager() => {
+            (Some(s), Some(a)) if !leads => {
                 let mut st = a.state.clone();
                 st.vxlan_port = s.data_path_port;
                 (st, a.dns.clone())
             }
-            (Some(s), _) if !s.is_manager() => (
+            // A manager between leading and its first assignment keeps what it has.
+            (Some(s), None) if s.is_manager() && !leads => return Ok(()),
+            (Some(s), _) if !leads => (
                 NodeState {
                     vxlan_port: s.data_path_port,
                     ..Default::default()
@@ -265,14 +294,18 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         saves: 0,
         stopping: Vec::new(),
         heartbeats: HashMap::new(),
-        started: std::time::Instant::now(),
         push_failed: false,
         push_error: None,
         down_logged: Default::default(),
         period_change: None,
         changes: tokio::sync::watch::channel(0).0,
         reports: Arc::new(tokio::sync::Notify::new()),
+        raft: Default::default(),
+        leading: false,
+        replicated: serde_json::Value::Null,
+        leader_since: std::time::Instant::now(),
     };
+    let raft = d.raft.clone();
     let d = tokio::task::spawn_blocking(move || -> anyhow::Result<Daemon> {
         d.upgrade_swarm()
             .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
@@ -287,6 +320,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         inner: inner.clone(),
         runtime: Default::default(),
         membership: Default::default(),
+        raft,
     };
 
     if let Some(dir) = cfg.socket.parent() {
@@ -313,6 +347,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
             let r = tokio::task::spawn_blocking(move || {
                 let logs = {
                     let mut d = lock_state(&d);
+                    d.sync_role();
                     if let Err(e) = d.renew_own_certificate() {
                         tracing::error!("renewing this manager's certificate: {}", e.message());
                     }

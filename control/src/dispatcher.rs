@@ -90,6 +90,10 @@ pub struct Assignment {
     pub state: NodeState,
     /// The names its embedded DNS answers, on the networks it has.
     pub dns: DnsView,
+    /// Every manager's 2377 address (SwarmKit's session `Managers` list): where the node
+    /// turns when its manager goes away.
+    #[serde(default)]
+    pub managers: Vec<String>,
 }
 
 /// What a node reports about one of its tasks.
@@ -168,6 +172,7 @@ pub fn assignment(c: &Cluster, node: &str) -> Assignment {
         networks,
         state,
         dns,
+        managers: Vec::new(),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod local;
 pub mod logs;
 pub mod network;
 pub mod publish;
+pub mod raft;
 pub mod remote;
 pub mod runtime;
 pub mod scheduler;

@@ -7,7 +7,8 @@
 //! * `Ca.RenewNodeCertificate`, `Dispatcher.Heartbeat`, `Dispatcher.Assignments` — a
 //!   node of this cluster (its certificate's O is the cluster ID) that has not been
 //!   removed (an assignments stream ends when its node is);
-//! * `Health.Check` — managers only.
+//! * `Health.Check`, `Raft.*` and the control API (`Swarmgate`, what another manager
+//!   forwards to the leader, SwarmKit's `raftproxy`) — managers only.
 //!
 //! Every refusal is logged with the caller's address and the reason. A handshake gets
 //! [`crate::tls::CONNECT_TIMEOUT`]; connections are served as they complete, so a slow
@@ -21,7 +22,7 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 use crate::ca::{self, NodeIdentity, Role};
-use crate::cluster_api::{self as capi, ca_server, dispatcher_server, health_server};
+use crate::cluster_api::{self as capi, ca_server, dispatcher_server, health_server, raft_server};
 use crate::daemon::Api;
 
 /// The port managers listen on.
@@ -220,7 +221,24 @@ impl Remote {
             .max_concurrent_streams(Some(16))
             .add_service(ca_server::CaServer::new(self.clone()))
             .add_service(dispatcher_server::DispatcherServer::new(self.clone()))
-            .add_service(health_server::HealthServer::new(self))
+            .add_service(health_server::HealthServer::new(self.clone()))
+            .add_service(
+                raft_server::RaftServer::new(self.clone())
+                    .max_decoding_message_size(crate::raft::network::MAX_MESSAGE)
+                    .max_encoding_message_size(crate::raft::network::MAX_MESSAGE),
+            )
+            .add_service(
+                crate::api::swarmgate_server::SwarmgateServer::with_interceptor(
+                    self.api.clone(),
+                    {
+                        let cluster_id = self.cluster_id.clone();
+                        move |r: Request<()>| {
+                            authorize(&r, &cluster_id, &[Role::Manager], "the control API")?;
+                            Ok(r)
+                        }
+                    },
+                ),
+            )
             .serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(rx), shutdown)
             .await;
         Ok(r?)
@@ -395,5 +413,94 @@ impl health_server::Health for Remote {
         Ok(Response::new(capi::HealthReply {
             status: "SERVING".into(),
         }))
+    }
+}
+
+impl Remote {
+    /// This manager's Raft member, for a caller authorised as a manager.
+    fn replica<T>(&self, r: &Request<T>, what: &str) -> Result<Arc<crate::raft::Replica>, Status> {
+        authorize(r, &self.cluster_id, &[Role::Manager], what)?;
+        self.api
+            .raft
+            .load_full()
+            .ok_or_else(|| Status::unavailable("this manager's Raft member is not running"))
+    }
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for Remote {
+    async fn append_entries(
+        &self,
+        r: Request<capi::RaftMessage>,
+    ) -> Result<Response<capi::RaftMessage>, Status> {
+        let raft = self.replica(&r, "raft")?;
+        let req = crate::raft::network::decode(r.get_ref())?;
+        let res = raft.raft.append_entries(req).await;
+        crate::raft::network::encode(&res).map(Response::new)
+    }
+
+    async fn vote(
+        &self,
+        r: Request<capi::RaftMessage>,
+    ) -> Result<Response<capi::RaftMessage>, Status> {
+        let raft = self.replica(&r, "raft")?;
+        let req = crate::raft::network::decode(r.get_ref())?;
+        let res = raft.raft.vote(req).await;
+        crate::raft::network::encode(&res).map(Response::new)
+    }
+
+    async fn install_snapshot(
+        &self,
+        r: Request<capi::RaftMessage>,
+    ) -> Result<Response<capi::RaftMessage>, Status> {
+        let raft = self.replica(&r, "raft")?;
+        let req = crate::raft::network::decode(r.get_ref())?;
+        let res = raft.raft.install_snapshot(req).await;
+        crate::raft::network::encode(&res).map(Response::new)
+    }
+
+    /// A manager of this cluster asks to be added (on the leader): it must be a node the
+    /// CA issued a manager certificate to; it is reached at the address its connection
+    /// comes from, on the port it names.
+    async fn join(
+        &self,
+        r: Request<capi::RaftJoinRequest>,
+    ) -> Result<Response<capi::Empty>, Status> {
+        let id = authorize(&r, &self.cluster_id, &[Role::Manager], "raft join")?;
+        let raft = self.replica(&r, "raft join")?;
+        let seen = observed(&r);
+        let port = ipv4_port(&r.get_ref().addr)
+            .map(|a| a.port())
+            .ok_or_else(|| Status::invalid_argument("raft join: the address must be IPv4:PORT"))?;
+        let node = id.node_id.clone();
+        self.api
+            .call(move |d| d.check_manager_member(&node))
+            .await?;
+        let addr = seen
+            .map(|a| format!("{a}:{port}"))
+            .unwrap_or_else(|| r.get_ref().addr.clone());
+        raft.add_manager(crate::raft::Peer {
+            node: id.node_id,
+            addr,
+        })
+        .await
+        .map_err(Status::unavailable)?;
+        Ok(Response::new(capi::Empty {}))
+    }
+
+    async fn leave(&self, r: Request<capi::Empty>) -> Result<Response<capi::Empty>, Status> {
+        let id = authorize(&r, &self.cluster_id, &[Role::Manager], "raft leave")?;
+        let raft = self.replica(&r, "raft leave")?;
+        if !raft.is_leader() {
+            let at = raft.leader().map(|l| l.addr).unwrap_or_default();
+            return Err(Status::unavailable(format!(
+                "{}{at}",
+                crate::daemon::LEADER_IS_AT
+            )));
+        }
+        raft.remove_manager(&id.node_id)
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(Response::new(capi::Empty {}))
     }
 }

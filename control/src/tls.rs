@@ -153,17 +153,36 @@ impl ServerCertVerifier for AnyServer {
 /// A gRPC channel to the manager at `addr` over TLS with `config`, the manager named
 /// `swarm-manager`. Connects lazily; calls time out after [`CALL_TIMEOUT`].
 pub fn channel(addr: SocketAddr, config: Arc<ClientConfig>) -> Channel {
+    channel_with_timeouts(addr, config, CONNECT_TIMEOUT, CALL_TIMEOUT)
+}
+
+/// [`channel`] whose calls time out after `timeout`.
+pub fn channel_with_timeout(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+) -> Channel {
+    channel_with_timeouts(addr, config, CONNECT_TIMEOUT, timeout)
+}
+
+/// [`channel`] whose connection attempts time out after `connect`, calls after `call`.
+pub fn channel_with_timeouts(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    connect: Duration,
+    timeout: Duration,
+) -> Channel {
     let connector = tower::service_fn(move |_: Uri| {
         let config = config.clone();
         async move {
-            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            let tcp = tokio::time::timeout(connect, tokio::net::TcpStream::connect(addr))
                 .await
                 .map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
                 })??;
             let name = ServerName::try_from(MANAGER_ROLE).expect("valid name");
             let tls = tokio::time::timeout(
-                CONNECT_TIMEOUT,
+                connect,
                 tokio_rustls::TlsConnector::from(config).connect(name, tcp),
             )
             .await
@@ -174,7 +193,7 @@ pub fn channel(addr: SocketAddr, config: Arc<ClientConfig>) -> Channel {
         }
     });
     Endpoint::from_static("http://swarm-manager")
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
+        .connect_timeout(connect)
+        .timeout(timeout)
         .connect_with_connector_lazy(connector)
 }

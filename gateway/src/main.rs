@@ -91,7 +91,7 @@ fn init_logs(level: &str) -> anyhow::Result<()> {
         }
         // The DNS server library logs every query at info: never per packet here.
         _ => tracing_subscriber::EnvFilter::try_new(format!(
-            "{level},hickory_server=warn,hickory_proto=warn"
+            "{level},hickory_server=warn,hickory_proto=warn,openraft=error"
         ))?,
     };
     tracing_subscriber::fmt()

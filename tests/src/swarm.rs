@@ -105,6 +105,14 @@ impl Host {
         }
     }
 
+    /// Kills its daemon with SIGKILL (a crashed host; its tasks keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
     /// Its daemon's log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()

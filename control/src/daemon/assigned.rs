@@ -11,13 +11,10 @@ impl Daemon {
     /// Takes a new assignment from this worker's manager: keeps it (persisted, so a
     /// restarted worker carries on with it) and runs it.
     pub(crate) fn assign(&mut self, a: Assignment) -> Result<(), Status> {
-        match self.me() {
-            Some(m) if !m.is_manager() => {}
-            _ => {
-                return Err(Status::failed_precondition(
-                    "only a worker takes assignments from a manager",
-                ))
-            }
+        if self.me().is_none() || self.leads() {
+            return Err(Status::failed_precondition(
+                "only a node that does not lead takes assignments from the leader",
+            ));
         }
         if self.local.assignment.as_ref() == Some(&a) {
             return Ok(());

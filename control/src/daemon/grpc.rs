@@ -1,5 +1,10 @@
 //! The gRPC adapter: each call of the local API runs on a blocking thread under the
 //! daemon's lock, all or nothing.
+//!
+//! A cluster call typed on a manager that does not lead is forwarded to the leader over
+//! mutual TLS on 2377 (SwarmKit's `raftproxy`, which wraps the control API the same way);
+//! one that arrives forwarded is never forwarded again. With no leader, the call waits up
+//! to [`NO_LEADER_WAIT`] for an election, then gets SwarmKit's no-leader message.
 
 use super::*;
 
@@ -11,6 +16,65 @@ pub struct Api {
     /// Held through `swarm init`, `join` and `leave`, so that a join — which talks to a
     /// manager between checking and recording — cannot interleave with another.
     pub(super) membership: Arc<tokio::sync::Mutex<()>>,
+    /// This manager's Raft member (the same handle the daemon has), reached by the 2377
+    /// server without the state lock.
+    pub(crate) raft: Arc<arc_swap::ArcSwapOption<crate::raft::Replica>>,
+}
+
+/// How long a cluster call waits for a leader to be elected.
+const NO_LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Marks a call forwarded by another manager.
+const FORWARDED: &str = "swarmgate-forwarded";
+
+/// Runs a cluster call here when this node leads or is a worker (whose handler answers
+/// with Docker's refusal), else forwards it to the leader.
+macro_rules! cluster_call {
+    ($self:ident, $r:ident, $method:ident, $handler:ident $(, $unit:tt)?) => {{
+        let forwarded = $r.metadata().contains_key(FORWARDED);
+        let inner = $r.into_inner();
+        let deadline = std::time::Instant::now() + NO_LEADER_WAIT;
+        loop {
+            let Some(mut leader) = $self.leader_client(forwarded, deadline).await? else {
+                break;
+            };
+            let mut fwd = Request::new(inner.clone());
+            fwd.metadata_mut()
+                .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            match leader.$method(fwd).await {
+                // The leader this manager knew is gone (the request never reached it):
+                // ask again who leads.
+                Err(e) if unreached(&e) && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                r => return r,
+            }
+        }
+        cluster_call!(@local $self, inner, $handler $(, $unit)?)
+    }};
+    (@local $self:ident, $inner:ident, $handler:ident) => {
+        $self.call(move |d| d.$handler($inner)).await
+    };
+    (@local $self:ident, $inner:ident, $handler:ident, ()) => {{
+        let _ = $inner;
+        $self.call(move |d| d.$handler()).await
+    }};
+}
+
+/// A forwarded call that failed before reaching the leader (connecting), so may be sent
+/// again without running twice.
+fn unreached(e: &Status) -> bool {
+    e.code() == tonic::Code::Unavailable && e.message().contains("connect")
+}
+
+/// Refuses a call that only this node's own client may make (it acts on this node, not
+/// on the cluster) when it arrives over 2377 from another manager.
+fn local_only<T>(r: &Request<T>) -> Result<(), Status> {
+    if r.peer_certs().is_some() {
+        return Err(Status::permission_denied(
+            "this call acts on a node and is only accepted on its own API socket",
+        ));
+    }
+    Ok(())
 }
 
 /// The daemon's state, even after a panic poisoned its lock: every path that changes it
@@ -23,6 +87,136 @@ pub(super) fn lock_state(m: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon>
 }
 
 impl Api {
+    /// A client of the leader's control API when this node is a manager that does not
+    /// lead; `None` to run the call here. Waits for an election when there is no leader.
+    async fn leader_client(
+        &self,
+        forwarded: bool,
+        deadline: std::time::Instant,
+    ) -> Result<Option<api::swarmgate_client::SwarmgateClient<tonic::transport::Channel>>, Status>
+    {
+        loop {
+            let (manager, leads, tls) = self
+                .call(|d| {
+                    d.sync_role();
+                    let tls = d.me().map(|m| {
+                        (
+                            m.root_ca_cert.clone(),
+                            m.node_cert.clone(),
+                            m.node_key.clone(),
+                        )
+                    });
+                    Ok((d.is_manager(), d.leads(), tls))
+                })
+                .await?
+                .into_inner();
+            if !manager || leads {
+                return Ok(None);
+            }
+            let leader = self
+                .raft
+                .load_full()
+                .and_then(|r| r.leader().filter(|l| l.node != r.me.node));
+            if let (Some(l), Some((root, cert, key)), false) = (leader, tls, forwarded) {
+                let addr: std::net::SocketAddr = l
+                    .addr
+                    .parse()
+                    .map_err(|_| Status::internal(format!("the leader's address {:?}", l.addr)))?;
+                let cfg = crate::tls::client_config(&root, Some((&cert, &key)))
+                    .map_err(|e| Status::internal(format!("{e:#}")))?;
+                // Managers share a LAN: a leader that does not answer within a second
+                // is taken for gone and asked about again.
+                return Ok(Some(api::swarmgate_client::SwarmgateClient::new(
+                    crate::tls::channel_with_timeouts(
+                        addr,
+                        cfg,
+                        Duration::from_secs(1),
+                        crate::tls::CALL_TIMEOUT,
+                    ),
+                )));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(super::LOST_QUORUM));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A manager leaving: refused without `force`, with Docker's reasons
+    /// (`daemon/cluster/swarm.go` `Leave`: whether the managers still reachable after it
+    /// would keep a quorum); with it, the leader takes it out of Raft's membership first,
+    /// so the managers left count only each other (best effort: a leader that cannot be
+    /// reached does not keep a node from leaving).
+    async fn leave_managers(&self, force: bool) -> Result<(), Status> {
+        let replica = self.raft.load_full();
+        if !force {
+            let mut msg = String::from(
+                "You are attempting to leave the swarm on a node that is participating as a manager. ",
+            );
+            use api::swarmgate_server::Swarmgate;
+            let nodes = self
+                .node_list(Request::new(api::Empty {}))
+                .await
+                .map(|r| r.into_inner().nodes)
+                .unwrap_or_default();
+            let reachable = nodes
+                .iter()
+                .filter(|n| n.manager_status == "Leader" || n.manager_status == "Reachable")
+                .count();
+            let unreachable = nodes
+                .iter()
+                .filter(|n| n.manager_status == "Unreachable")
+                .count();
+            // `removingManagerCausesLossOfQuorum`, `isLastManager` (utils.go).
+            if !nodes.is_empty() && reachable.saturating_sub(2) <= unreachable {
+                if reachable == 1 && unreachable == 0 {
+                    msg += "Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message. ";
+                    return Err(Status::failed_precondition(msg.trim_end().to_owned()));
+                }
+                msg += &format!(
+                    "Removing this node leaves {} managers out of {}. Without a Raft quorum your swarm will be inaccessible. ",
+                    reachable.saturating_sub(1),
+                    reachable + unreachable
+                );
+            }
+            msg += "The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message.";
+            return Err(Status::failed_precondition(msg));
+        }
+        let Some(r) = replica else { return Ok(()) };
+        if r.voters().len() <= 1 {
+            return Ok(());
+        }
+        let res = if r.is_leader() {
+            r.remove_manager(&r.me.node).await
+        } else {
+            let tls = self
+                .call(|d| {
+                    Ok(d.me().map(|m| {
+                        (
+                            m.root_ca_cert.clone(),
+                            m.node_cert.clone(),
+                            m.node_key.clone(),
+                        )
+                    }))
+                })
+                .await?
+                .into_inner();
+            match (r.leader().and_then(|l| l.addr.parse().ok()), tls) {
+                (Some(addr), Some((root, cert, key))) => {
+                    match crate::tls::client_config(&root, Some((&cert, &key))) {
+                        Ok(cfg) => crate::agent::leave_raft(addr, cfg).await,
+                        Err(e) => Err(format!("{e:#}")),
+                    }
+                }
+                _ => Err("no leader to ask".into()),
+            }
+        };
+        if let Err(e) = res {
+            tracing::warn!("leaving Raft's membership: {e}; leaving anyway (--force)");
+        }
+        Ok(())
+    }
+
     /// Runs `f` on the daemon's state on a blocking thread, all or nothing.
     pub(crate) async fn call<T: Send + 'static>(
         &self,
@@ -63,6 +257,7 @@ impl api::swarmgate_server::Swarmgate for Api {
         &self,
         r: Request<api::SwarmInitRequest>,
     ) -> Result<Response<api::SwarmInitReply>, Status> {
+        local_only(&r)?;
         let _one = self.membership.lock().await;
         let reply = self.call(move |d| d.swarm_init(r.into_inner())).await?;
         self.runtime.lock().await.ensure(self).await;
@@ -72,6 +267,7 @@ impl api::swarmgate_server::Swarmgate for Api {
         &self,
         r: Request<api::SwarmJoinRequest>,
     ) -> Result<Response<api::SwarmJoinReply>, Status> {
+        local_only(&r)?;
         let r = r.into_inner();
         let manager = crate::agent::manager_addr(&r.remote_addr).map_err(bad)?;
         let _one = self.membership.lock().await;
@@ -90,106 +286,112 @@ impl api::swarmgate_server::Swarmgate for Api {
         &self,
         r: Request<api::JoinTokenRequest>,
     ) -> Result<Response<api::JoinTokenReply>, Status> {
-        self.call(move |d| d.join_token(r.into_inner())).await
+        cluster_call!(self, r, swarm_join_token, join_token)
     }
     async fn swarm_leave(
         &self,
         r: Request<api::SwarmLeaveRequest>,
     ) -> Result<Response<api::Empty>, Status> {
+        local_only(&r)?;
         let _one = self.membership.lock().await;
-        let reply = self.call(move |d| d.swarm_leave(r.into_inner())).await?;
+        let r = r.into_inner();
+        let manager = self.call(|d| Ok(d.is_manager())).await?.into_inner();
+        if manager {
+            self.leave_managers(r.force).await?;
+        }
+        let reply = self.call(move |d| d.swarm_leave(r)).await?;
         self.runtime.lock().await.ensure(self).await;
         Ok(reply)
     }
     async fn node_list(
         &self,
-        _: Request<api::Empty>,
+        r: Request<api::Empty>,
     ) -> Result<Response<api::NodeListReply>, Status> {
-        self.call(|d| d.node_list()).await
+        cluster_call!(self, r, node_list, node_list, ())
     }
     async fn node_inspect(
         &self,
         r: Request<api::NamesRequest>,
     ) -> Result<Response<api::JsonReply>, Status> {
-        self.call(move |d| d.node_inspect(r.into_inner())).await
+        cluster_call!(self, r, node_inspect, node_inspect)
     }
     async fn node_update(
         &self,
         r: Request<api::NodeUpdateRequest>,
     ) -> Result<Response<api::Empty>, Status> {
-        self.call(move |d| d.node_update(r.into_inner())).await
+        cluster_call!(self, r, node_update, node_update)
     }
     async fn node_remove(
         &self,
         r: Request<api::NodeRemoveRequest>,
     ) -> Result<Response<api::Empty>, Status> {
-        self.call(move |d| d.node_remove(r.into_inner())).await
+        cluster_call!(self, r, node_remove, node_remove)
     }
     async fn swarm_update(
         &self,
         r: Request<api::SwarmUpdateRequest>,
     ) -> Result<Response<api::Empty>, Status> {
-        self.call(move |d| d.swarm_update(r.into_inner())).await
+        cluster_call!(self, r, swarm_update, swarm_update)
     }
     async fn network_create(
         &self,
         r: Request<api::NetworkCreateRequest>,
     ) -> Result<Response<api::IdReply>, Status> {
-        self.call(move |d| d.network_create(r.into_inner())).await
+        cluster_call!(self, r, network_create, network_create)
     }
     async fn network_list(
         &self,
-        _: Request<api::Empty>,
+        r: Request<api::Empty>,
     ) -> Result<Response<api::NetworkListReply>, Status> {
-        self.call(|d| d.network_list()).await
+        cluster_call!(self, r, network_list, network_list, ())
     }
     async fn network_inspect(
         &self,
         r: Request<api::NamesRequest>,
     ) -> Result<Response<api::JsonReply>, Status> {
-        self.call(move |d| d.network_inspect(r.into_inner())).await
+        cluster_call!(self, r, network_inspect, network_inspect)
     }
     async fn network_remove(
         &self,
         r: Request<api::NamesRequest>,
     ) -> Result<Response<api::Empty>, Status> {
-        self.call(move |d| d.network_remove(r.into_inner())).await
+        cluster_call!(self, r, network_remove, network_remove)
     }
     async fn service_create(
         &self,
         r: Request<api::ServiceCreateRequest>,
     ) -> Result<Response<api::IdReply>, Status> {
-        self.call(move |d| d.service_create(r.into_inner())).await
+        cluster_call!(self, r, service_create, service_create)
     }
     async fn service_list(
         &self,
-        _: Request<api::Empty>,
+        r: Request<api::Empty>,
     ) -> Result<Response<api::ServiceListReply>, Status> {
-        self.call(|d| d.service_list()).await
+        cluster_call!(self, r, service_list, service_list, ())
     }
     async fn service_ps(
         &self,
         r: Request<api::NamesRequest>,
     ) -> Result<Response<api::TaskListReply>, Status> {
-        self.call(move |d| d.service_ps(r.into_inner())).await
+        cluster_call!(self, r, service_ps, service_ps)
     }
     async fn service_inspect(
         &self,
         r: Request<api::NamesRequest>,
     ) -> Result<Response<api::JsonReply>, Status> {
-        self.call(move |d| d.service_inspect(r.into_inner())).await
+        cluster_call!(self, r, service_inspect, service_inspect)
     }
     async fn service_update(
         &self,
         r: Request<api::ServiceUpdateRequest>,
     ) -> Result<Response<api::IdReply>, Status> {
-        self.call(move |d| d.service_update(r.into_inner())).await
+        cluster_call!(self, r, service_update, service_update)
     }
     async fn service_remove(
         &self,
         r: Request<api::NamesRequest>,
     ) -> Result<Response<api::Empty>, Status> {
-        self.call(move |d| d.service_remove(r.into_inner())).await
+        cluster_call!(self, r, service_remove, service_remove)
     }
     type ServiceLogsStream = tokio_stream::wrappers::ReceiverStream<Result<api::LogsReply, Status>>;
 
@@ -197,6 +399,7 @@ impl api::swarmgate_server::Swarmgate for Api {
         &self,
         r: Request<api::NamesRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        local_only(&r)?;
         let sources = self
             .call(move |d| d.service_log_sources(r.into_inner()))
             .await?
@@ -232,33 +435,38 @@ impl api::swarmgate_server::Swarmgate for Api {
         &self,
         r: Request<api::ContainerRunRequest>,
     ) -> Result<Response<api::EndpointReply>, Status> {
+        local_only(&r)?;
         self.call(move |d| d.container_run(r.into_inner())).await
     }
     async fn container_exited(
         &self,
         r: Request<api::ContainerExitedRequest>,
     ) -> Result<Response<api::Empty>, Status> {
+        local_only(&r)?;
         self.call(move |d| d.container_exited(r.into_inner())).await
     }
     async fn container_remove(
         &self,
         r: Request<api::ContainerRemoveRequest>,
     ) -> Result<Response<api::Empty>, Status> {
+        local_only(&r)?;
         self.call(move |d| d.container_remove(r.into_inner())).await
     }
     async fn container_list(
         &self,
-        _: Request<api::Empty>,
+        r: Request<api::Empty>,
     ) -> Result<Response<api::ContainerListReply>, Status> {
+        local_only(&r)?;
         self.call(|d| d.container_list()).await
     }
     async fn endpoint_lookup(
         &self,
         r: Request<api::NamesRequest>,
     ) -> Result<Response<api::EndpointReply>, Status> {
-        self.call(move |d| d.endpoint_lookup(r.into_inner())).await
+        cluster_call!(self, r, endpoint_lookup, endpoint_lookup)
     }
-    async fn stats(&self, _: Request<api::Empty>) -> Result<Response<api::JsonReply>, Status> {
+    async fn stats(&self, r: Request<api::Empty>) -> Result<Response<api::JsonReply>, Status> {
+        local_only(&r)?;
         self.call(|d| {
             Ok(api::JsonReply {
                 json: serde_json::to_string_pretty(&d.dp.stats()).expect("json"),

@@ -17,8 +17,28 @@ use crate::dispatcher::{apply_reports, assignment, parse_status, Report};
 use crate::local::Membership;
 use crate::network::CreateNetwork;
 
+impl Default for Want {
+    fn default() -> Want {
+        Want {
+            tls: None,
+            listen: None,
+            raft: None,
+            session: None,
+            me: (String::new(), Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED),
+        }
+    }
+}
+
 /// Docker's answer to a cluster command typed on a worker.
 pub const NOT_A_MANAGER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
+
+/// SwarmKit's answer when no leader can be found (`manager/state/raft/raft.go`,
+/// `lostQuorumMessage`).
+pub const LOST_QUORUM: &str = "The swarm does not have a leader. It's possible that too few managers are online. Make sure more than half of the managers are online.";
+
+/// The start of the refusal a manager that does not lead gives calls only the leader
+/// serves; the leader's address follows (agents reconnect there).
+pub const LEADER_IS_AT: &str = "this manager is not the leader; the leader is at ";
 
 /// Labels a node may carry.
 const MAX_LABELS: usize = 64;
@@ -31,33 +51,18 @@ const HEARTBEAT_GRACE: u32 = 3;
 
 /// What this node runs for the cluster, as its state asks ([`crate::runtime`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Want {
-    /// Not in a swarm.
-    Nothing,
-    /// A manager: the 2377 listener.
-    Listener {
-        /// Where.
-        listen: String,
-        /// The root, PEM.
-        root: String,
-        /// This node's certificate and key, PEM.
-        cert: String,
-        /// Its key.
-        key: String,
-    },
-    /// A worker: the heartbeat session.
-    Session {
-        /// The manager.
-        manager: std::net::SocketAddr,
-        /// The root, this node's certificate and key, PEM.
-        root: String,
-        /// Certificate.
-        cert: String,
-        /// Key.
-        key: String,
-        /// How it describes itself.
-        me: (String, Ipv4Addr, Ipv4Addr),
-    },
+pub struct Want {
+    /// The cluster's root and this node's certificate and key, PEM; `None` outside a swarm.
+    pub tls: Option<(String, String, String)>,
+    /// A manager: where its 2377 listener listens.
+    pub listen: Option<String>,
+    /// A manager: its Raft member (itself as the membership knows it, and whether it
+    /// created the swarm, so makes the first group; one that joined asks to be added).
+    pub raft: Option<(crate::raft::Peer, bool)>,
+    /// A node that does not lead: the agent's session with this manager.
+    pub session: Option<std::net::SocketAddr>,
+    /// How it describes itself in its session: host name, addresses.
+    pub me: (String, Ipv4Addr, Ipv4Addr),
 }
 
 fn parse_listen(s: &str) -> Result<String, Status> {
@@ -112,7 +117,20 @@ impl Daemon {
         if !m.is_manager() {
             return Err(Status::failed_precondition(NOT_A_MANAGER));
         }
+        self.require_leader()?;
         self.cluster.swarm.as_ref().ok_or_else(Self::not_swarm)
+    }
+
+    /// Calls only the leader serves: refused with the leader's address (or, with none,
+    /// SwarmKit's no-leader message) on any other manager.
+    pub(crate) fn require_leader(&self) -> Result<(), Status> {
+        if self.leads() {
+            return Ok(());
+        }
+        match self.replica().and_then(|r| r.leader()) {
+            Some(l) => Err(Status::unavailable(format!("{LEADER_IS_AT}{}", l.addr))),
+            None => Err(Status::unavailable(LOST_QUORUM)),
+        }
     }
 
     fn addr_or_own(&self, s: &str, what: &str) -> Result<Ipv4Addr, Status> {
@@ -392,8 +410,9 @@ impl Daemon {
             .me()
             .ok_or_else(|| Status::failed_precondition("This node is not part of a swarm"))?;
         if s.is_manager() && !r.force {
+            // The API adapter explains why, with the managers' count (see `leave_managers`).
             return Err(Status::failed_precondition(
-                "You are attempting to leave the swarm on a node that is the last manager. Removing it deletes the swarm state: use --force to do so.",
+                "You are attempting to leave the swarm on a node that is participating as a manager. Use `--force` to suppress this message.",
             ));
         }
         let ids: Vec<String> = self.cluster.tasks.keys().cloned().collect();
@@ -403,6 +422,8 @@ impl Daemon {
         self.cluster = Cluster::default();
         self.local = crate::local::NodeLocal::default();
         self.heartbeats.clear();
+        self.leading = false;
+        self.replicated = serde_json::Value::Null;
         let _ = ip(&["link", "del", GWBRIDGE]);
         self.commit()?;
         Ok(api::Empty {})
@@ -427,8 +448,11 @@ impl Daemon {
                     hostname: n.hostname.clone(),
                     status: if self.node_ready(n) { "Ready" } else { "Down" }.into(),
                     availability: capital(&n.availability),
+                    // Served by the leader only: this node leads; another manager is
+                    // Reachable while its agent's heartbeats arrive.
                     manager_status: match (n.role.as_str(), Some(n.id.as_str()) == me) {
                         ("manager", true) => "Leader",
+                        ("manager", false) if self.node_ready(n) => "Reachable",
                         ("manager", false) => "Unreachable",
                         _ => "",
                     }
@@ -693,11 +717,6 @@ impl Daemon {
         let s = self.require_manager()?;
         let role =
             ca::role_for_token(&r.token, &s.worker_token, &s.manager_token).map_err(status_of)?;
-        if role == Role::Manager {
-            return Err(Status::unimplemented(
-                "joining as a manager needs the replicated (Raft) store, which swarmgate does not have yet: join as a worker",
-            ));
-        }
         let addr = node_addr(seen, &r.advertise_addr)?;
         let name = valid_hostname(&r.hostname)?;
         let (cluster_id, expiry) = (s.id.clone(), s.cert_expiry_secs);
@@ -732,6 +751,20 @@ impl Daemon {
             role: role.name().into(),
             data_path_port: self.cluster.swarm.as_ref().map_or(0, |s| s.data_path_port) as u32,
         })
+    }
+
+    /// Node `node` is a manager of this swarm (on the leader, before Raft adds it).
+    pub(crate) fn check_manager_member(&self, node: &str) -> Result<(), Status> {
+        self.require_leader()?;
+        match self.cluster.nodes.iter().find(|n| n.id == node) {
+            Some(n) if n.role == "manager" => Ok(()),
+            Some(_) => Err(Status::permission_denied(format!(
+                "node {node} is not a manager"
+            ))),
+            None => Err(Status::permission_denied(format!(
+                "node {node} is not a member of this swarm"
+            ))),
+        }
     }
 
     fn member(&self, id: &NodeIdentity) -> Result<&NodeRecord, Status> {
@@ -787,6 +820,7 @@ impl Daemon {
         r: capi::HeartbeatRequest,
         seen: Option<Ipv4Addr>,
     ) -> Result<capi::HeartbeatReply, Status> {
+        self.require_leader()?;
         let n = self.member(id)?;
         let addr = node_addr(seen, &r.advertise_addr).unwrap_or(n.addr);
         let name = valid_hostname(&r.hostname).unwrap_or_else(|_| n.hostname.clone());
@@ -832,9 +866,11 @@ impl Daemon {
     /// Node `id`'s assignment, JSON, for the dispatcher's stream; refused once the node
     /// is no longer a member.
     pub(crate) fn assignment_for(&self, id: &NodeIdentity) -> Result<Vec<u8>, Status> {
+        self.require_leader()?;
         self.member(id)?;
-        serde_json::to_vec(&assignment(&self.cluster, &id.node_id))
-            .map_err(|e| Status::internal(format!("encoding an assignment: {e}")))
+        let mut a = assignment(&self.cluster, &id.node_id);
+        a.managers = self.manager_addrs();
+        serde_json::to_vec(&a).map_err(|e| Status::internal(format!("encoding an assignment: {e}")))
     }
 
     /// A receiver that wakes at every commit.
@@ -875,30 +911,63 @@ impl Daemon {
     /// What the node runtime should run for the current state.
     pub(crate) fn want(&self) -> Want {
         let Some(s) = self.me() else {
-            return Want::Nothing;
+            return Want::default();
         };
         if s.node_cert.is_empty() {
-            return Want::Nothing; // a state from before certificates: see `restore`
+            return Want::default(); // a state from before certificates: see `restore`
         }
-        if s.is_manager() {
-            Want::Listener {
-                listen: s.listen_addr.clone(),
-                root: s.root_ca_cert.clone(),
-                cert: s.node_cert.clone(),
-                key: s.node_key.clone(),
-            }
+        let port = s.listen_addr.rsplit_once(':').map_or("2377", |p| p.1);
+        let manager = s.is_manager().then(|| crate::raft::Peer {
+            node: s.node_id.clone(),
+            addr: format!("{}:{port}", s.advertise_addr),
+        });
+        // The agent's session: a worker's with its manager; a manager's that does not
+        // lead with the leader, once one is known.
+        let session = if self.leads() {
+            None
+        } else if s.is_manager() {
+            self.replica()
+                .and_then(|r| r.leader())
+                .filter(|l| l.node != s.node_id)
+                .and_then(|l| l.addr.parse().ok())
         } else {
-            match s.manager_addr.as_deref().and_then(|a| a.parse().ok()) {
-                Some(manager) => Want::Session {
-                    manager,
-                    root: s.root_ca_cert.clone(),
-                    cert: s.node_cert.clone(),
-                    key: s.node_key.clone(),
-                    me: (hostname(), s.advertise_addr, s.datapath_addr),
-                },
-                None => Want::Nothing,
-            }
+            s.manager_addr.as_deref().and_then(|a| a.parse().ok())
+        };
+        Want {
+            tls: Some((
+                s.root_ca_cert.clone(),
+                s.node_cert.clone(),
+                s.node_key.clone(),
+            )),
+            listen: s.is_manager().then(|| s.listen_addr.clone()),
+            raft: manager.map(|p| (p, s.manager_addr.is_none())),
+            session,
+            me: (hostname(), s.advertise_addr, s.datapath_addr),
         }
+    }
+
+    /// An agent's session goes to `addr` from now on (its manager went away, or said
+    /// who leads).
+    pub(crate) fn set_manager(&mut self, addr: std::net::SocketAddr) -> Result<(), Status> {
+        let Some(m) = self.local.swarm.as_mut() else {
+            return Ok(());
+        };
+        if m.is_manager() || m.manager_addr.as_deref() == Some(&addr.to_string()) {
+            return Ok(()); // a manager follows Raft's leader instead
+        }
+        tracing::info!(manager = %addr, "the session moves to another manager");
+        m.manager_addr = Some(addr.to_string());
+        self.commit()
+    }
+
+    /// Where an agent may turn when its manager is gone: the managers its last
+    /// assignment listed.
+    pub(crate) fn known_managers(&self) -> Vec<String> {
+        self.local
+            .assignment
+            .as_ref()
+            .map(|a| a.managers.clone())
+            .unwrap_or_default()
     }
 }
 

@@ -166,7 +166,7 @@ impl Daemon {
     /// that a restarted manager does not move every task before the nodes beat again.
     fn nodes_down(&self) -> Vec<String> {
         let me = self.my_id();
-        let settled = self.started.elapsed() > self.down_after();
+        let settled = self.leader_since.elapsed() > self.down_after();
         self.cluster
             .nodes
             .iter()
@@ -207,10 +207,10 @@ impl Daemon {
             changed = true;
         }
         // 2. Services.
-        let Some(manager) = self.me().map(|m| m.is_manager()) else {
+        if self.me().is_none() {
             return changed;
-        };
-        if !manager {
+        }
+        if !self.leads() {
             // A worker runs what it is assigned and reports exits at once.
             if changed {
                 self.reports.notify_one();

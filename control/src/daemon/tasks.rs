@@ -337,7 +337,7 @@ impl Daemon {
                 self.local.gw_release(l.gw_ip);
                 // On a manager its addresses are the cluster's to give back; a worker
                 // reports the failure and its manager gives them back.
-                if me.as_deref() == Some(t.node.as_str()) && self.is_manager() {
+                if me.as_deref() == Some(t.node.as_str()) && self.leads() {
                     self.cluster.release_addresses(&t.id);
                 }
                 let r = self.cluster.tasks.get_mut(&t.id).expect("exists");

@@ -1,0 +1,139 @@
+//! Leading and following: a manager acts on the cluster state only while Raft makes it the
+//! leader (SwarmKit's `manager.go` `becomeLeader` / `becomeFollower`: the orchestrators,
+//! allocator, scheduler and dispatcher run on the leader alone). Otherwise it is an agent
+//! like a worker — it runs the tasks the leader assigns it, reports them, and forwards
+//! every cluster request to the leader ([`super::grpc`]).
+
+use super::*;
+use crate::raft::{Replica, WriteError};
+
+impl Daemon {
+    /// Follows Raft's verdict: takes the lead or steps down when it changed. Called on
+    /// every housekeeping tick and before a request decides where it runs.
+    pub(crate) fn sync_role(&mut self) {
+        if !self.is_manager() {
+            self.leading = false;
+            return;
+        }
+        let Some(r) = self.replica() else {
+            return; // the node runtime starts Raft; until then nothing changes
+        };
+        match (r.is_leader(), self.leading) {
+            (true, false) => self.take_lead(&r),
+            (false, true) => self.step_down(),
+            _ => {}
+        }
+    }
+
+    /// Becomes the leader: the replicated state becomes the one this daemon works on,
+    /// once every entry committed before this term is applied here.
+    fn take_lead(&mut self, r: &Replica) {
+        // A new leader's state machine may still be applying what the previous leader
+        // committed; `ensure_linearizable` returns once it has (openraft's read index).
+        let raft = r.raft.clone();
+        let caught_up = self.rt.block_on(async move {
+            tokio::time::timeout(crate::raft::WRITE_TIMEOUT, raft.ensure_linearizable()).await
+        });
+        if !matches!(caught_up, Ok(Ok(_))) {
+            tracing::warn!("raft: elected, but not caught up yet; trying again");
+            return;
+        }
+        let applied = r.machine.current();
+        if applied.state.is_null() {
+            // The first leader of a swarm created before Raft (or just now): the state it
+            // has becomes the replicated one with the next commit.
+            self.replicated = serde_json::Value::Null;
+        } else {
+            match serde_json::from_value::<Cluster>(applied.state.clone()) {
+                Ok(c) => {
+                    self.cluster = c;
+                    self.replicated = applied.state;
+                }
+                Err(e) => {
+                    tracing::error!("raft: the replicated state is unreadable, not leading: {e}");
+                    return;
+                }
+            }
+        }
+        self.leading = true;
+        self.local.assignment = None;
+        self.heartbeats.clear();
+        self.down_logged.clear();
+        self.leader_since = std::time::Instant::now();
+        tracing::info!(
+            term = r.raft.metrics().borrow().current_term,
+            "raft: this manager leads the swarm"
+        );
+        if let Err(e) = self.commit() {
+            tracing::error!("raft: committing as the new leader: {}", e.message());
+        }
+    }
+
+    /// Stops leading: keeps running this node's own tasks as an agent, from the
+    /// assignment the state it had gives it, until the new leader sends one.
+    fn step_down(&mut self) {
+        let me = self.my_id().unwrap_or_default().to_owned();
+        let mut a = crate::dispatcher::assignment(&self.cluster, &me);
+        a.managers = self.manager_addrs();
+        let mut view = Cluster::default();
+        view.tasks = std::mem::take(&mut self.cluster.tasks);
+        view.tasks.retain(|_, t| t.node == me);
+        self.cluster = view;
+        self.replicated = serde_json::Value::Null;
+        self.leading = false;
+        self.heartbeats.clear();
+        tracing::info!("raft: this manager no longer leads; following");
+        if let Err(e) = self.assign(a) {
+            tracing::error!("following: {}", e.message());
+        }
+    }
+
+    /// Commits the difference between the state and what was last replicated.
+    pub(super) fn replicate(&mut self) -> Result<(), Status> {
+        let Some(r) = self.replica() else {
+            return Err(Status::unavailable(
+                "this manager's Raft member is not running",
+            ));
+        };
+        let new = serde_json::to_value(&self.cluster)
+            .map_err(|e| Status::internal(format!("encoding the state: {e}")))?;
+        let cmd = crate::raft::command::diff(&self.replicated, &new);
+        if cmd.is_empty() {
+            return Ok(());
+        }
+        match self.rt.block_on(r.write(cmd)) {
+            Ok(()) => {
+                self.replicated = new;
+                Ok(())
+            }
+            Err(WriteError::NotLeader(_)) => Err(Status::unavailable(
+                "this manager lost the leadership before the change was committed; try again",
+            )),
+            Err(WriteError::Failed(e)) => Err(Status::unavailable(e)),
+        }
+    }
+
+    /// Where this node's Raft member is stored.
+    pub(crate) fn raft_path(&self) -> std::path::PathBuf {
+        self.cfg.data_root.join("raft.redb")
+    }
+
+    /// Whom a manager that joined asks to be added to Raft: the leader if known, else
+    /// the manager it joined through.
+    pub(crate) fn join_via(&self) -> Vec<std::net::SocketAddr> {
+        let leader = self.replica().and_then(|r| r.leader()).map(|l| l.addr);
+        let joined = self.me().and_then(|m| m.manager_addr.clone());
+        leader
+            .into_iter()
+            .chain(joined)
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    /// The managers' 2377 addresses, as Raft's membership has them.
+    pub(crate) fn manager_addrs(&self) -> Vec<String> {
+        self.replica()
+            .map(|r| r.voters().into_iter().map(|(_, p)| p.addr).collect())
+            .unwrap_or_default()
+    }
+}

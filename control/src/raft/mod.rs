@@ -1,0 +1,234 @@
+//! Raft among the managers: the cluster state replicated by openraft 0.9 (storage-v2), its
+//! log and state machine in redb ([`storage`]), its messages over mutual TLS on 2377
+//! ([`network`]; the server side is [`crate::remote`]). SwarmKit's counterpart is
+//! `manager/state/raft` (etcd's raft library).
+//!
+//! What is replicated is [`command::Command`]s: the object-level changes one accepted
+//! request made, computed by the leader, applied identically by every manager. The
+//! state machine is the cluster state; a snapshot is that state serialised.
+//!
+//! Timing: heartbeats every 150 ms; a follower stands for election once the leader's lease
+//! (`election_timeout_max`, 1 s) and a random election timeout (0.5–1 s) have passed
+//! without one (openraft `raft_core.rs` `handle_tick_election`), so a leader that dies is
+//! replaced after 1.5–2 s (SwarmKit's defaults, `ElectionTick` 10 ticks of 1 s, take 10 s
+//! or more).
+
+pub mod command;
+pub mod network;
+pub mod storage;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{Raft, ServerState};
+use serde::{Deserialize, Serialize};
+
+pub use command::Command;
+
+/// A manager's Raft ID: the first 8 bytes of the SHA-256 of its node ID (node IDs are
+/// random 25-character strings, so two managers never share one in practice; a joining
+/// manager whose ID collides is refused, see [`Replica::add_manager`]).
+pub type NodeId = u64;
+
+/// Raft's ID for node `node`.
+pub fn raft_id(node: &str) -> NodeId {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(node.as_bytes());
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// A manager as the Raft membership knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Its swarm node ID.
+    pub node: String,
+    /// Where it listens on 2377, `IP:PORT`.
+    pub addr: String,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.node, self.addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// swarmgate's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = (),
+        Node = Peer,
+);
+
+/// How long a write waits for its commit before the request is refused.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// This manager's Raft member: the consensus module and its state machine.
+#[derive(Clone)]
+pub struct Replica {
+    /// openraft's handle.
+    pub raft: Raft<TypeConfig>,
+    /// The replicated state.
+    pub machine: storage::Machine,
+    /// This manager's Raft ID.
+    pub id: NodeId,
+    /// This manager.
+    pub me: Peer,
+}
+
+/// Why a write was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Another manager leads (or none does right now).
+    #[error("this manager is not the leader")]
+    NotLeader(Option<Peer>),
+    /// No quorum answered in time, or Raft stopped.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Replica {
+    /// Starts this manager's member over the database at `path`. A manager that created the
+    /// swarm (`bootstrap`) and has never been in a Raft group makes a group of itself; one
+    /// that joined waits for the leader to add it.
+    pub async fn start(
+        path: &std::path::Path,
+        me: Peer,
+        tls: Arc<rustls::ClientConfig>,
+        bootstrap: bool,
+    ) -> anyhow::Result<Replica> {
+        let db = storage::open(path)?;
+        let log = storage::LogStore::new(db.clone());
+        let pristine = log.is_pristine()?;
+        let machine = storage::Machine::load(db)?;
+        let config = openraft::Config {
+            cluster_name: "swarmgate".into(),
+            heartbeat_interval: 150,
+            election_timeout_min: 500,
+            election_timeout_max: 1000,
+            // JSON carries bytes as numbers: chunks small enough for one gRPC message.
+            snapshot_max_chunk_size: 256 * 1024,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+            max_in_snapshot_log_to_keep: 200,
+            ..Default::default()
+        }
+        .validate()?;
+        let id = raft_id(&me.node);
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            network::Network::new(tls),
+            log,
+            machine.clone(),
+        )
+        .await?;
+        if bootstrap && pristine {
+            let mut members = BTreeMap::new();
+            members.insert(id, me.clone());
+            raft.initialize(members)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(raft_id = id, "raft: a new group of one manager");
+        }
+        Ok(Replica {
+            raft,
+            machine,
+            id,
+            me,
+        })
+    }
+
+    /// Whether this manager leads now.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// The leader, if one is known.
+    pub fn leader(&self) -> Option<Peer> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let l = m.current_leader?;
+        m.membership_config.membership().get_node(&l).cloned()
+    }
+
+    /// The voting managers.
+    pub fn voters(&self) -> Vec<(NodeId, Peer)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let ms = m.membership_config.membership();
+        ms.voter_ids()
+            .filter_map(|id| Some((id, ms.get_node(&id)?.clone())))
+            .collect()
+    }
+
+    /// Commits `cmd`: returns once a quorum has it and this manager applied it.
+    pub async fn write(&self, cmd: Command) -> Result<(), WriteError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
+            Err(_) => Err(WriteError::Failed(
+                "the write was not committed in time: too few managers reachable (quorum lost?)"
+                    .into(),
+            )),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => match e.forward_to_leader() {
+                Some(f) => Err(WriteError::NotLeader(f.leader_node.clone())),
+                None => Err(WriteError::Failed(e.to_string())),
+            },
+        }
+    }
+
+    /// Adds manager `peer` (on the leader): a learner until it has the log, then a voter.
+    pub async fn add_manager(&self, peer: Peer) -> Result<(), String> {
+        let id = raft_id(&peer.node);
+        if self
+            .voters()
+            .iter()
+            .any(|(i, p)| *i == id && p.node != peer.node)
+        {
+            return Err(format!(
+                "manager {} collides with another's Raft ID",
+                peer.node
+            ));
+        }
+        self.raft
+            .add_learner(id, peer.clone(), true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut voters: BTreeSet<NodeId> = self.voters().into_iter().map(|(i, _)| i).collect();
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(node = %peer.node, addr = %peer.addr, "raft: manager added");
+        Ok(())
+    }
+
+    /// Removes manager `node` from the voters (on the leader).
+    pub async fn remove_manager(&self, node: &str) -> Result<(), String> {
+        let id = raft_id(node);
+        let voters: BTreeSet<NodeId> = self
+            .voters()
+            .into_iter()
+            .map(|(i, _)| i)
+            .filter(|i| *i != id)
+            .collect();
+        if voters.is_empty() {
+            return Err("the last manager cannot be removed".into());
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(%node, "raft: manager removed");
+        Ok(())
+    }
+
+    /// Stops the member.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}

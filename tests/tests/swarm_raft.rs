@@ -1,0 +1,212 @@
+//! Three managers replicating the swarm with Raft (each a network namespace with its own
+//! host name, `swarmgate daemon` and DPDK gateway): two join with the manager token and
+//! become voters; writes typed on any manager reach the leader and every manager's copy;
+//! `node ls` shows the Leader and the Reachable managers; a manager's `swarm leave` is
+//! refused with Docker's quorum reasons; the leader killed with SIGKILL is replaced, the
+//! committed state is all there and writes are accepted again (the time is printed), its
+//! tasks are placed on the survivors; restarted, it follows the new leader.
+//!
+//! Needs root.
+
+use swarmgate_tests::netns;
+use swarmgate_tests::swarm::{wait_until, Host, Lan};
+
+/// (host name, MANAGER STATUS) of every node, as `node ls` on `h` shows them.
+fn managers(h: &Host) -> Result<Vec<(String, String)>, String> {
+    let (ok, out) = h.cli("node ls --format json");
+    if !ok {
+        return Err(out);
+    }
+    let mut v: Vec<(String, String)> = out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                r["Hostname"].as_str().unwrap_or("").to_owned(),
+                r["ManagerStatus"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn running_nodes(h: &Host, service: &str) -> Result<Vec<String>, String> {
+    let (ok, out) = h.cli(&format!("service ps {service} --format json"));
+    if !ok {
+        return Err(out);
+    }
+    let mut v: Vec<String> = out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|t| {
+            t["DesiredState"] == "Running"
+                && t["CurrentState"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Running")
+        })
+        .map(|t| t["Node"].as_str().unwrap_or("").to_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+#[test]
+fn three_managers_replicate_the_swarm_and_survive_the_leader() {
+    if !netns::root_or_skip("three_managers_replicate_the_swarm_and_survive_the_leader") {
+        return;
+    }
+    let mut lan = Lan::new("rf", 62, &["mgr1", "mgr2", "mgr3"]);
+    for h in &mut lan.hosts {
+        h.start();
+    }
+    let [m1, m2, m3] = &mut lan.hosts[..] else {
+        unreachable!()
+    };
+    m1.ok(&format!(
+        "swarm init --advertise-addr {} --dispatcher-heartbeat 1s",
+        m1.ip
+    ));
+    let token = m1.ok("swarm join-token -q manager").trim().to_owned();
+    for m in [&*m2, &*m3] {
+        let out = m.ok(&format!("swarm join --token {token} {}:2377", m1.ip));
+        assert!(
+            out.contains("This node joined a swarm as a manager."),
+            "{out}"
+        );
+    }
+    let expected = |leader: &str, others: &[&str]| {
+        let mut v: Vec<(String, String)> =
+            std::iter::once((leader.to_owned(), "Leader".to_owned()))
+                .chain(
+                    others
+                        .iter()
+                        .map(|o| (o.to_string(), "Reachable".to_owned())),
+                )
+                .collect();
+        v.sort();
+        v
+    };
+    let all = expected("mgr1", &["mgr2", "mgr3"]);
+    // Every manager answers `node ls` (the followers through the leader).
+    for h in [&*m1, &*m2, &*m3] {
+        wait_until("three managers, one leader", 60, || {
+            let v = managers(h)?;
+            (v == all).then_some(()).ok_or(format!("{v:?}"))
+        });
+    }
+
+    // Writes on the followers reach the leader.
+    m2.ok("network create -d overlay --subnet 10.62.0.0/24 net1");
+    m3.ok("service create --name web --replicas 3 --network net1 -- sleep 100000");
+    let ls = m1.ok("service ls");
+    assert!(ls.contains("web"), "{ls}");
+    wait_until("a task on each manager", 60, || {
+        let v = running_nodes(m1, "web")?;
+        (v == ["mgr1", "mgr2", "mgr3"])
+            .then_some(())
+            .ok_or(format!("{v:?}"))
+    });
+
+    // Leaving as a manager needs --force (Docker's refusal; the quorum would hold).
+    let out = m2.err("swarm leave");
+    assert!(
+        out.contains("participating as a manager")
+            && !out.contains("Without a Raft quorum")
+            && out.contains("--force-new-cluster"),
+        "{out}"
+    );
+
+    // The leader dies.
+    let (_, ps) = m1.cli("service ps web --format json");
+    let on_m1: String = ps
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|t| t["Node"] == "mgr1" && t["DesiredState"] == "Running")
+        .and_then(|t| t["ID"].as_str().map(str::to_owned))
+        .expect("a task on mgr1");
+    // `network inspect` as the cluster has it (its Containers are the serving node's).
+    let inspect = |h: &Host| {
+        let mut v: serde_json::Value = serde_json::from_str(&h.ok("network inspect net1")).unwrap();
+        v[0].as_object_mut().unwrap().remove("Containers");
+        v
+    };
+    let before = inspect(&*m2);
+    m1.kill();
+    let killed = std::time::Instant::now();
+    let mut leader = String::new();
+    wait_until("a new leader", 30, || {
+        let v = managers(&*m2)?;
+        let l = v
+            .iter()
+            .find(|(_, s)| s == "Leader")
+            .ok_or(format!("{v:?}"))?;
+        leader = l.0.clone();
+        Ok(())
+    });
+    let elected = killed.elapsed();
+    wait_until("a write accepted again", 30, || {
+        let (ok, out) = m3.cli("network create -d overlay --subnet 10.62.1.0/24 net2");
+        ok.then_some(()).ok_or(out)
+    });
+    let writable = killed.elapsed();
+    println!(
+        "leader killed: {leader} elected after {:.2} s, writes accepted after {:.2} s",
+        elected.as_secs_f64(),
+        writable.as_secs_f64()
+    );
+    assert!(leader == "mgr2" || leader == "mgr3", "{leader}");
+    assert!(
+        writable < std::time::Duration::from_secs(10),
+        "failover took {writable:?}"
+    );
+    // Nothing committed was lost.
+    assert_eq!(inspect(&*m3), before);
+    assert!(m2.ok("service ls").contains("web"));
+    // The dead manager is Unreachable; its task is placed on a survivor.
+    wait_until("mgr1 Unreachable, its task elsewhere", 60, || {
+        let v = managers(&*m2)?;
+        let m1_status = v.iter().find(|(n, _)| n == "mgr1").map(|x| x.1.clone());
+        let nodes = running_nodes(&*m2, "web")?;
+        (m1_status.as_deref() == Some("Unreachable")
+            && nodes.len() == 3
+            && !nodes.contains(&"mgr1".to_owned()))
+        .then_some(())
+        .ok_or(format!("{v:?} {nodes:?}"))
+    });
+
+    // With one manager gone, another leaving would lose the quorum: said so.
+    let out = m2.err("swarm leave");
+    assert!(
+        out.contains("Removing this node leaves 1 managers out of 3. Without a Raft quorum"),
+        "{out}"
+    );
+
+    // Back, it follows the new leader, catches up and stops its stale task.
+    m1.start();
+    let back = expected(
+        &leader,
+        &[if leader == "mgr2" { "mgr3" } else { "mgr2" }, "mgr1"],
+    );
+    wait_until("mgr1 back as a follower", 60, || {
+        let v = managers(&*m1)?;
+        (v == back).then_some(()).ok_or(format!("{v:?}"))
+    });
+    let out = m1.ok("network ls");
+    assert!(out.contains("net2"), "{out}");
+    wait_until("mgr1's stale task stopped", 60, || {
+        let ns = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap();
+        let ns = String::from_utf8_lossy(&ns.stdout);
+        let v = running_nodes(&*m1, "web")?;
+        (v.len() == 3 && !v.contains(&"mgr1".to_owned()) && !ns.contains(on_m1.as_str()))
+            .then_some(())
+            .ok_or(format!("{v:?}"))
+    });
+    m1.ok("service rm web");
+}
