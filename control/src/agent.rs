@@ -182,7 +182,7 @@ impl Session {
     }
 
     /// Renews the certificate over mutual TLS with the current one: a new key, the same
-    /// node ID and role. Returns (certificate, key), PEM.
+    /// node ID, the role the node's record has. Returns (certificate, key), PEM.
     pub async fn renew(&mut self) -> Result<(String, String), String> {
         let (key_pem, csr) = ca::new_key_and_csr().map_err(|e| e.to_string())?;
         let r = self
@@ -198,8 +198,10 @@ impl Session {
         let old = ca::pem_der(&self.cert_pem, "node certificate")
             .and_then(|d| ca::identity(&d))
             .map_err(|e| e.to_string())?;
-        if (new.node_id, new.cluster_id, new.role) != (old.node_id, old.cluster_id, old.role) {
-            return Err("the renewed certificate is for another node or role".into());
+        // The role may change (`node promote`/`demote`); the daemon keeps it only if it
+        // is the role the leader assigned.
+        if (new.node_id, new.cluster_id) != (old.node_id, old.cluster_id) {
+            return Err("the renewed certificate is for another node".into());
         }
         Ok((r.certificate, key_pem))
     }

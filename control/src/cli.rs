@@ -85,6 +85,13 @@ pub enum SwarmCmd {
         /// after three periods without one.
         #[arg(long, value_parser = humantime::parse_duration)]
         dispatcher_heartbeat: Option<std::time::Duration>,
+        /// Raft log entries between snapshots (10000 by default).
+        #[arg(long, default_value_t = 0)]
+        snapshot_interval: u64,
+        /// On a manager of a swarm that lost its quorum: start a new Raft group of this
+        /// manager alone, from the state it holds.
+        #[arg(long)]
+        force_new_cluster: bool,
     },
     /// Join a swarm as a node (the token decides the role).
     Join {
@@ -122,6 +129,9 @@ pub enum SwarmCmd {
         /// How often nodes send heartbeats (1s to 1h; Down after three periods without).
         #[arg(long, value_parser = humantime::parse_duration)]
         dispatcher_heartbeat: Option<std::time::Duration>,
+        /// Raft log entries between snapshots.
+        #[arg(long, default_value_t = 0)]
+        snapshot_interval: u64,
     },
     /// Leave the swarm (the last manager needs --force; removes everything).
     Leave {
@@ -159,6 +169,18 @@ pub enum NodeCmd {
         label_rm: Vec<String>,
         /// ID, ID prefix or host name.
         node: String,
+    },
+    /// Make nodes managers (they join the Raft group).
+    Promote {
+        /// IDs, ID prefixes or host names.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers (they leave the Raft group).
+    Demote {
+        /// IDs, ID prefixes or host names.
+        #[arg(required = true)]
+        nodes: Vec<String>,
     },
     /// Remove nodes from the swarm (a node that is not down needs --force).
     Rm {
@@ -412,6 +434,8 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
             default_addr_pool_mask_length,
             data_path_port,
             dispatcher_heartbeat,
+            snapshot_interval,
+            force_new_cluster,
         }) => {
             let r = c
                 .swarm_init(api::SwarmInitRequest {
@@ -422,6 +446,8 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
                     default_addr_pool_mask_length,
                     data_path_port,
                     dispatcher_heartbeat_ms: heartbeat_ms(dispatcher_heartbeat),
+                    snapshot_interval,
+                    force_new_cluster,
                 })
                 .await
                 .map_err(status)?
@@ -496,10 +522,12 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
         ClientCmd::Swarm(SwarmCmd::Update {
             cert_expiry,
             dispatcher_heartbeat,
+            snapshot_interval,
         }) => {
             c.swarm_update(api::SwarmUpdateRequest {
                 cert_expiry_secs: cert_expiry.map_or(0, |d| d.as_secs().max(1)),
                 dispatcher_heartbeat_ms: heartbeat_ms(dispatcher_heartbeat),
+                snapshot_interval,
             })
             .await
             .map_err(status)?;
@@ -524,10 +552,35 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
                 availability: availability.unwrap_or_default(),
                 label_add,
                 label_rm,
+                role: String::new(),
             })
             .await
             .map_err(status)?;
             println!("{node}");
+        }
+        ClientCmd::Node(NodeCmd::Promote { nodes }) => {
+            for node in nodes {
+                c.node_update(api::NodeUpdateRequest {
+                    name: node.clone(),
+                    role: "manager".into(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?;
+                println!("Node {node} promoted to a manager in the swarm.");
+            }
+        }
+        ClientCmd::Node(NodeCmd::Demote { nodes }) => {
+            for node in nodes {
+                c.node_update(api::NodeUpdateRequest {
+                    name: node.clone(),
+                    role: "worker".into(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?;
+                println!("Manager {node} demoted in the swarm.");
+            }
         }
         ClientCmd::Node(NodeCmd::Rm { force, nodes }) => {
             c.node_remove(api::NodeRemoveRequest {

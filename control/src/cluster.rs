@@ -84,6 +84,14 @@ pub struct SwarmInfo {
     /// How often nodes send heartbeats, in milliseconds (`--dispatcher-heartbeat`).
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_period_ms: u64,
+    /// Raft log entries between snapshots (`--snapshot-interval`; SwarmKit's
+    /// `SnapshotInterval`, 10000). Every manager reads it from the replicated state.
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval: u64,
+}
+
+fn default_snapshot_interval() -> u64 {
+    crate::raft::DEFAULT_SNAPSHOT_INTERVAL
 }
 
 impl SwarmInfo {

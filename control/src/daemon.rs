@@ -122,6 +122,9 @@ pub struct Daemon {
     replicated: serde_json::Value,
     /// When this manager last took the lead (nodes get the heartbeat grace from then).
     leader_since: std::time::Instant,
+    /// The role the leader wants this node to have, when its certificate has the other
+    /// (`node promote`/`demote`): the agent renews its certificate for it.
+    role_wanted: Option<String>,
 }
 
 fn bad(msg: impl std::fmt::Display) -> Status {
@@ -304,6 +307,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         leading: false,
         replicated: serde_json::Value::Null,
         leader_since: std::time::Instant::now(),
+        role_wanted: None,
     };
     let raft = d.raft.clone();
     let d = tokio::task::spawn_blocking(move || -> anyhow::Result<Daemon> {

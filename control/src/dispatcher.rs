@@ -94,6 +94,10 @@ pub struct Assignment {
     /// turns when its manager goes away.
     #[serde(default)]
     pub managers: Vec<String>,
+    /// The role the node should have (`node promote`/`demote`): a node whose certificate
+    /// says otherwise renews it (SwarmKit's `DesiredRole`).
+    #[serde(default)]
+    pub role: String,
 }
 
 /// What a node reports about one of its tasks.
@@ -173,6 +177,12 @@ pub fn assignment(c: &Cluster, node: &str) -> Assignment {
         state,
         dns,
         managers: Vec::new(),
+        role: c
+            .nodes
+            .iter()
+            .find(|n| n.id == node)
+            .map(|n| n.role.clone())
+            .unwrap_or_default(),
     }
 }
 

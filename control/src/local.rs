@@ -49,6 +49,10 @@ pub struct Membership {
     pub manager_addr: Option<String>,
     /// The swarm's VXLAN UDP port, as it joined (a manager's is the cluster's).
     pub data_path_port: u16,
+    /// Raised by `swarm init --force-new-cluster`: this manager's Raft group starts over
+    /// (a new log, itself its only member) from the state it holds.
+    #[serde(default)]
+    pub raft_epoch: u64,
 }
 
 impl Membership {
@@ -170,6 +174,7 @@ pub fn legacy_membership(cluster: &serde_json::Value) -> Option<Membership> {
         listen_addr: l.listen_addr,
         manager_addr: l.manager_addr,
         data_path_port: l.data_path_port,
+        raft_epoch: 0,
     })
 }
 

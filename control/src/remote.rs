@@ -187,7 +187,11 @@ impl Remote {
                     return;
                 };
                 let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
+                    Ok(c) => {
+                        // See `tls::channel`: no Nagle delay on small messages.
+                        let _ = c.0.set_nodelay(true);
+                        c
+                    }
                     Err(e) => {
                         tracing::warn!("2377: accept: {e}");
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -29,6 +29,8 @@ pub struct ClusterRuntime {
     joining: Option<JoinHandle<()>>,
     /// Tells the daemon at once when Raft's leader changes (not only at the next tick).
     watching: Option<AbortOnDrop>,
+    /// On the leader: taking demoted managers out of Raft's membership.
+    removing: Option<JoinHandle<()>>,
     /// The agent's session, for (manager, TLS, description).
     session: Option<(SessionKey, Running)>,
     /// The last start failure logged, so a retry every tick logs it once.
@@ -37,7 +39,7 @@ pub struct ClusterRuntime {
 
 type Tls = (String, String, String);
 type ListenerKey = (String, Tls);
-type RaftKey = ((Peer, bool), Tls);
+type RaftKey = (Peer, u64, Tls);
 type SessionKey = (
     SocketAddr,
     Tls,
@@ -84,7 +86,13 @@ impl ClusterRuntime {
     }
 
     async fn ensure_raft(&mut self, api: &Api, want: &Want, path: &std::path::Path) {
-        let key = want.raft.clone().zip(want.tls.clone());
+        let bootstrap = want.raft.as_ref().is_some_and(|r| r.1);
+        let key = want
+            .raft
+            .clone()
+            .map(|(peer, _, epoch)| (peer, epoch))
+            .zip(want.tls.clone())
+            .map(|((peer, epoch), tls)| (peer, epoch, tls));
         if self.raft.as_ref().map(|r| &r.0) != key.as_ref() {
             self.watching = None;
             if let Some((_, r)) = self.raft.take() {
@@ -95,13 +103,12 @@ impl ClusterRuntime {
                 j.abort();
             }
         }
-        if want.tls.is_none() && path.exists() {
-            // Out of the swarm: nothing of its Raft log is kept.
-            if let Err(e) = std::fs::remove_file(path) {
-                tracing::warn!("removing {}: {e}", path.display());
-            }
+        // No Raft log is kept but the current group's: none when not a manager (out of
+        // the swarm, demoted), none of a group left by `--force-new-cluster`.
+        if self.raft.is_none() {
+            remove_old_logs(path, key.is_some());
         }
-        let Some(((me, bootstrap), (root, cert, key_pem))) = key.clone() else {
+        let Some((me, _, (root, cert, key_pem))) = key.clone() else {
             return;
         };
         if self.raft.is_none() {
@@ -122,8 +129,25 @@ impl ClusterRuntime {
                 Err(e) => return self.failure(format!("raft: starting: {e:#}")),
             }
         }
-        // A manager that joined asks to be added until it is a voter.
         let r = self.raft.as_ref().expect("started").1.clone();
+        // On the leader: voters that are no longer managers leave the membership.
+        if r.is_leader() && !self.removing.as_ref().is_some_and(|j| !j.is_finished()) {
+            let stale = match api.call(|d| Ok(d.stale_voters())).await {
+                Ok(v) => v.into_inner(),
+                Err(_) => Vec::new(),
+            };
+            if !stale.is_empty() {
+                let r = r.clone();
+                self.removing = Some(tokio::spawn(async move {
+                    for node in stale {
+                        if let Err(e) = r.remove_manager(&node).await {
+                            tracing::warn!(%node, "raft: removing a demoted manager: {e}");
+                        }
+                    }
+                }));
+            }
+        }
+        // A manager that joined asks to be added until it is a voter.
         let voter = r.voters().iter().any(|(id, _)| *id == r.id);
         let busy = self.joining.as_ref().is_some_and(|j| !j.is_finished());
         if !voter && !bootstrap && !busy {
@@ -273,6 +297,25 @@ impl ClusterRuntime {
     }
 }
 
+/// Removes the Raft databases next to `path` (all of them but `path` when `keep`).
+fn remove_old_logs(path: &std::path::Path, keep: bool) {
+    let Some(dir) = path.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let raft = name.starts_with("raft.") && name.ends_with(".redb");
+        if raft && !(keep && p == path) {
+            match std::fs::remove_file(&p) {
+                Ok(()) => tracing::info!(file = %p.display(), "removed an old Raft log"),
+                Err(e) => tracing::warn!("removing {}: {e}", p.display()),
+            }
+        }
+    }
+}
+
 /// Hands every change of Raft's leader to the daemon as it happens, so a new leader takes
 /// over (and a deposed one steps down) without waiting for the housekeeping tick.
 async fn watch_leader(
@@ -317,7 +360,11 @@ async fn heartbeats(
     let _follow = AbortOnDrop(tokio::spawn(follow));
     let mut failures = 0u32;
     loop {
-        if session.renewal_due() {
+        let role_change = match api.call(|d| Ok(d.role_change())).await {
+            Ok(r) => r.into_inner(),
+            Err(_) => None,
+        };
+        if session.renewal_due() || role_change.is_some() {
             // Stored in the state, the new certificate changes what is wanted: the next
             // `ensure` restarts the session with it.
             match session.renew().await {

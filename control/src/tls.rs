@@ -180,6 +180,9 @@ pub fn channel_with_timeouts(
                 .map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
                 })??;
+            // Small request/response messages (Raft, heartbeats): Nagle's algorithm with
+            // the peer's delayed ACK would hold each for up to 40 ms.
+            tcp.set_nodelay(true)?;
             let name = ServerName::try_from(MANAGER_ROLE).expect("valid name");
             let tls = tokio::time::timeout(
                 connect,

@@ -4,7 +4,8 @@
 //! `node ls` shows the Leader and the Reachable managers; a manager's `swarm leave` is
 //! refused with Docker's quorum reasons; the leader killed with SIGKILL is replaced, the
 //! committed state is all there and writes are accepted again (the time is printed), its
-//! tasks are placed on the survivors; restarted, it follows the new leader.
+//! tasks are placed on the survivors; restarted after the others compacted their logs
+//! past it, it catches up from the leader's snapshot and follows the new leader.
 //!
 //! Needs root.
 
@@ -120,6 +121,12 @@ fn three_managers_replicate_the_swarm_and_survive_the_leader() {
         "{out}"
     );
 
+    // Snapshots every 10 entries (Docker's `--snapshot-interval`), so that a manager
+    // away for a while catches up from a snapshot; refused out of bounds.
+    let out = m1.err("swarm update --snapshot-interval 1");
+    assert!(out.contains("invalid snapshot interval 1"), "{out}");
+    m1.ok("swarm update --snapshot-interval 10");
+
     // The leader dies.
     let (_, ps) = m1.cli("service ps web --format json");
     let on_m1: String = ps
@@ -178,6 +185,11 @@ fn three_managers_replicate_the_swarm_and_survive_the_leader() {
         .ok_or(format!("{v:?} {nodes:?}"))
     });
 
+    // While it is away, the others log past what it has and compact.
+    for i in 0..30 {
+        m2.ok(&format!("node update --label-add k{i}=v mgr2"));
+    }
+
     // With one manager gone, another leaving would lose the quorum: said so.
     let out = m2.err("swarm leave");
     assert!(
@@ -197,6 +209,14 @@ fn three_managers_replicate_the_swarm_and_survive_the_leader() {
     });
     let out = m1.ok("network ls");
     assert!(out.contains("net2"), "{out}");
+    wait_until("mgr1 caught up from the leader's snapshot", 30, || {
+        m1.log()
+            .contains("raft: installed a snapshot from the leader")
+            .then_some(())
+            .ok_or_else(|| m1.log())
+    });
+    let labels = m1.ok("node inspect mgr2");
+    assert!(labels.contains("k29"), "{labels}");
     wait_until("mgr1's stale task stopped", 60, || {
         let ns = std::process::Command::new("ip")
             .args(["netns", "list"])
@@ -209,4 +229,107 @@ fn three_managers_replicate_the_swarm_and_survive_the_leader() {
             .ok_or(format!("{v:?}"))
     });
     m1.ok("service rm web");
+}
+
+#[test]
+fn workers_are_promoted_and_demoted_and_a_lost_quorum_is_recovered() {
+    if !netns::root_or_skip("workers_are_promoted_and_demoted_and_a_lost_quorum_is_recovered") {
+        return;
+    }
+    let mut lan = Lan::new("rp", 63, &["na", "nb", "nc"]);
+    for h in &mut lan.hosts {
+        h.start();
+    }
+    let [a, b, c] = &mut lan.hosts[..] else {
+        unreachable!()
+    };
+    a.ok(&format!(
+        "swarm init --advertise-addr {} --dispatcher-heartbeat 1s",
+        a.ip
+    ));
+    let token = a.ok("swarm join-token -q worker").trim().to_owned();
+    for w in [&*b, &*c] {
+        w.ok(&format!("swarm join --token {token} {}:2377", a.ip));
+    }
+    let out = a.err("node demote na");
+    assert!(
+        out.contains("attempting to demote the last manager of the swarm"),
+        "{out}"
+    );
+
+    // Promoted: each renews its certificate as a manager and joins Raft.
+    let out = a.ok("node promote nb nc");
+    assert!(
+        out.contains("Node nb promoted to a manager in the swarm."),
+        "{out}"
+    );
+    wait_until("nb and nc Reachable managers", 60, || {
+        let v = managers(&*a)?;
+        let want = vec![
+            ("na".to_owned(), "Leader".to_owned()),
+            ("nb".to_owned(), "Reachable".to_owned()),
+            ("nc".to_owned(), "Reachable".to_owned()),
+        ];
+        (v == want).then_some(()).ok_or(format!("{v:?}"))
+    });
+    wait_until("nc takes cluster commands", 30, || {
+        let (ok, out) = c.cli("network create -d overlay --subnet 10.63.0.0/24 onc");
+        ok.then_some(()).ok_or(out)
+    });
+
+    // Demoted: out of Raft, a worker again, its Raft log gone.
+    let out = a.ok("node demote nc");
+    assert!(out.contains("Manager nc demoted in the swarm."), "{out}");
+    wait_until("nc a worker", 60, || {
+        let v = managers(&*a)?;
+        let (ok, out) = c.cli("node ls");
+        let raft_gone = !c.dir.join("data/raft.redb").exists();
+        (!ok && out.contains("This node is not a swarm manager")
+            && v.contains(&("nc".to_owned(), String::new()))
+            && raft_gone)
+            .then_some(())
+            .ok_or(format!("{v:?} {out} raft log gone: {raft_gone}"))
+    });
+
+    // Two managers; one dies: no quorum, writes refused in bounded time.
+    b.kill();
+    let t = std::time::Instant::now();
+    let out = a.err("network create -d overlay --subnet 10.63.1.0/24 lost");
+    assert!(
+        out.contains("not committed in time") || out.contains("does not have a leader"),
+        "{out}"
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // Recovered from the survivor's state.
+    let out = a.ok("swarm init --force-new-cluster");
+    assert!(out.contains("Swarm initialized"), "{out}");
+    wait_until("writes accepted again", 30, || {
+        let (ok, out) = a.cli("network create -d overlay --subnet 10.63.1.0/24 found");
+        ok.then_some(()).ok_or(out)
+    });
+    let nets = a.ok("network ls");
+    assert!(nets.contains("onc") && nets.contains("found"), "{nets}");
+    wait_until("nb Unreachable, nc a worker", 30, || {
+        let v = managers(&*a)?;
+        (v.contains(&("na".to_owned(), "Leader".to_owned()))
+            && v.contains(&("nb".to_owned(), "Unreachable".to_owned()))
+            && v.contains(&("nc".to_owned(), String::new())))
+        .then_some(())
+        .ok_or(format!("{v:?}"))
+    });
+    // The worker follows the new group's leader.
+    wait_until("nc Ready", 30, || {
+        let out = a.ok("node ls --format json");
+        out.lines()
+            .any(|l| l.contains("\"nc\"") && l.contains("\"Ready\""))
+            .then_some(())
+            .ok_or(out)
+    });
+    a.ok("node demote nb");
+    a.ok("node rm --force nb");
 }

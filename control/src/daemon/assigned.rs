@@ -16,6 +16,8 @@ impl Daemon {
                 "only a node that does not lead takes assignments from the leader",
             ));
         }
+        let mine = self.me().map(|m| m.role.clone()).unwrap_or_default();
+        self.role_wanted = (!a.role.is_empty() && a.role != mine).then(|| a.role.clone());
         if self.local.assignment.as_ref() == Some(&a) {
             return Ok(());
         }

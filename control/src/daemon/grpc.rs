@@ -468,8 +468,12 @@ impl api::swarmgate_server::Swarmgate for Api {
     async fn stats(&self, r: Request<api::Empty>) -> Result<Response<api::JsonReply>, Status> {
         local_only(&r)?;
         self.call(|d| {
+            let mut v = d.dp.stats();
+            if let (Some(r), Some(o)) = (d.replica(), v.as_object_mut()) {
+                o.insert("raft".into(), r.commit_stats());
+            }
             Ok(api::JsonReply {
-                json: serde_json::to_string_pretty(&d.dp.stats()).expect("json"),
+                json: serde_json::to_string_pretty(&v).expect("json"),
             })
         })
         .await

@@ -7,6 +7,10 @@
 use super::*;
 use crate::raft::{Replica, WriteError};
 
+/// How long taking the lead may wait for a quorum and the log to be applied (under the
+/// state lock; tried again at the next tick).
+const TAKE_LEAD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Daemon {
     /// Follows Raft's verdict: takes the lead or steps down when it changed. Called on
     /// every housekeeping tick and before a request decides where it runs.
@@ -28,14 +32,31 @@ impl Daemon {
     /// Becomes the leader: the replicated state becomes the one this daemon works on,
     /// once every entry committed before this term is applied here.
     fn take_lead(&mut self, r: &Replica) {
-        // A new leader's state machine may still be applying what the previous leader
-        // committed; `ensure_linearizable` returns once it has (openraft's read index).
+        // The state machine must hold every entry of this leader's log first: what the
+        // previous leader committed, and any write of this one whose outcome was unknown
+        // (a leader's own entries all commit once a quorum answers). `ensure_linearizable`
+        // confirms the leadership with a quorum; then the log is applied to its end.
+        // Bounded, under the state lock: without a quorum this gives up and tries again.
         let raft = r.raft.clone();
+        let machine = r.machine.clone();
         let caught_up = self.rt.block_on(async move {
-            tokio::time::timeout(crate::raft::WRITE_TIMEOUT, raft.ensure_linearizable()).await
+            tokio::time::timeout(TAKE_LEAD_WAIT, async {
+                raft.ensure_linearizable()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let end = raft.metrics().borrow().last_log_index.unwrap_or(0);
+                let mut applied = machine.subscribe();
+                while machine.applied_index() < end {
+                    if applied.changed().await.is_err() {
+                        return Err("raft stopped".to_string());
+                    }
+                }
+                Ok(())
+            })
+            .await
         });
-        if !matches!(caught_up, Ok(Ok(_))) {
-            tracing::warn!("raft: elected, but not caught up yet; trying again");
+        if !matches!(caught_up, Ok(Ok(()))) {
+            tracing::warn!("raft: elected, but not caught up yet (no quorum?); trying again");
             return;
         }
         let applied = r.machine.current();
@@ -101,21 +122,28 @@ impl Daemon {
         if cmd.is_empty() {
             return Ok(());
         }
-        match self.rt.block_on(r.write(cmd)) {
+        let r = match self.rt.block_on(r.write(cmd)) {
             Ok(()) => {
                 self.replicated = new;
-                Ok(())
+                return Ok(());
             }
-            Err(WriteError::NotLeader(_)) => Err(Status::unavailable(
+            Err(WriteError::NotLeader(_)) => Status::unavailable(
                 "this manager lost the leadership before the change was committed; try again",
-            )),
-            Err(WriteError::Failed(e)) => Err(Status::unavailable(e)),
-        }
+            ),
+            Err(WriteError::Failed(e)) => Status::unavailable(e),
+        };
+        // The write may still commit later (or never): this manager stops acting on its
+        // copy, and takes the lead again — from the state machine — once Raft says so.
+        self.step_down();
+        Err(r)
     }
 
     /// Where this node's Raft member is stored.
     pub(crate) fn raft_path(&self) -> std::path::PathBuf {
-        self.cfg.data_root.join("raft.redb")
+        match self.me().map_or(0, |m| m.raft_epoch) {
+            0 => self.cfg.data_root.join("raft.redb"),
+            n => self.cfg.data_root.join(format!("raft.{n}.redb")),
+        }
     }
 
     /// Whom a manager that joined asks to be added to Raft: the leader if known, else

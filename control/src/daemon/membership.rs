@@ -56,9 +56,10 @@ pub struct Want {
     pub tls: Option<(String, String, String)>,
     /// A manager: where its 2377 listener listens.
     pub listen: Option<String>,
-    /// A manager: its Raft member (itself as the membership knows it, and whether it
-    /// created the swarm, so makes the first group; one that joined asks to be added).
-    pub raft: Option<(crate::raft::Peer, bool)>,
+    /// A manager: its Raft member (itself as the membership knows it; whether it created
+    /// the swarm, so makes the first group — one that joined asks to be added; the group's
+    /// epoch, raised by `--force-new-cluster`).
+    pub raft: Option<(crate::raft::Peer, bool, u64)>,
     /// A node that does not lead: the agent's session with this manager.
     pub session: Option<std::net::SocketAddr>,
     /// How it describes itself in its session: host name, addresses.
@@ -183,6 +184,9 @@ impl Daemon {
         &mut self,
         r: api::SwarmInitRequest,
     ) -> Result<api::SwarmInitReply, Status> {
+        if r.force_new_cluster {
+            return self.force_new_cluster();
+        }
         if self.me().is_some() {
             return Err(Status::already_exists(
                 "This node is already part of a swarm. Use \"swarmgate swarm leave --force\" to leave this swarm and join another one.",
@@ -194,6 +198,10 @@ impl Daemon {
         let heartbeat = match r.dispatcher_heartbeat_ms {
             0 => agent::HEARTBEAT_PERIOD,
             ms => heartbeat_period(ms)?,
+        };
+        let snapshot_interval = match r.snapshot_interval {
+            0 => crate::raft::DEFAULT_SNAPSHOT_INTERVAL,
+            n => snapshot_interval(n)?,
         };
         let mut pools = Vec::new();
         for p in &r.default_addr_pool {
@@ -225,6 +233,7 @@ impl Daemon {
             listen_addr: listen,
             manager_addr: None,
             data_path_port,
+            raft_epoch: 0,
         };
         c.swarm = Some(SwarmInfo {
             id: cluster_id,
@@ -236,6 +245,7 @@ impl Daemon {
             cert_expiry_secs: expiry.as_secs(),
             data_path_port,
             heartbeat_period_ms: heartbeat.as_millis() as u64,
+            snapshot_interval,
         });
         c.nodes = vec![NodeRecord {
             id: node_id,
@@ -275,6 +285,46 @@ impl Daemon {
             worker_token: s.worker_token.clone(),
             manager_token: s.manager_token.clone(),
             advertise_addr: advertise.to_string(),
+        })
+    }
+
+    /// `swarm init --force-new-cluster` (SwarmKit's `ForceNewCluster`, `raft.go`): the
+    /// state this manager holds becomes a new Raft group's, this manager its only member;
+    /// the other managers stay listed (Unreachable) until demoted or removed.
+    fn force_new_cluster(&mut self) -> Result<api::SwarmInitReply, Status> {
+        let m = self.me().ok_or_else(Self::not_swarm)?;
+        if !m.is_manager() {
+            return Err(Status::failed_precondition(NOT_A_MANAGER));
+        }
+        if !self.leading {
+            let state = self
+                .replica()
+                .map(|r| r.machine.current().state)
+                .filter(|s| !s.is_null())
+                .ok_or_else(|| {
+                    Status::failed_precondition(
+                        "this manager holds no replicated state to start a new cluster from",
+                    )
+                })?;
+            self.cluster = serde_json::from_value(state)
+                .map_err(|e| Status::internal(format!("the replicated state: {e}")))?;
+        }
+        self.leading = false;
+        self.replicated = serde_json::Value::Null;
+        let m = self.local.swarm.as_mut().expect("checked");
+        m.raft_epoch += 1;
+        m.manager_addr = None;
+        self.commit()?;
+        tracing::warn!("starting a new Raft group from this manager's state (--force-new-cluster)");
+        let s = self.cluster.swarm.as_ref().ok_or_else(Self::not_swarm)?;
+        Ok(api::SwarmInitReply {
+            node_id: node_id_of(self),
+            worker_token: s.worker_token.clone(),
+            manager_token: s.manager_token.clone(),
+            advertise_addr: self
+                .me()
+                .map(|m| m.advertise_addr.to_string())
+                .unwrap_or_default(),
         })
     }
 
@@ -358,6 +408,7 @@ impl Daemon {
             listen_addr: parse_listen(listen_addr)?,
             manager_addr: Some(j.manager.to_string()),
             data_path_port: j.data_path_port,
+            raft_epoch: 0,
         };
         self.replace_cluster(Cluster::default(), Some(member))?;
         Ok(api::SwarmJoinReply {
@@ -571,6 +622,14 @@ impl Daemon {
                 r.availability
             )));
         }
+        let role = match r.role.as_str() {
+            "" => None,
+            "manager" | "worker" => Some(r.role.clone()),
+            other => return Err(bad(format!("invalid role {other:?}: manager or worker"))),
+        };
+        if role.as_deref() == Some("worker") {
+            self.check_demote(&id)?;
+        }
         let mut add = Vec::new();
         for l in &r.label_add {
             let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
@@ -598,8 +657,45 @@ impl Daemon {
         for k in &r.label_rm {
             n.labels.remove(k);
         }
+        if let Some(role) = role {
+            if n.role != role {
+                tracing::info!(node = %n.id, %role, "node role changed");
+            }
+            n.role = role;
+        }
         self.commit()?;
         Ok(api::Empty {})
+    }
+
+    /// Whether manager `id` may be demoted: not the last manager, and not when the
+    /// managers left reachable would be too few for a quorum (SwarmKit's
+    /// `controlapi/node.go` `UpdateNode` and `raft.go` `CanRemoveMember`).
+    fn check_demote(&self, id: &str) -> Result<(), Status> {
+        let managers: Vec<&NodeRecord> = self
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| n.role == "manager")
+            .collect();
+        if !managers.iter().any(|n| n.id == id) {
+            return Ok(());
+        }
+        if managers.len() == 1 {
+            return Err(Status::failed_precondition(
+                "attempting to demote the last manager of the swarm",
+            ));
+        }
+        let left = managers.len() - 1;
+        let reachable = managers
+            .iter()
+            .filter(|n| n.id != id && self.node_ready(n))
+            .count();
+        if reachable < left / 2 + 1 {
+            return Err(Status::failed_precondition(
+                "can't remove member from the raft: this would result in a loss of quorum",
+            ));
+        }
+        Ok(())
     }
 
     /// `swarm update --cert-expiry`: the validity of certificates issued from now on
@@ -614,6 +710,14 @@ impl Daemon {
             0 => None,
             ms => Some(heartbeat_period(ms)?),
         };
+        if r.snapshot_interval != 0 {
+            let n = snapshot_interval(r.snapshot_interval)?;
+            self.cluster
+                .swarm
+                .as_mut()
+                .expect("checked")
+                .snapshot_interval = n;
+        }
         if r.cert_expiry_secs != 0 {
             if r.cert_expiry_secs < ca::MIN_NODE_EXPIRY.as_secs() {
                 return Err(bad("minimum certificate expiry time is 1h0m0s"));
@@ -686,13 +790,33 @@ impl Daemon {
             .ok_or_else(|| Status::failed_precondition("not in a swarm"))?;
         let id = ca::check_node_certificate(&s.root_ca_cert, &cert, &key)
             .map_err(|e| bad(e.to_string()))?;
-        if id.node_id != s.node_id || id.cluster_id != s.cluster_id || id.role.name() != s.role {
+        let role = id.role.name();
+        let wanted = self.role_wanted.as_deref() == Some(role);
+        if id.node_id != s.node_id || id.cluster_id != s.cluster_id || (role != s.role && !wanted) {
             return Err(bad("the renewed certificate is for another node or role"));
         }
+        let changed = role != s.role;
+        let s = self.local.swarm.as_mut().expect("checked");
         s.node_cert = cert;
         s.node_key = key;
+        if changed {
+            s.role = role.to_owned();
+            // A manager made a worker keeps a session with the leader.
+            let leader = self
+                .raft
+                .load_full()
+                .and_then(|r| r.leader())
+                .map(|l| l.addr);
+            let s = self.local.swarm.as_mut().expect("checked");
+            if s.manager_addr.is_none() {
+                s.manager_addr = leader;
+            }
+            self.role_wanted = None;
+            tracing::info!(%role, "this node's role changed");
+        } else {
+            tracing::info!("renewed this node's certificate");
+        }
         self.commit()?;
-        tracing::info!("renewed this node's certificate");
         Ok(())
     }
 
@@ -926,10 +1050,16 @@ impl Daemon {
         let session = if self.leads() {
             None
         } else if s.is_manager() {
+            // Raft's leader; when Raft knows none (a manager not yet added, or just
+            // taken out), the manager it was last sent to, else another it knows of.
+            let own = format!("{}:{port}", s.advertise_addr);
             self.replica()
                 .and_then(|r| r.leader())
                 .filter(|l| l.node != s.node_id)
-                .and_then(|l| l.addr.parse().ok())
+                .map(|l| l.addr)
+                .or_else(|| s.manager_addr.clone())
+                .or_else(|| self.known_managers().into_iter().find(|a| *a != own))
+                .and_then(|a| a.parse().ok())
         } else {
             s.manager_addr.as_deref().and_then(|a| a.parse().ok())
         };
@@ -940,7 +1070,7 @@ impl Daemon {
                 s.node_key.clone(),
             )),
             listen: s.is_manager().then(|| s.listen_addr.clone()),
-            raft: manager.map(|p| (p, s.manager_addr.is_none())),
+            raft: manager.map(|p| (p, s.manager_addr.is_none(), s.raft_epoch)),
             session,
             me: (hostname(), s.advertise_addr, s.datapath_addr),
         }
@@ -952,12 +1082,36 @@ impl Daemon {
         let Some(m) = self.local.swarm.as_mut() else {
             return Ok(());
         };
-        if m.is_manager() || m.manager_addr.as_deref() == Some(&addr.to_string()) {
-            return Ok(()); // a manager follows Raft's leader instead
+        if m.manager_addr.as_deref() == Some(&addr.to_string()) {
+            return Ok(());
         }
         tracing::info!(manager = %addr, "the session moves to another manager");
         m.manager_addr = Some(addr.to_string());
         self.commit()
+    }
+
+    /// The role this node's certificate should be renewed for, if it changed.
+    pub(crate) fn role_change(&self) -> Option<String> {
+        self.role_wanted.clone()
+    }
+
+    /// On the leader: Raft voters that are no longer managers (demoted or removed), for
+    /// the node runtime to take out of the membership (SwarmKit's `role_manager.go`).
+    pub(crate) fn stale_voters(&self) -> Vec<String> {
+        let Some(r) = self.replica().filter(|_| self.leads()) else {
+            return Vec::new();
+        };
+        r.voters()
+            .into_iter()
+            .map(|(_, p)| p.node)
+            .filter(|id| {
+                !self
+                    .cluster
+                    .nodes
+                    .iter()
+                    .any(|n| &n.id == id && n.role == "manager")
+            })
+            .collect()
     }
 
     /// Where an agent may turn when its manager is gone: the managers its last
@@ -998,6 +1152,19 @@ fn heartbeat_period(ms: u64) -> Result<std::time::Duration, Status> {
         )));
     }
     Ok(d)
+}
+
+/// `--snapshot-interval`, checked: SwarmKit takes any count; swarmgate bounds it so that a
+/// snapshot (the whole state, serialised) is neither taken at every write nor never.
+fn snapshot_interval(n: u64) -> Result<u64, Status> {
+    if !(crate::raft::MIN_SNAPSHOT_INTERVAL..=crate::raft::MAX_SNAPSHOT_INTERVAL).contains(&n) {
+        return Err(bad(format!(
+            "invalid snapshot interval {n}: it must be between {} and {}",
+            crate::raft::MIN_SNAPSHOT_INTERVAL,
+            crate::raft::MAX_SNAPSHOT_INTERVAL
+        )));
+    }
+    Ok(n)
 }
 
 /// A node's data-path address when it names one of its own apart from its advertised

@@ -62,6 +62,19 @@ openraft::declare_raft_types!(
         Node = Peer,
 );
 
+/// Log entries between snapshots unless `--snapshot-interval` says otherwise (SwarmKit's
+/// `SnapshotInterval`).
+pub const DEFAULT_SNAPSHOT_INTERVAL: u64 = 10_000;
+/// The fewest `--snapshot-interval` accepts.
+pub const MIN_SNAPSHOT_INTERVAL: u64 = 10;
+/// The most.
+pub const MAX_SNAPSHOT_INTERVAL: u64 = 1_000_000;
+/// Entries kept behind a snapshot for followers a little behind (SwarmKit's
+/// `LogEntriesForSlowFollowers`, 500); a follower further behind gets the snapshot.
+pub const LOG_FOR_SLOW_FOLLOWERS: u64 = 500;
+/// How often a manager checks whether a snapshot is due.
+const COMPACTION_CHECK: Duration = Duration::from_millis(500);
+
 /// How long a write waits for its commit before the request is refused.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -76,6 +89,9 @@ pub struct Replica {
     pub id: NodeId,
     /// This manager.
     pub me: Peer,
+    /// How long this manager's committed writes took, in microseconds (from the
+    /// proposal to applied here, a quorum having logged it).
+    commits: Arc<std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
 }
 
 /// Why a write was not committed.
@@ -87,6 +103,47 @@ pub enum WriteError {
     /// No quorum answered in time, or Raft stopped.
     #[error("{0}")]
     Failed(String),
+}
+
+/// Takes a snapshot once `--snapshot-interval` entries were applied since the last one,
+/// then purges the log behind it but [`LOG_FOR_SLOW_FOLLOWERS`] (at most the interval)
+/// entries — every manager on its own, as SwarmKit's `raft.go` `saveSnapshot` does. Ends
+/// with Raft.
+async fn compact(raft: Raft<TypeConfig>, machine: storage::Machine) {
+    let mut metrics = raft.metrics();
+    let mut purged_to = 0;
+    loop {
+        tokio::time::sleep(COMPACTION_CHECK).await;
+        let (applied, snapshot) = {
+            let m = metrics.borrow_and_update();
+            if m.running_state.is_err() {
+                return;
+            }
+            (
+                m.last_applied.map_or(0, |l| l.index),
+                m.snapshot.map(|l| l.index),
+            )
+        };
+        let interval = machine.snapshot_interval();
+        if applied.saturating_sub(snapshot.unwrap_or(0)) >= interval {
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if let Some(s) = snapshot {
+            let upto = s.saturating_sub(LOG_FOR_SLOW_FOLLOWERS.min(interval));
+            if upto > purged_to {
+                if raft.trigger().purge_log(upto).await.is_err() {
+                    return;
+                }
+                purged_to = upto;
+            }
+        }
+        if metrics.has_changed().is_err() {
+            return;
+        }
+    }
 }
 
 impl Replica {
@@ -110,8 +167,11 @@ impl Replica {
             election_timeout_max: 1000,
             // JSON carries bytes as numbers: chunks small enough for one gRPC message.
             snapshot_max_chunk_size: 256 * 1024,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
-            max_in_snapshot_log_to_keep: 200,
+            // Snapshots and purges follow the swarm's `--snapshot-interval` (see
+            // `compact`), a setting of the replicated state that openraft's fixed
+            // configuration cannot follow.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
             ..Default::default()
         }
         .validate()?;
@@ -132,11 +192,15 @@ impl Replica {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::info!(raft_id = id, "raft: a new group of one manager");
         }
+        tokio::spawn(compact(raft.clone(), machine.clone()));
         Ok(Replica {
             raft,
             machine,
             id,
             me,
+            commits: Arc::new(std::sync::Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            )),
         })
     }
 
@@ -167,6 +231,29 @@ impl Replica {
 
     /// Commits `cmd`: returns once a quorum has it and this manager applied it.
     pub async fn write(&self, cmd: Command) -> Result<(), WriteError> {
+        let start = std::time::Instant::now();
+        let r = self.propose(cmd).await;
+        if r.is_ok() {
+            let us = start.elapsed().as_micros().min(60_000_000) as u64;
+            let mut h = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = h.record(us.max(1));
+        }
+        r
+    }
+
+    /// Commit latency so far: count and percentiles in microseconds (`swarmgate stats`).
+    pub fn commit_stats(&self) -> serde_json::Value {
+        let h = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::json!({
+            "writes": h.len(),
+            "p50_us": h.value_at_quantile(0.5),
+            "p99_us": h.value_at_quantile(0.99),
+            "p999_us": h.value_at_quantile(0.999),
+            "max_us": h.max(),
+        })
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<(), WriteError> {
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(cmd)).await {
             Err(_) => Err(WriteError::Failed(
                 "the write was not committed in time: too few managers reachable (quorum lost?)"

@@ -229,6 +229,8 @@ pub struct Machine {
     inner: Arc<Mutex<Applied>>,
     /// Raised after every applied batch.
     applied: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The swarm's `--snapshot-interval`, as the state says (read by the compaction).
+    snapshot_interval: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Machine {
@@ -237,16 +239,48 @@ impl Machine {
         let a: Applied = get_meta(&db, MACHINE, "applied")
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .unwrap_or_default();
-        Ok(Machine {
+        let m = Machine {
             db,
             inner: Arc::new(Mutex::new(a)),
             applied: Arc::new(tokio::sync::watch::channel(0).0),
-        })
+            snapshot_interval: Default::default(),
+        };
+        m.note_settings(&m.current().state);
+        Ok(m)
+    }
+
+    /// Log entries between snapshots, as the replicated state sets it.
+    pub fn snapshot_interval(&self) -> u64 {
+        match self
+            .snapshot_interval
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => super::DEFAULT_SNAPSHOT_INTERVAL,
+            n => n,
+        }
+    }
+
+    fn note_settings(&self, state: &Value) {
+        let n = state
+            .pointer("/swarm/snapshot_interval")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        self.snapshot_interval
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A copy of what it holds now.
     pub fn current(&self) -> Applied {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The index of the last entry applied (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_applied
+            .map_or(0, |l| l.index)
     }
 
     /// Wakes after every applied batch.
@@ -338,6 +372,7 @@ impl RaftStateMachine<TypeConfig> for Machine {
             out.push(());
         }
         self.save(&a, None)?;
+        self.note_settings(&a.state);
         *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = a;
         self.applied.send_modify(|v| *v += 1);
         Ok(out)
@@ -368,6 +403,7 @@ impl RaftStateMachine<TypeConfig> for Machine {
             data,
         };
         self.save(&a, Some(&s))?;
+        self.note_settings(&a.state);
         *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = a;
         self.applied.send_modify(|v| *v += 1);
         tracing::info!(snapshot = %meta.snapshot_id, "raft: installed a snapshot from the leader");
