@@ -132,6 +132,10 @@ pub enum SwarmCmd {
         /// Raft log entries between snapshots.
         #[arg(long, default_value_t = 0)]
         snapshot_interval: u64,
+        /// Add a gossip key now (it becomes the one messages are sealed with 10 s later;
+        /// the leader adds one every 12 h anyway).
+        #[arg(long)]
+        rotate_gossip_key: bool,
     },
     /// Leave the swarm (the last manager needs --force; removes everything).
     Leave {
@@ -523,11 +527,13 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
             cert_expiry,
             dispatcher_heartbeat,
             snapshot_interval,
+            rotate_gossip_key,
         }) => {
             c.swarm_update(api::SwarmUpdateRequest {
                 cert_expiry_secs: cert_expiry.map_or(0, |d| d.as_secs().max(1)),
                 dispatcher_heartbeat_ms: heartbeat_ms(dispatcher_heartbeat),
                 snapshot_interval,
+                rotate_gossip_key,
             })
             .await
             .map_err(status)?;

@@ -88,6 +88,10 @@ pub struct SwarmInfo {
     /// `SnapshotInterval`, 10000). Every manager reads it from the replicated state.
     #[serde(default = "default_snapshot_interval")]
     pub snapshot_interval: u64,
+    /// The gossip keys (SwarmKit's `networking:gossip` keys), created and rotated by the
+    /// leader, handed to every node in its assignment.
+    #[serde(default)]
+    pub gossip: crate::gossip::Keyring,
 }
 
 fn default_snapshot_interval() -> u64 {

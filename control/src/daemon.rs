@@ -125,6 +125,11 @@ pub struct Daemon {
     /// The role the leader wants this node to have, when its certificate has the other
     /// (`node promote`/`demote`): the agent renews its certificate for it.
     role_wanted: Option<String>,
+    /// The data-path addresses of the nodes gossip says are down: their endpoints are
+    /// left out of this node's data plane and DNS until they are up again.
+    gossip_down: std::collections::BTreeSet<Ipv4Addr>,
+    /// This daemon's gossip incarnation (its start, in milliseconds since the epoch).
+    gossip_bump: u64,
 }
 
 fn bad(msg: impl std::fmt::Display) -> Status {
@@ -231,6 +236,8 @@ impl Daemon {
                 self.cluster.dns_view(),
             ),
         };
+        let (mut st, mut dns) = (st, dns);
+        crate::gossip::withdraw(&mut st, &mut dns, &self.gossip_down);
         if self.applied.as_ref() != Some(&st) {
             // A failure is retried by housekeeping, not only at the next change.
             self.push_failed = true;
@@ -308,6 +315,10 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         replicated: serde_json::Value::Null,
         leader_since: std::time::Instant::now(),
         role_wanted: None,
+        gossip_down: Default::default(),
+        gossip_bump: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
     };
     let raft = d.raft.clone();
     let d = tokio::task::spawn_blocking(move || -> anyhow::Result<Daemon> {
@@ -355,7 +366,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
                     if let Err(e) = d.renew_own_certificate() {
                         tracing::error!("renewing this manager's certificate: {}", e.message());
                     }
-                    if d.reconcile() {
+                    if d.rotate_gossip_keys() | d.reconcile() {
                         if let Err(e) = d.commit() {
                             tracing::error!("{}", e.message());
                         }

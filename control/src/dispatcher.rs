@@ -98,6 +98,12 @@ pub struct Assignment {
     /// says otherwise renews it (SwarmKit's `DesiredRole`).
     #[serde(default)]
     pub role: String,
+    /// The gossip keyring and every node's gossip address.
+    #[serde(default)]
+    pub gossip: crate::gossip::Keyring,
+    /// Every node's gossip address, `ip:7946`.
+    #[serde(default)]
+    pub gossip_peers: Vec<String>,
 }
 
 /// What a node reports about one of its tasks.
@@ -183,7 +189,17 @@ pub fn assignment(c: &Cluster, node: &str) -> Assignment {
             .find(|n| n.id == node)
             .map(|n| n.role.clone())
             .unwrap_or_default(),
+        gossip: c.swarm.as_ref().map(|s| s.gossip.clone()).unwrap_or_default(),
+        gossip_peers: gossip_peers(c),
     }
+}
+
+/// Every node's gossip address.
+pub fn gossip_peers(c: &Cluster) -> Vec<String> {
+    c.nodes
+        .iter()
+        .map(|n| format!("{}:{}", n.addr, crate::gossip::PORT))
+        .collect()
 }
 
 /// Applies node `node`'s reports to its tasks: a placed task that runs becomes Running;

@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod dispatcher;
 pub mod dns;
+pub mod gossip;
 pub mod ipam;
 pub mod local;
 pub mod logs;

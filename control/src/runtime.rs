@@ -31,6 +31,9 @@ pub struct ClusterRuntime {
     watching: Option<AbortOnDrop>,
     /// On the leader: taking demoted managers out of Raft's membership.
     removing: Option<JoinHandle<()>>,
+    /// Gossip on 7946, as (itself, the running gossip, the task handing its verdicts to
+    /// the daemon).
+    gossip: Option<(crate::gossip::Member, crate::gossip::Gossip, AbortOnDrop)>,
     /// The agent's session, for (manager, TLS, description).
     session: Option<(SessionKey, Running)>,
     /// The last start failure logged, so a retry every tick logs it once.
@@ -67,10 +70,10 @@ impl Running {
 impl ClusterRuntime {
     /// Makes what runs match what the state wants.
     pub async fn ensure(&mut self, api: &Api) {
-        let (want, raft_path) = match api
+        let (want, raft_path, gossip) = match api
             .call(|d| {
                 d.sync_role();
-                Ok((d.want(), d.raft_path()))
+                Ok((d.want(), d.raft_path(), d.gossip_want()))
             })
             .await
         {
@@ -83,6 +86,45 @@ impl ClusterRuntime {
         self.ensure_raft(api, &want, &raft_path).await;
         self.ensure_listener(api, &want).await;
         self.ensure_session(api, &want).await;
+        self.ensure_gossip(api, gossip).await;
+    }
+
+    async fn ensure_gossip(
+        &mut self,
+        api: &Api,
+        want: Option<(crate::gossip::Member, crate::gossip::Settings)>,
+    ) {
+        let Some((me, settings)) = want else {
+            if self.gossip.take().is_some() {
+                // Out of the swarm: no node is down any more as far as this one knows.
+                let _ = api.call(|d| Ok(d.set_gossip_down(Default::default()))).await;
+            }
+            return;
+        };
+        if let Some((m, g, _)) = &self.gossip {
+            if *m == me {
+                g.update(settings);
+                return;
+            }
+        }
+        self.gossip = None;
+        match crate::gossip::Gossip::start(me.clone(), settings).await {
+            Ok(g) => {
+                tracing::info!(addr = %me.addr, "gossip on UDP {}", me.addr);
+                let mut down = g.down();
+                let api = api.clone();
+                let watcher = AbortOnDrop(tokio::spawn(async move {
+                    while down.changed().await.is_ok() {
+                        let set = down.borrow_and_update().clone();
+                        if let Err(e) = api.call(move |d| Ok(d.set_gossip_down(set))).await {
+                            tracing::error!("gossip: {}", e.message());
+                        }
+                    }
+                }));
+                self.gossip = Some((me, g, watcher));
+            }
+            Err(e) => self.failure(format!("gossip: listening on {}: {e} (retrying)", me.addr)),
+        }
     }
 
     async fn ensure_raft(&mut self, api: &Api, want: &Want, path: &std::path::Path) {
@@ -282,6 +324,7 @@ impl ClusterRuntime {
 
     /// Stops whatever runs.
     pub async fn stop(&mut self) {
+        self.gossip = None;
         if let Some((_, r)) = self.session.take() {
             r.stop().await;
         }

@@ -5,6 +5,7 @@
 //! every cluster request to the leader ([`super::grpc`]).
 
 use super::*;
+use super::membership::{GOSSIP_KEY_GRACE, GOSSIP_KEY_ROTATION};
 use crate::raft::{Replica, WriteError};
 
 /// How long taking the lead may wait for a quorum and the log to be applied (under the
@@ -136,6 +137,72 @@ impl Daemon {
         // copy, and takes the lead again — from the state machine — once Raft says so.
         self.step_down();
         Err(r)
+    }
+
+    /// This node's gossip (itself, and the keyring and peers it gossips with), once it is
+    /// in a swarm and has keys: the leader's from the state, an agent's from its
+    /// assignment.
+    pub(crate) fn gossip_want(&self) -> Option<(crate::gossip::Member, crate::gossip::Settings)> {
+        let m = self.me()?;
+        let (keyring, peers) = if self.leads() {
+            (
+                self.cluster.swarm.as_ref()?.gossip.clone(),
+                crate::dispatcher::gossip_peers(&self.cluster),
+            )
+        } else {
+            let a = self.local.assignment.as_ref()?;
+            (a.gossip.clone(), a.gossip_peers.clone())
+        };
+        if keyring.keys.is_empty() {
+            return None;
+        }
+        let me = crate::gossip::Member {
+            node: m.node_id.clone(),
+            addr: std::net::SocketAddrV4::new(m.advertise_addr, crate::gossip::PORT),
+            vtep: m.datapath_addr,
+            bump: self.gossip_bump,
+        };
+        let peers = peers.iter().filter_map(|p| p.parse().ok()).collect();
+        Some((me, crate::gossip::Settings { keyring, peers }))
+    }
+
+    /// Gossip's verdict on which nodes are down changed: the data plane and DNS follow.
+    pub(crate) fn set_gossip_down(&mut self, down: std::collections::BTreeSet<Ipv4Addr>) {
+        if self.gossip_down != down {
+            self.gossip_down = down;
+            if let Err(e) = self.push() {
+                tracing::error!("{}", e.message());
+            }
+        }
+    }
+
+    /// On the leader: the gossip keyring's rotation (SwarmKit's key manager): a key where
+    /// there is none, a new one every [`GOSSIP_KEY_ROTATION`], the newest made primary
+    /// [`GOSSIP_KEY_GRACE`] after it was handed out. Returns whether it changed.
+    pub(super) fn rotate_gossip_keys(&mut self) -> bool {
+        if !self.leads() {
+            return false;
+        }
+        let Some(s) = self.cluster.swarm.as_mut() else {
+            return false;
+        };
+        let t = now();
+        if s.gossip.keys.is_empty() || s.gossip.age(t) >= GOSSIP_KEY_ROTATION {
+            if let Err(e) = s.gossip.add(t) {
+                tracing::error!("gossip: a new key: {e}");
+                return false;
+            }
+            if s.gossip.keys.len() == 1 {
+                s.gossip.primary = s.gossip.keys[0].id;
+            }
+            tracing::info!("gossip: a new key handed out");
+            return true;
+        }
+        if s.gossip.promote(t, GOSSIP_KEY_GRACE) {
+            tracing::info!(primary = s.gossip.primary, "gossip: messages sealed with the newest key");
+            return true;
+        }
+        false
     }
 
     /// Where this node's Raft member is stored.

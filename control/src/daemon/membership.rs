@@ -40,6 +40,12 @@ pub const LOST_QUORUM: &str = "The swarm does not have a leader. It's possible t
 /// serves; the leader's address follows (agents reconnect there).
 pub const LEADER_IS_AT: &str = "this manager is not the leader; the leader is at ";
 
+/// How often the leader adds a gossip key (SwarmKit's `keymanager` rotation interval).
+pub const GOSSIP_KEY_ROTATION: u64 = 12 * 3600;
+/// How long after a gossip key is handed out it becomes the primary: every node has had
+/// its assignment by then.
+pub const GOSSIP_KEY_GRACE: u64 = 10;
+
 /// Labels a node may carry.
 const MAX_LABELS: usize = 64;
 
@@ -246,6 +252,7 @@ impl Daemon {
             data_path_port,
             heartbeat_period_ms: heartbeat.as_millis() as u64,
             snapshot_interval,
+            gossip: crate::gossip::Keyring::new(now()).map_err(Status::internal)?,
         });
         c.nodes = vec![NodeRecord {
             id: node_id,
@@ -717,6 +724,11 @@ impl Daemon {
                 .as_mut()
                 .expect("checked")
                 .snapshot_interval = n;
+        }
+        if r.rotate_gossip_key {
+            let s = self.cluster.swarm.as_mut().expect("checked");
+            s.gossip.add(now()).map_err(Status::internal)?;
+            tracing::info!("a new gossip key: accepted now, the primary in {GOSSIP_KEY_GRACE} s");
         }
         if r.cert_expiry_secs != 0 {
             if r.cert_expiry_secs < ca::MIN_NODE_EXPIRY.as_secs() {

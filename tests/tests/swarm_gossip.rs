@@ -1,0 +1,132 @@
+//! Gossip on 7946 among a manager and two workers (each a network namespace with its own
+//! host name, `swarmgate daemon` and DPDK gateway), with Docker's default heartbeat (a
+//! node is Down for the leader only after 15 s): a worker cut off is declared down by the
+//! other nodes' gossip within seconds, and its endpoints leave their data planes and DNS
+//! before the leader even marks it Down; back, its endpoints return. A rotation of the
+//! gossip keys under way drops no node.
+//!
+//! Needs root.
+
+use swarmgate_tests::netns;
+use swarmgate_tests::swarm::{wait_until, Host, Lan};
+
+/// (task ID, node, address) of each running task of `web`.
+fn tasks(m: &Host) -> Vec<(String, String, String)> {
+    m.rows("service ps web")
+        .into_iter()
+        .filter(|t| {
+            t["DesiredState"] == "Running"
+                && t["CurrentState"].as_str().unwrap().starts_with("Running")
+        })
+        .map(|t| {
+            (
+                t["ID"].as_str().unwrap().to_owned(),
+                t["Node"].as_str().unwrap().to_owned(),
+                t["Addresses"][0]
+                    .as_str()
+                    .and_then(|a| a.split_once('='))
+                    .map_or(String::new(), |a| a.1.to_owned()),
+            )
+        })
+        .collect()
+}
+
+/// `tasks.web` as task `from` resolves it, sorted.
+fn resolve(from: &str) -> Vec<String> {
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &format!("sgt-{from}"), "python3", "-c"])
+        .arg(
+            "import socket,json\ntry: print(json.dumps(sorted(socket.gethostbyname_ex('tasks.web')[2])))\nexcept Exception: print('[]')",
+        )
+        .output()
+        .unwrap();
+    serde_json::from_slice(&o.stdout).unwrap_or_default()
+}
+
+fn status(m: &Host, node: &str) -> String {
+    m.rows("node ls")
+        .into_iter()
+        .find(|n| n["Hostname"] == node)
+        .map(|n| n["Status"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn gossip_withdraws_a_lost_node_before_the_leader_notices() {
+    if !netns::root_or_skip("gossip_withdraws_a_lost_node_before_the_leader_notices") {
+        return;
+    }
+    let mut lan = Lan::new("sgg", 64, &["m", "w1", "w2"]);
+    for h in &mut lan.hosts {
+        h.start();
+    }
+    let m = &lan.hosts[0];
+    m.ok(&format!("swarm init --advertise-addr {}", m.ip));
+    let token = m.ok("swarm join-token -q worker").trim().to_owned();
+    for w in &lan.hosts[1..] {
+        w.ok(&format!("swarm join --token {token} {}:2377", m.ip));
+    }
+    m.ok("network create -d overlay --subnet 10.64.0.0/24 net");
+    m.ok("service create --name web --replicas 3 --network net -- sleep 100000");
+    let mut all = Vec::new();
+    wait_until("a task on each node", 60, || {
+        all = tasks(m);
+        let mut nodes: Vec<&str> = all.iter().map(|t| t.1.as_str()).collect();
+        nodes.sort();
+        (nodes == ["m", "w1", "w2"]).then_some(()).ok_or(format!("{all:?}"))
+    });
+    let on = |n: &str| all.iter().find(|t| t.1 == n).unwrap().clone();
+    let (w1_task, w2_task) = (on("w1"), on("w2"));
+    let mut ips: Vec<String> = all.iter().map(|t| t.2.clone()).collect();
+    ips.sort();
+    wait_until("every task resolves every task", 30, || {
+        let r = resolve(&w1_task.0);
+        (r == ips).then_some(()).ok_or(format!("{r:?}"))
+    });
+    // Every node gossips with the others (the manager's log names each one up).
+    wait_until("gossip among the three", 30, || {
+        let log = m.log();
+        (log.matches("gossip: node up").count() >= 2)
+            .then_some(())
+            .ok_or(log)
+    });
+
+    // A key rotation under way: no node is lost.
+    m.ok("swarm update --rotate-gossip-key");
+    std::thread::sleep(std::time::Duration::from_secs(13));
+    for h in &lan.hosts {
+        assert!(!h.log().contains("gossip: node down"), "{}", h.log());
+        assert!(!h.log().contains("no key of the ring opens"), "{}", h.log());
+    }
+    assert!(m.log().contains("messages sealed with the newest key"), "{}", m.log());
+
+    // w2 cut off: gone from w1's DNS (and data plane) within seconds.
+    let w2 = &lan.hosts[2];
+    netns::run(&format!("ip -n {} link set eth0 down", w2.ns));
+    let t = std::time::Instant::now();
+    let without: Vec<String> = ips.iter().filter(|i| **i != w2_task.2).cloned().collect();
+    wait_until("w2's task withdrawn on w1", 15, || {
+        let r = resolve(&w1_task.0);
+        (r == without).then_some(()).ok_or(format!("{r:?}"))
+    });
+    let gone = t.elapsed();
+    let leader_view = status(m, "w2");
+    println!(
+        "gossip: w2 withdrawn on w1 {:.1} s after its link went down (the leader shows it {leader_view})",
+        gone.as_secs_f64()
+    );
+    assert_eq!(leader_view, "Ready", "withdrawn by gossip, not by the leader");
+    assert!(w1_log_has(&lan.hosts[1], "gossip: node down"));
+
+    // Back before the leader gave it up: its endpoint returns.
+    netns::run(&format!("ip -n {} link set eth0 up", w2.ns));
+    wait_until("w2's task back on w1", 30, || {
+        let r = resolve(&w1_task.0);
+        (r == ips).then_some(()).ok_or(format!("{r:?}"))
+    });
+    m.ok("service rm web");
+}
+
+fn w1_log_has(h: &Host, s: &str) -> bool {
+    h.log().contains(s)
+}
