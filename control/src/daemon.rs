@@ -128,6 +128,8 @@ pub struct Daemon {
     /// The data-path addresses of the nodes gossip says are down: their endpoints are
     /// left out of this node's data plane and DNS until they are up again.
     gossip_down: std::collections::BTreeSet<Ipv4Addr>,
+    /// The state a new Raft group's first leader adopts (`--force-new-cluster`).
+    adopt: Option<Cluster>,
     /// This daemon's gossip incarnation (its start, in milliseconds since the epoch).
     gossip_bump: u64,
 }
@@ -201,10 +203,19 @@ impl Daemon {
     fn commit(&mut self) -> Result<(), Status> {
         if self.leads() {
             self.replicate()?;
+            // Committed: Raft holds it now, whatever happens to the local copy below, so
+            // nothing may roll memory back to before it.
+            self.saves += 1;
         }
-        self.store
-            .save(&self.cluster, &self.local)
-            .map_err(|e| Status::internal(format!("saving state: {e:#}")))?;
+        if let Err(e) = self.store.save(&self.cluster, &self.local) {
+            if self.leads() {
+                // The replicated state is Raft's; this file is the leader's cache of it
+                // (and of this node's own state, written again at the next commit).
+                tracing::error!("saving state: {e:#}");
+            } else {
+                return Err(Status::internal(format!("saving state: {e:#}")));
+            }
+        }
         self.saves += 1;
         self.changes.send_modify(|v| *v += 1);
         self.push()
@@ -316,6 +327,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         leader_since: std::time::Instant::now(),
         role_wanted: None,
         gossip_down: Default::default(),
+        adopt: None,
         gossip_bump: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),

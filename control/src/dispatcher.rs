@@ -189,7 +189,11 @@ pub fn assignment(c: &Cluster, node: &str) -> Assignment {
             .find(|n| n.id == node)
             .map(|n| n.role.clone())
             .unwrap_or_default(),
-        gossip: c.swarm.as_ref().map(|s| s.gossip.clone()).unwrap_or_default(),
+        gossip: c
+            .swarm
+            .as_ref()
+            .map(|s| s.gossip.clone())
+            .unwrap_or_default(),
         gossip_peers: gossip_peers(c),
     }
 }

@@ -422,12 +422,41 @@ impl health_server::Health for Remote {
 
 impl Remote {
     /// This manager's Raft member, for a caller authorised as a manager.
-    fn replica<T>(&self, r: &Request<T>, what: &str) -> Result<Arc<crate::raft::Replica>, Status> {
-        authorize(r, &self.cluster_id, &[Role::Manager], what)?;
-        self.api
+    fn replica<T>(
+        &self,
+        r: &Request<T>,
+        what: &str,
+    ) -> Result<(NodeIdentity, Arc<crate::raft::Replica>), Status> {
+        let id = authorize(r, &self.cluster_id, &[Role::Manager], what)?;
+        let raft = self
+            .api
             .raft
             .load_full()
-            .ok_or_else(|| Status::unavailable("this manager's Raft member is not running"))
+            .ok_or_else(|| Status::unavailable("this manager's Raft member is not running"))?;
+        Ok((id, raft))
+    }
+
+    /// A consensus message: from a member of this manager's group (a manager outside it
+    /// — demoted, or of a group `--force-new-cluster` left behind — is refused), sent in
+    /// its own name (the vote's node is the certificate's).
+    fn consensus<T: serde::de::DeserializeOwned>(
+        &self,
+        r: &Request<capi::RaftMessage>,
+        vote_of: impl Fn(&T) -> crate::raft::NodeId,
+    ) -> Result<(T, Arc<crate::raft::Replica>), Status> {
+        let (id, raft) = self.replica(r, "raft")?;
+        let req: T = crate::raft::network::decode(r.get_ref())?;
+        let refuse = |why: &str| {
+            tracing::warn!(node = %id.node_id, "2377: refused a raft message: {why}");
+            Status::permission_denied(format!("raft: {why}"))
+        };
+        if vote_of(&req) != crate::raft::raft_id(&id.node_id) {
+            return Err(refuse("sent in another manager's name"));
+        }
+        if !raft.accepts(&id.node_id) {
+            return Err(refuse("not a member of this manager's Raft group"));
+        }
+        Ok((req, raft))
     }
 }
 
@@ -437,8 +466,12 @@ impl raft_server::Raft for Remote {
         &self,
         r: Request<capi::RaftMessage>,
     ) -> Result<Response<capi::RaftMessage>, Status> {
-        let raft = self.replica(&r, "raft")?;
-        let req = crate::raft::network::decode(r.get_ref())?;
+        let (req, raft) = self.consensus(
+            &r,
+            |q: &openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig>| {
+                q.vote.leader_id.node_id
+            },
+        )?;
         let res = raft.raft.append_entries(req).await;
         crate::raft::network::encode(&res).map(Response::new)
     }
@@ -447,8 +480,10 @@ impl raft_server::Raft for Remote {
         &self,
         r: Request<capi::RaftMessage>,
     ) -> Result<Response<capi::RaftMessage>, Status> {
-        let raft = self.replica(&r, "raft")?;
-        let req = crate::raft::network::decode(r.get_ref())?;
+        let (req, raft) = self.consensus(
+            &r,
+            |q: &openraft::raft::VoteRequest<crate::raft::NodeId>| q.vote.leader_id.node_id,
+        )?;
         let res = raft.raft.vote(req).await;
         crate::raft::network::encode(&res).map(Response::new)
     }
@@ -457,8 +492,12 @@ impl raft_server::Raft for Remote {
         &self,
         r: Request<capi::RaftMessage>,
     ) -> Result<Response<capi::RaftMessage>, Status> {
-        let raft = self.replica(&r, "raft")?;
-        let req = crate::raft::network::decode(r.get_ref())?;
+        let (req, raft) = self.consensus(
+            &r,
+            |q: &openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig>| {
+                q.vote.leader_id.node_id
+            },
+        )?;
         let res = raft.raft.install_snapshot(req).await;
         crate::raft::network::encode(&res).map(Response::new)
     }
@@ -470,8 +509,7 @@ impl raft_server::Raft for Remote {
         &self,
         r: Request<capi::RaftJoinRequest>,
     ) -> Result<Response<capi::Empty>, Status> {
-        let id = authorize(&r, &self.cluster_id, &[Role::Manager], "raft join")?;
-        let raft = self.replica(&r, "raft join")?;
+        let (id, raft) = self.replica(&r, "raft join")?;
         let seen = observed(&r);
         let port = ipv4_port(&r.get_ref().addr)
             .map(|a| a.port())
@@ -493,8 +531,7 @@ impl raft_server::Raft for Remote {
     }
 
     async fn leave(&self, r: Request<capi::Empty>) -> Result<Response<capi::Empty>, Status> {
-        let id = authorize(&r, &self.cluster_id, &[Role::Manager], "raft leave")?;
-        let raft = self.replica(&r, "raft leave")?;
+        let (id, raft) = self.replica(&r, "raft leave")?;
         if !raft.is_leader() {
             let at = raft.leader().map(|l| l.addr).unwrap_or_default();
             return Err(Status::unavailable(format!(

@@ -31,6 +31,8 @@ pub struct ClusterRuntime {
     watching: Option<AbortOnDrop>,
     /// On the leader: taking demoted managers out of Raft's membership.
     removing: Option<JoinHandle<()>>,
+    /// The certificate and key the Raft member's connections present.
+    raft_tls: Option<(String, String)>,
     /// Gossip on 7946, as (itself, the running gossip, the task handing its verdicts to
     /// the daemon).
     gossip: Option<(crate::gossip::Member, crate::gossip::Gossip, AbortOnDrop)>,
@@ -42,7 +44,9 @@ pub struct ClusterRuntime {
 
 type Tls = (String, String, String);
 type ListenerKey = (String, Tls);
-type RaftKey = (Peer, u64, Tls);
+/// A member is restarted only when the manager or its group changes (not when its
+/// certificate is renewed: the new one is swapped in).
+type RaftKey = (Peer, u64);
 type SessionKey = (
     SocketAddr,
     Tls,
@@ -97,7 +101,9 @@ impl ClusterRuntime {
         let Some((me, settings)) = want else {
             if self.gossip.take().is_some() {
                 // Out of the swarm: no node is down any more as far as this one knows.
-                let _ = api.call(|d| Ok(d.set_gossip_down(Default::default()))).await;
+                let _ = api
+                    .call(|d| Ok(d.set_gossip_down(Default::default())))
+                    .await;
             }
             return;
         };
@@ -132,14 +138,15 @@ impl ClusterRuntime {
         let key = want
             .raft
             .clone()
-            .map(|(peer, _, epoch)| (peer, epoch))
-            .zip(want.tls.clone())
-            .map(|((peer, epoch), tls)| (peer, epoch, tls));
+            .filter(|_| want.tls.is_some())
+            .map(|(peer, _, epoch)| (peer, epoch));
         if self.raft.as_ref().map(|r| &r.0) != key.as_ref() {
             self.watching = None;
             if let Some((_, r)) = self.raft.take() {
                 api.raft.store(None);
                 r.shutdown().await;
+                // Whatever this daemon took from that member is not the next one's.
+                let _ = api.call(|d| Ok(d.raft_replaced())).await;
             }
             if let Some(j) = self.joining.take() {
                 j.abort();
@@ -150,7 +157,7 @@ impl ClusterRuntime {
         if self.raft.is_none() {
             remove_old_logs(path, key.is_some());
         }
-        let Some((me, _, (root, cert, key_pem))) = key.clone() else {
+        let (Some((me, _)), Some((root, cert, key_pem))) = (key.clone(), want.tls.clone()) else {
             return;
         };
         if self.raft.is_none() {
@@ -162,6 +169,7 @@ impl ClusterRuntime {
                 Ok(r) => {
                     let r = Arc::new(r);
                     api.raft.store(Some(r.clone()));
+                    let _ = api.call(|d| Ok(d.raft_replaced())).await;
                     self.watching = Some(AbortOnDrop(tokio::spawn(watch_leader(
                         api.clone(),
                         r.raft.metrics(),
@@ -172,6 +180,18 @@ impl ClusterRuntime {
             }
         }
         let r = self.raft.as_ref().expect("started").1.clone();
+        // A renewed certificate: new connections present it.
+        if let Ok(tls) = crate::tls::client_config(&root, Some((&cert, &key_pem))) {
+            let same = *self
+                .raft_tls
+                .as_ref()
+                .unwrap_or(&(String::new(), String::new()))
+                == (cert.clone(), key_pem.clone());
+            if !same {
+                r.tls.store(tls);
+                self.raft_tls = Some((cert.clone(), key_pem.clone()));
+            }
+        }
         // On the leader: voters that are no longer managers leave the membership.
         if r.is_leader() && !self.removing.as_ref().is_some_and(|j| !j.is_finished()) {
             let stale = match api.call(|d| Ok(d.stale_voters())).await {

@@ -73,7 +73,9 @@ fn gossip_withdraws_a_lost_node_before_the_leader_notices() {
         all = tasks(m);
         let mut nodes: Vec<&str> = all.iter().map(|t| t.1.as_str()).collect();
         nodes.sort();
-        (nodes == ["m", "w1", "w2"]).then_some(()).ok_or(format!("{all:?}"))
+        (nodes == ["m", "w1", "w2"])
+            .then_some(())
+            .ok_or(format!("{all:?}"))
     });
     let on = |n: &str| all.iter().find(|t| t.1 == n).unwrap().clone();
     let (w1_task, w2_task) = (on("w1"), on("w2"));
@@ -98,7 +100,11 @@ fn gossip_withdraws_a_lost_node_before_the_leader_notices() {
         assert!(!h.log().contains("gossip: node down"), "{}", h.log());
         assert!(!h.log().contains("no key of the ring opens"), "{}", h.log());
     }
-    assert!(m.log().contains("messages sealed with the newest key"), "{}", m.log());
+    assert!(
+        m.log().contains("messages sealed with the newest key"),
+        "{}",
+        m.log()
+    );
 
     // w2 cut off: gone from w1's DNS (and data plane) within seconds.
     let w2 = &lan.hosts[2];
@@ -115,7 +121,10 @@ fn gossip_withdraws_a_lost_node_before_the_leader_notices() {
         "gossip: w2 withdrawn on w1 {:.1} s after its link went down (the leader shows it {leader_view})",
         gone.as_secs_f64()
     );
-    assert_eq!(leader_view, "Ready", "withdrawn by gossip, not by the leader");
+    assert_eq!(
+        leader_view, "Ready",
+        "withdrawn by gossip, not by the leader"
+    );
     assert!(w1_log_has(&lan.hosts[1], "gossip: node down"));
 
     // Back before the leader gave it up: its endpoint returns.

@@ -135,11 +135,10 @@ fn three_managers_replicate_the_swarm_and_survive_the_leader() {
         .find(|t| t["Node"] == "mgr1" && t["DesiredState"] == "Running")
         .and_then(|t| t["ID"].as_str().map(str::to_owned))
         .expect("a task on mgr1");
-    // `network inspect` as the cluster has it (its Containers are the serving node's).
+    // `network inspect`'s fields that no task placement changes.
     let inspect = |h: &Host| {
-        let mut v: serde_json::Value = serde_json::from_str(&h.ok("network inspect net1")).unwrap();
-        v[0].as_object_mut().unwrap().remove("Containers");
-        v
+        let v: serde_json::Value = serde_json::from_str(&h.ok("network inspect net1")).unwrap();
+        ["Id", "Name", "IPAM", "Options", "Created"].map(|k| v[0][k].clone())
     };
     let before = inspect(&*m2);
     m1.kill();
@@ -291,6 +290,9 @@ fn workers_are_promoted_and_demoted_and_a_lost_quorum_is_recovered() {
             .ok_or(format!("{v:?} {out} raft log gone: {raft_gone}"))
     });
 
+    let voters = raft_voters(a);
+    assert_eq!(voters.len(), 2, "nc left Raft: {voters:?}");
+
     // Two managers; one dies: no quorum, writes refused in bounded time.
     b.kill();
     let t = std::time::Instant::now();
@@ -330,6 +332,39 @@ fn workers_are_promoted_and_demoted_and_a_lost_quorum_is_recovered() {
             .then_some(())
             .ok_or(out)
     });
+    // The manager left behind comes back with the old group's log: it cannot take the new
+    // group over (its Raft messages are refused), stays Unreachable, and is demoted.
+    b.start();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let v = managers(a).unwrap();
+    assert!(v.contains(&("na".to_owned(), "Leader".to_owned())), "{v:?}");
+    assert!(
+        v.contains(&("nb".to_owned(), "Unreachable".to_owned())),
+        "{v:?}"
+    );
+    assert_eq!(raft_voters(a).len(), 1);
+    a.ok("network create -d overlay --subnet 10.63.2.0/24 after");
     a.ok("node demote nb");
-    a.ok("node rm --force nb");
+    wait_until("nb a worker", 60, || {
+        let (ok, out) = b.cli("node ls");
+        let gone = !b.dir.join("data/raft.redb").exists();
+        (!ok && out.contains("This node is not a swarm manager") && gone)
+            .then_some(())
+            .ok_or(format!("{out} raft log gone: {gone}"))
+    });
+    let nets = a.ok("network ls");
+    assert!(nets.contains("after") && nets.contains("found"), "{nets}");
+}
+
+/// The Raft voters (node IDs) as manager `h` knows them.
+fn raft_voters(h: &Host) -> Vec<String> {
+    let s: serde_json::Value = serde_json::from_str(&h.ok("stats")).unwrap();
+    s["raft"]["voters"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }

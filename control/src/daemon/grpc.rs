@@ -31,6 +31,7 @@ const FORWARDED: &str = "swarmgate-forwarded";
 macro_rules! cluster_call {
     ($self:ident, $r:ident, $method:ident, $handler:ident $(, $unit:tt)?) => {{
         let forwarded = $r.metadata().contains_key(FORWARDED);
+        let caller = remote_caller(&$r);
         let inner = $r.into_inner();
         let deadline = std::time::Instant::now() + NO_LEADER_WAIT;
         loop {
@@ -49,6 +50,11 @@ macro_rules! cluster_call {
                 r => return r,
             }
         }
+        // Over 2377 (forwarded by another manager): the caller must still be a manager
+        // of the swarm — a certificate outlives a demotion or a removal.
+        if let Some(node) = caller {
+            $self.call(move |d| d.check_manager_member(&node)).await?;
+        }
         cluster_call!(@local $self, inner, $handler $(, $unit)?)
     }};
     (@local $self:ident, $inner:ident, $handler:ident) => {
@@ -58,6 +64,14 @@ macro_rules! cluster_call {
         let _ = $inner;
         $self.call(move |d| d.$handler()).await
     }};
+}
+
+/// The node a call came from over 2377 (its certificate's), `None` on the local socket.
+fn remote_caller<T>(r: &Request<T>) -> Option<String> {
+    let certs = r.peer_certs()?;
+    crate::ca::identity(certs.first()?)
+        .ok()
+        .map(|id| id.node_id)
 }
 
 /// A forwarded call that failed before reaching the leader (connecting), so may be sent

@@ -4,8 +4,8 @@
 //! like a worker — it runs the tasks the leader assigns it, reports them, and forwards
 //! every cluster request to the leader ([`super::grpc`]).
 
-use super::*;
 use super::membership::{GOSSIP_KEY_GRACE, GOSSIP_KEY_ROTATION};
+use super::*;
 use crate::raft::{Replica, WriteError};
 
 /// How long taking the lead may wait for a quorum and the log to be applied (under the
@@ -61,13 +61,39 @@ impl Daemon {
             return;
         }
         let applied = r.machine.current();
+        // This node's own tasks' latest states, as it knows them (a task that ended while
+        // it followed, not yet reported, must not come back Running).
+        let me = self.my_id().unwrap_or_default().to_owned();
+        let own: Vec<crate::dispatcher::Report> = self
+            .task_reports()
+            .iter()
+            .filter_map(|t| {
+                Some(crate::dispatcher::Report {
+                    id: t.id.clone(),
+                    status: crate::dispatcher::parse_status(&t.state)?,
+                    exit_code: t.exit_code,
+                    error: (!t.error.is_empty()).then(|| t.error.clone()),
+                })
+            })
+            .collect();
         if applied.state.is_null() {
-            // The first leader of a swarm created before Raft (or just now): the state it
-            // has becomes the replicated one with the next commit.
+            // The first leader of a group: of a swarm just created or created before
+            // Raft (the state it has), or after `--force-new-cluster` (the state it held
+            // then). It becomes the replicated one with the next commit.
+            if let Some(c) = self.adopt.take() {
+                self.cluster = c;
+            }
+            if self.cluster.swarm.is_none() {
+                tracing::error!(
+                    "raft: elected with no swarm state to start the group from; not leading"
+                );
+                return;
+            }
             self.replicated = serde_json::Value::Null;
         } else {
             match serde_json::from_value::<Cluster>(applied.state.clone()) {
-                Ok(c) => {
+                Ok(mut c) => {
+                    crate::dispatcher::apply_reports(&mut c, &me, &own);
                     self.cluster = c;
                     self.replicated = applied.state;
                 }
@@ -108,6 +134,16 @@ impl Daemon {
         if let Err(e) = self.assign(a) {
             tracing::error!("following: {}", e.message());
         }
+    }
+
+    /// The Raft member was replaced (restarted, a new group after `--force-new-cluster`):
+    /// what this daemon took from the old one does not hold for the new one. A leader
+    /// steps down; the next `sync_role` takes the lead again from the new member.
+    pub(crate) fn raft_replaced(&mut self) {
+        if self.leading {
+            self.step_down();
+        }
+        self.replicated = serde_json::Value::Null;
     }
 
     /// Commits the difference between the state and what was last replicated.
@@ -199,7 +235,10 @@ impl Daemon {
             return true;
         }
         if s.gossip.promote(t, GOSSIP_KEY_GRACE) {
-            tracing::info!(primary = s.gossip.primary, "gossip: messages sealed with the newest key");
+            tracing::info!(
+                primary = s.gossip.primary,
+                "gossip: messages sealed with the newest key"
+            );
             return true;
         }
         false

@@ -318,6 +318,10 @@ impl Daemon {
         }
         self.leading = false;
         self.replicated = serde_json::Value::Null;
+        // The old group's member is no longer asked anything (the node runtime stops it);
+        // the new group's first leader adopts this state.
+        self.raft.store(None);
+        self.adopt = Some(self.cluster.clone());
         let m = self.local.swarm.as_mut().expect("checked");
         m.raft_epoch += 1;
         m.manager_addr = None;
@@ -496,6 +500,11 @@ impl Daemon {
         if let Err(why) = self.dp.health() {
             tracing::warn!("this node is down: {why}");
         }
+        // A manager is Reachable while it votes in Raft and its agent's heartbeats arrive.
+        let voters: Vec<String> = self
+            .replica()
+            .map(|r| r.voters().into_iter().map(|(_, p)| p.node).collect())
+            .unwrap_or_default();
         Ok(api::NodeListReply {
             nodes: self
                 .cluster
@@ -510,7 +519,9 @@ impl Daemon {
                     // Reachable while its agent's heartbeats arrive.
                     manager_status: match (n.role.as_str(), Some(n.id.as_str()) == me) {
                         ("manager", true) => "Leader",
-                        ("manager", false) if self.node_ready(n) => "Reachable",
+                        ("manager", false) if self.node_ready(n) && voters.contains(&n.id) => {
+                            "Reachable"
+                        }
                         ("manager", false) => "Unreachable",
                         _ => "",
                     }

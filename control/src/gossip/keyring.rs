@@ -65,7 +65,11 @@ impl Keyring {
             created: now,
         });
         while self.keys.len() > MAX_KEYS {
-            let oldest = self.keys.iter().position(|k| k.id != self.primary).unwrap_or(0);
+            let oldest = self
+                .keys
+                .iter()
+                .position(|k| k.id != self.primary)
+                .unwrap_or(0);
             self.keys.remove(oldest);
         }
         Ok(())
@@ -85,7 +89,9 @@ impl Keyring {
 
     /// The newest key's age in seconds.
     pub fn age(&self, now: u64) -> u64 {
-        self.keys.last().map_or(u64::MAX, |k| now.saturating_sub(k.created))
+        self.keys
+            .last()
+            .map_or(u64::MAX, |k| now.saturating_sub(k.created))
     }
 
     /// The keys as bytes, the primary first; malformed ones left out.
@@ -171,7 +177,10 @@ mod tests {
         r.add(300).unwrap();
         r.add(400).unwrap();
         assert_eq!(r.keys.len(), MAX_KEYS);
-        assert!(r.keys.iter().any(|k| k.id == r.primary), "the primary is never dropped");
+        assert!(
+            r.keys.iter().any(|k| k.id == r.primary),
+            "the primary is never dropped"
+        );
         assert!(open(&r.material(), &msg).is_none(), "the oldest key went");
     }
 

@@ -17,7 +17,7 @@ pub mod command;
 pub mod network;
 pub mod storage;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +75,9 @@ pub const LOG_FOR_SLOW_FOLLOWERS: u64 = 500;
 /// How often a manager checks whether a snapshot is due.
 const COMPACTION_CHECK: Duration = Duration::from_millis(500);
 
+/// How long a membership change may take (a learner catching up included).
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a write waits for its commit before the request is refused.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -89,6 +92,9 @@ pub struct Replica {
     pub id: NodeId,
     /// This manager.
     pub me: Peer,
+    /// The TLS configuration its messages go out with (swapped when the certificate is
+    /// renewed, without restarting the member).
+    pub tls: Arc<arc_swap::ArcSwap<rustls::ClientConfig>>,
     /// How long this manager's committed writes took, in microseconds (from the
     /// proposal to applied here, a quorum having logged it).
     commits: Arc<std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
@@ -176,10 +182,11 @@ impl Replica {
         }
         .validate()?;
         let id = raft_id(&me.node);
+        let tls = Arc::new(arc_swap::ArcSwap::new(tls));
         let raft = Raft::new(
             id,
             Arc::new(config),
-            network::Network::new(tls),
+            network::Network::new(tls.clone()),
             log,
             machine.clone(),
         )
@@ -198,6 +205,7 @@ impl Replica {
             machine,
             id,
             me,
+            tls,
             commits: Arc::new(std::sync::Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)?,
             )),
@@ -241,10 +249,15 @@ impl Replica {
         r
     }
 
-    /// Commit latency so far: count and percentiles in microseconds (`swarmgate stats`).
+    /// Commit latency so far (count and percentiles in microseconds), the voters and the
+    /// leader, for `swarmgate stats`.
     pub fn commit_stats(&self) -> serde_json::Value {
+        let voters: Vec<String> = self.voters().into_iter().map(|(_, p)| p.node).collect();
+        let leader = self.leader().map(|p| p.node);
         let h = self.commits.lock().unwrap_or_else(|e| e.into_inner());
         serde_json::json!({
+            "voters": voters,
+            "leader": leader,
             "writes": h.len(),
             "p50_us": h.value_at_quantile(0.5),
             "p99_us": h.value_at_quantile(0.99),
@@ -268,50 +281,70 @@ impl Replica {
     }
 
     /// Adds manager `peer` (on the leader): a learner until it has the log, then a voter.
+    /// Bounded by [`MEMBERSHIP_TIMEOUT`].
     pub async fn add_manager(&self, peer: Peer) -> Result<(), String> {
         let id = raft_id(&peer.node);
-        if self
-            .voters()
-            .iter()
-            .any(|(i, p)| *i == id && p.node != peer.node)
-        {
+        let known = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned();
+        if known.is_some_and(|p| p.node != peer.node) {
             return Err(format!(
                 "manager {} collides with another's Raft ID",
                 peer.node
             ));
         }
-        self.raft
-            .add_learner(id, peer.clone(), true)
+        let change = async {
+            self.raft
+                .add_learner(id, peer.clone(), true)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Only this voter added: a change running alongside keeps its own.
+            self.raft
+                .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(MEMBERSHIP_TIMEOUT, change)
             .await
-            .map_err(|e| e.to_string())?;
-        let mut voters: BTreeSet<NodeId> = self.voters().into_iter().map(|(i, _)| i).collect();
-        voters.insert(id);
-        self.raft
-            .change_membership(voters, false)
-            .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| {
+                "the membership change was not committed in time (quorum?)".to_string()
+            })??;
         tracing::info!(node = %peer.node, addr = %peer.addr, "raft: manager added");
         Ok(())
     }
 
-    /// Removes manager `node` from the voters (on the leader).
+    /// Removes manager `node` from the voters (on the leader). Bounded by
+    /// [`MEMBERSHIP_TIMEOUT`].
     pub async fn remove_manager(&self, node: &str) -> Result<(), String> {
         let id = raft_id(node);
-        let voters: BTreeSet<NodeId> = self
-            .voters()
-            .into_iter()
-            .map(|(i, _)| i)
-            .filter(|i| *i != id)
-            .collect();
-        if voters.is_empty() {
+        if self.voters().iter().all(|(i, _)| *i == id) {
             return Err("the last manager cannot be removed".into());
         }
-        self.raft
-            .change_membership(voters, false)
+        let change = self
+            .raft
+            .change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false);
+        tokio::time::timeout(MEMBERSHIP_TIMEOUT, change)
             .await
+            .map_err(|_| "the membership change was not committed in time (quorum?)".to_string())?
             .map_err(|e| e.to_string())?;
         tracing::info!(%node, "raft: manager removed");
         Ok(())
+    }
+
+    /// Whether `node` may send this member Raft's messages: a member of its group, or
+    /// anyone while this member belongs to none yet (a manager being added). A manager of
+    /// a group left behind by `--force-new-cluster`, or demoted, is refused.
+    pub fn accepts(&self, node: &str) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let ms = m.membership_config.membership();
+        let empty = ms.nodes().next().is_none();
+        empty || ms.get_node(&raft_id(node)).is_some_and(|p| p.node == node)
     }
 
     /// Stops the member.

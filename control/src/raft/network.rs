@@ -24,12 +24,13 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// Makes a client per peer.
 pub struct Network {
-    tls: Arc<rustls::ClientConfig>,
+    tls: Arc<arc_swap::ArcSwap<rustls::ClientConfig>>,
 }
 
 impl Network {
-    /// Clients that present this manager's certificate (`tls`).
-    pub fn new(tls: Arc<rustls::ClientConfig>) -> Network {
+    /// Clients that present this manager's certificate (`tls`, the current one when a
+    /// client is made).
+    pub fn new(tls: Arc<arc_swap::ArcSwap<rustls::ClientConfig>>) -> Network {
         Network { tls }
     }
 }
@@ -39,7 +40,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Peer) -> Client {
         let client = node.addr.parse().ok().map(|a| {
-            RaftClient::new(crate::tls::channel(a, self.tls.clone()))
+            RaftClient::new(crate::tls::channel(a, self.tls.load_full()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE)
         });

@@ -35,6 +35,17 @@ const MACHINE: TableDefinition<&str, &[u8]> = TableDefinition::new("machine");
 
 type SErr = StorageError<NodeId>;
 
+/// Runs a blocking redb transaction without stalling the async runtime's worker threads
+/// (Raft's heartbeats and the 2377 server run there).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn read_err(e: impl std::fmt::Display) -> SErr {
     StorageIOError::read(&std::io::Error::other(e.to_string())).into()
 }
@@ -100,12 +111,14 @@ impl LogStore {
 
     fn put_meta<T: Serialize>(&self, key: &str, v: &T) -> Result<(), SErr> {
         let bytes = serde_json::to_vec(v).map_err(write_err)?;
-        let tx = self.db.begin_write().map_err(write_err)?;
-        tx.open_table(META)
-            .map_err(write_err)?
-            .insert(key, bytes.as_slice())
-            .map_err(write_err)?;
-        tx.commit().map_err(write_err)
+        blocking(|| {
+            let tx = self.db.begin_write().map_err(write_err)?;
+            tx.open_table(META)
+                .map_err(write_err)?
+                .insert(key, bytes.as_slice())
+                .map_err(write_err)?;
+            tx.commit().map_err(write_err)
+        })
     }
 }
 
@@ -162,19 +175,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let tx = self.db.begin_write().map_err(write_err)?;
-        {
-            let mut t = tx.open_table(LOG).map_err(write_err)?;
-            for e in entries {
-                let bytes = serde_json::to_vec(&e).map_err(write_err)?;
-                t.insert(e.log_id.index, bytes.as_slice())
-                    .map_err(write_err)?;
-            }
-        }
+        let entries: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| serde_json::to_vec(&e).map(|b| (e.log_id.index, b)))
+            .collect::<Result<_, _>>()
+            .map_err(write_err)?;
         // redb commits durably (fsync) before returning.
-        let r = tx
-            .commit()
-            .map_err(|e| std::io::Error::other(e.to_string()));
+        let r = blocking(|| -> Result<(), std::io::Error> {
+            let tx = self.db.begin_write().map_err(std::io::Error::other)?;
+            {
+                let mut t = tx.open_table(LOG).map_err(std::io::Error::other)?;
+                for (i, b) in &entries {
+                    t.insert(*i, b.as_slice()).map_err(std::io::Error::other)?;
+                }
+            }
+            tx.commit().map_err(std::io::Error::other)
+        });
         let failed = r.as_ref().err().map(|e| e.to_string());
         callback.log_io_completed(r);
         match failed {
@@ -184,22 +200,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
-        let tx = self.db.begin_write().map_err(write_err)?;
-        {
-            let mut t = tx.open_table(LOG).map_err(write_err)?;
-            t.retain(|k, _| k < log_id.index).map_err(write_err)?;
-        }
-        tx.commit().map_err(write_err)
+        blocking(|| {
+            let tx = self.db.begin_write().map_err(write_err)?;
+            {
+                let mut t = tx.open_table(LOG).map_err(write_err)?;
+                t.retain(|k, _| k < log_id.index).map_err(write_err)?;
+            }
+            tx.commit().map_err(write_err)
+        })
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         self.put_meta("purged", &log_id)?;
-        let tx = self.db.begin_write().map_err(write_err)?;
-        {
-            let mut t = tx.open_table(LOG).map_err(write_err)?;
-            t.retain(|k, _| k > log_id.index).map_err(write_err)?;
-        }
-        tx.commit().map_err(write_err)
+        blocking(|| {
+            let tx = self.db.begin_write().map_err(write_err)?;
+            {
+                let mut t = tx.open_table(LOG).map_err(write_err)?;
+                t.retain(|k, _| k > log_id.index).map_err(write_err)?;
+            }
+            tx.commit().map_err(write_err)
+        })
     }
 }
 
@@ -288,21 +308,36 @@ impl Machine {
         self.applied.subscribe()
     }
 
-    fn save(&self, a: &Applied, snapshot: Option<&StoredSnapshot>) -> Result<(), SErr> {
-        let bytes = serde_json::to_vec(a).map_err(write_err)?;
+    /// Writes what the state machine holds (`a`, when given) and a snapshot (when given,
+    /// and newer than the stored one: a snapshot built concurrently with an install never
+    /// replaces a newer one), in one transaction. redb commits durably (fsync): done off
+    /// the runtime's worker threads.
+    fn save(&self, a: Option<&Applied>, snapshot: Option<&StoredSnapshot>) -> Result<(), SErr> {
+        let bytes = a.map(serde_json::to_vec).transpose().map_err(write_err)?;
         let snap = snapshot
-            .map(serde_json::to_vec)
+            .map(|s| serde_json::to_vec(s).map(|b| (s.meta.last_log_id, b)))
             .transpose()
             .map_err(write_err)?;
-        let tx = self.db.begin_write().map_err(write_err)?;
-        {
-            let mut t = tx.open_table(MACHINE).map_err(write_err)?;
-            t.insert("applied", bytes.as_slice()).map_err(write_err)?;
-            if let Some(s) = &snap {
-                t.insert("snapshot", s.as_slice()).map_err(write_err)?;
+        blocking(|| {
+            let tx = self.db.begin_write().map_err(write_err)?;
+            {
+                let mut t = tx.open_table(MACHINE).map_err(write_err)?;
+                if let Some(b) = &bytes {
+                    t.insert("applied", b.as_slice()).map_err(write_err)?;
+                }
+                if let Some((last, s)) = &snap {
+                    let stored: Option<StoredSnapshot> =
+                        match t.get("snapshot").map_err(write_err)? {
+                            Some(v) => serde_json::from_slice(v.value()).ok(),
+                            None => None,
+                        };
+                    if stored.is_none_or(|st| st.meta.last_log_id <= *last) {
+                        t.insert("snapshot", s.as_slice()).map_err(write_err)?;
+                    }
+                }
             }
-        }
-        tx.commit().map_err(write_err)
+            tx.commit().map_err(write_err)
+        })
     }
 
     fn snapshot_of(a: &Applied) -> Result<StoredSnapshot, SErr> {
@@ -326,7 +361,9 @@ impl RaftSnapshotBuilder<TypeConfig> for Machine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let a = self.current();
         let s = Self::snapshot_of(&a)?;
-        self.save(&a, Some(&s))?;
+        // Only the snapshot: what the state machine holds is `apply`'s to write (a
+        // snapshot is built concurrently with it).
+        self.save(None, Some(&s))?;
         Ok(Snapshot {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
@@ -371,7 +408,7 @@ impl RaftStateMachine<TypeConfig> for Machine {
             }
             out.push(());
         }
-        self.save(&a, None)?;
+        self.save(Some(&a), None)?;
         self.note_settings(&a.state);
         *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = a;
         self.applied.send_modify(|v| *v += 1);
@@ -402,7 +439,7 @@ impl RaftStateMachine<TypeConfig> for Machine {
             meta: meta.clone(),
             data,
         };
-        self.save(&a, Some(&s))?;
+        self.save(Some(&a), Some(&s))?;
         self.note_settings(&a.state);
         *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = a;
         self.applied.send_modify(|v| *v += 1);
