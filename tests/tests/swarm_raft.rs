@@ -141,6 +141,7 @@ fn three_managers_replicate_the_swarm_and_survive_the_leader() {
         ["Id", "Name", "IPAM", "Options", "Created"].map(|k| v[0][k].clone())
     };
     let before = inspect(&*m2);
+    let m1_last = raft_stat(m1, "last_log_index");
     m1.kill();
     let killed = std::time::Instant::now();
     let mut leader = String::new();
@@ -188,6 +189,13 @@ fn three_managers_replicate_the_swarm_and_survive_the_leader() {
     for i in 0..30 {
         m2.ok(&format!("node update --label-add k{i}=v mgr2"));
     }
+    let lead = lan_host(&[&*m2, &*m3], &leader);
+    wait_until("the leader's log purged past what mgr1 has", 30, || {
+        let purged = raft_stat(lead, "purged_index");
+        (purged > m1_last)
+            .then_some(())
+            .ok_or(format!("purged up to {purged}, mgr1 has up to {m1_last}"))
+    });
 
     // With one manager gone, another leaving would lose the quorum: said so.
     let out = m2.err("swarm leave");
@@ -227,7 +235,28 @@ fn three_managers_replicate_the_swarm_and_survive_the_leader() {
             .then_some(())
             .ok_or(format!("{v:?}"))
     });
+
+    // The leader demoted (typed on another manager): it takes itself out of Raft, the
+    // other two elect a leader, and it carries on as a worker.
+    let out = m1.ok(&format!("node demote {leader}"));
+    assert!(out.contains("demoted in the swarm"), "{out}");
+    let old = lan_host(&[&*m1, &*m2, &*m3], &leader);
+    wait_until("the old leader a worker, two managers left", 60, || {
+        let v = managers(&*m1)?;
+        let (ok, out) = old.cli("node ls");
+        let statuses: Vec<&str> = v.iter().map(|(_, s)| s.as_str()).collect();
+        let two = statuses.iter().filter(|s| **s == "Leader").count() == 1
+            && statuses.iter().filter(|s| **s == "Reachable").count() == 1;
+        (two && !ok && out.contains("This node is not a swarm manager"))
+            .then_some(())
+            .ok_or(format!("{v:?} {out}"))
+    });
+    m1.ok("network create -d overlay --subnet 10.62.2.0/24 net3");
     m1.ok("service rm web");
+}
+
+fn lan_host<'a>(hosts: &[&'a Host], name: &str) -> &'a Host {
+    hosts.iter().find(|h| h.name == name).copied().unwrap()
 }
 
 #[test]
@@ -354,6 +383,12 @@ fn workers_are_promoted_and_demoted_and_a_lost_quorum_is_recovered() {
     });
     let nets = a.ok("network ls");
     assert!(nets.contains("after") && nets.contains("found"), "{nets}");
+}
+
+/// A number from manager `h`'s Raft statistics.
+fn raft_stat(h: &Host, key: &str) -> u64 {
+    let s: serde_json::Value = serde_json::from_str(&h.ok("stats")).unwrap();
+    s["raft"][key].as_u64().unwrap_or(0)
 }
 
 /// The Raft voters (node IDs) as manager `h` knows them.

@@ -254,10 +254,22 @@ impl Replica {
     pub fn commit_stats(&self) -> serde_json::Value {
         let voters: Vec<String> = self.voters().into_iter().map(|(_, p)| p.node).collect();
         let leader = self.leader().map(|p| p.node);
+        let (last_log, purged, snapshot) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (
+                m.last_log_index.unwrap_or(0),
+                m.purged.map_or(0, |l| l.index),
+                m.snapshot.map_or(0, |l| l.index),
+            )
+        };
         let h = self.commits.lock().unwrap_or_else(|e| e.into_inner());
         serde_json::json!({
             "voters": voters,
             "leader": leader,
+            "last_log_index": last_log,
+            "purged_index": purged,
+            "snapshot_index": snapshot,
             "writes": h.len(),
             "p50_us": h.value_at_quantile(0.5),
             "p99_us": h.value_at_quantile(0.99),
