@@ -235,6 +235,35 @@ impl Lan {
     }
 }
 
+impl Lan {
+    /// A swarm on hosts `names` (see [`Lan::new`]): every daemon started, the first host
+    /// running `swarm init --advertise-addr <its address> <init>`, the others joining it
+    /// with the `role` (`worker` or `manager`) token; each join's output returned.
+    pub fn swarm(
+        tag: &str,
+        subnet: u8,
+        names: &[&str],
+        init: &str,
+        role: &str,
+    ) -> (Lan, Vec<String>) {
+        let mut lan = Lan::new(tag, subnet, names);
+        for h in &mut lan.hosts {
+            h.start();
+        }
+        let first = &lan.hosts[0];
+        first.ok(&format!("swarm init --advertise-addr {} {init}", first.ip));
+        let token = first
+            .ok(&format!("swarm join-token -q {role}"))
+            .trim()
+            .to_owned();
+        let joins = lan.hosts[1..]
+            .iter()
+            .map(|h| h.ok(&format!("swarm join --token {token} {}:2377", first.ip)))
+            .collect();
+        (lan, joins)
+    }
+}
+
 impl Drop for Lan {
     fn drop(&mut self) {
         for h in &mut self.hosts {

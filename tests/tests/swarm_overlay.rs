@@ -119,21 +119,16 @@ fn a_service_spreads_over_three_nodes_and_its_tasks_reach_each_other() {
     if !netns::root_or_skip("the three-node overlay test") {
         return;
     }
-    let mut lan = Lan::new("sgo", 84, &["m", "w1", "w2"]);
-    for h in &mut lan.hosts {
-        h.start();
-    }
-    let m = &lan.hosts[0];
     // Heartbeats every second (Docker's `--dispatcher-heartbeat`; 5 s by default): a node
     // is Down after 3 s without one.
-    m.ok(&format!(
-        "swarm init --advertise-addr {} --dispatcher-heartbeat 1s",
-        m.ip
-    ));
-    let token = m.ok("swarm join-token -q worker").trim().to_owned();
-    for w in &lan.hosts[1..] {
-        w.ok(&format!("swarm join --token {token} {}:2377", m.ip));
-    }
+    let (lan, _) = Lan::swarm(
+        "sgo",
+        84,
+        &["m", "w1", "w2"],
+        "--dispatcher-heartbeat 1s",
+        "worker",
+    );
+    let m = &lan.hosts[0];
     wait_for("three nodes Ready", 30, || {
         let rows = m.rows("node ls");
         rows.len() == 3 && rows.iter().all(|n| n["Status"] == "Ready")

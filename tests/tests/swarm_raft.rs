@@ -60,25 +60,22 @@ fn three_managers_replicate_the_swarm_and_survive_the_leader() {
     if !netns::root_or_skip("three_managers_replicate_the_swarm_and_survive_the_leader") {
         return;
     }
-    let mut lan = Lan::new("rf", 62, &["mgr1", "mgr2", "mgr3"]);
-    for h in &mut lan.hosts {
-        h.start();
-    }
-    let [m1, m2, m3] = &mut lan.hosts[..] else {
-        unreachable!()
-    };
-    m1.ok(&format!(
-        "swarm init --advertise-addr {} --dispatcher-heartbeat 1s",
-        m1.ip
-    ));
-    let token = m1.ok("swarm join-token -q manager").trim().to_owned();
-    for m in [&*m2, &*m3] {
-        let out = m.ok(&format!("swarm join --token {token} {}:2377", m1.ip));
+    let (mut lan, joins) = Lan::swarm(
+        "rf",
+        62,
+        &["mgr1", "mgr2", "mgr3"],
+        "--dispatcher-heartbeat 1s",
+        "manager",
+    );
+    for out in joins {
         assert!(
             out.contains("This node joined a swarm as a manager."),
             "{out}"
         );
     }
+    let [m1, m2, m3] = &mut lan.hosts[..] else {
+        unreachable!()
+    };
     let expected = |leader: &str, others: &[&str]| {
         let mut v: Vec<(String, String)> =
             std::iter::once((leader.to_owned(), "Leader".to_owned()))
@@ -264,21 +261,16 @@ fn workers_are_promoted_and_demoted_and_a_lost_quorum_is_recovered() {
     if !netns::root_or_skip("workers_are_promoted_and_demoted_and_a_lost_quorum_is_recovered") {
         return;
     }
-    let mut lan = Lan::new("rp", 63, &["na", "nb", "nc"]);
-    for h in &mut lan.hosts {
-        h.start();
-    }
+    let (mut lan, _) = Lan::swarm(
+        "rp",
+        63,
+        &["na", "nb", "nc"],
+        "--dispatcher-heartbeat 1s",
+        "worker",
+    );
     let [a, b, c] = &mut lan.hosts[..] else {
         unreachable!()
     };
-    a.ok(&format!(
-        "swarm init --advertise-addr {} --dispatcher-heartbeat 1s",
-        a.ip
-    ));
-    let token = a.ok("swarm join-token -q worker").trim().to_owned();
-    for w in [&*b, &*c] {
-        w.ok(&format!("swarm join --token {token} {}:2377", a.ip));
-    }
     let out = a.err("node demote na");
     assert!(
         out.contains("attempting to demote the last manager of the swarm"),
