@@ -2,8 +2,8 @@
 //! plane's [`NodeState`], the embedded DNS's [`DnsView`], and docker-shaped `inspect`
 //! documents. Pure data and functions; the daemon owns the side effects.
 //!
-//! The model is ready for more nodes (nodes with roles, tasks assigned to a node), though
-//! one node is all this issue runs.
+//! Every manager holds the same `Cluster`, replicated with Raft ([`crate::raft`]); only the
+//! leader changes it.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

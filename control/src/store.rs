@@ -4,13 +4,14 @@
 //! The [`Cluster`] and the [`NodeLocal`] are two JSON values written in one redb write
 //! transaction after every change, so a crash leaves either the state before the change
 //! or the state after it, never a mixture. A state stored before the two were split (one
-//! value with the tasks' runtime inside) is read as both. Raft (a later part) will
-//! replace the cluster's value with a replicated log whose snapshots use the same
-//! serialisation; the node's stays here.
+//! value with the tasks' runtime inside) is read as both. On a manager the cluster's
+//! authoritative copy is Raft's state machine ([`crate::raft::storage`], same
+//! serialisation); the one here is the leader's cache of it, or an agent's view of its own
+//! tasks.
 //!
 //! The file is readable by its owner only: the state holds this node's TLS key and, on a
 //! manager, the cluster CA's key (SwarmKit keeps the CA key in its Raft store, encrypted
-//! with a data key; swarmgate relies on the file's permissions until Raft arrives).
+//! with a data key; swarmgate's Raft database and this file rely on owner-only permissions).
 
 use std::path::Path;
 
