@@ -181,15 +181,11 @@ impl ClusterRuntime {
         }
         let r = self.raft.as_ref().expect("started").1.clone();
         // A renewed certificate: new connections present it.
-        if let Ok(tls) = crate::tls::client_config(&root, Some((&cert, &key_pem))) {
-            let same = *self
-                .raft_tls
-                .as_ref()
-                .unwrap_or(&(String::new(), String::new()))
-                == (cert.clone(), key_pem.clone());
-            if !same {
+        let presented = (cert.clone(), key_pem.clone());
+        if self.raft_tls.as_ref() != Some(&presented) {
+            if let Ok(tls) = crate::tls::client_config(&root, Some((&cert, &key_pem))) {
                 r.tls.store(tls);
-                self.raft_tls = Some((cert.clone(), key_pem.clone()));
+                self.raft_tls = Some(presented);
             }
         }
         // On the leader: voters that are no longer managers leave the membership.

@@ -86,6 +86,20 @@ fn gossip_withdraws_a_lost_node_before_the_leader_notices() {
             .ok_or(log)
     });
 
+    // The datagrams on the wire, captured, open with Python's `cryptography` AES-GCM
+    // (memberlist's envelope: version 1, 12-byte nonce, ciphertext and tag) under a key of
+    // the swarm's ring as the leader stored it: an implementation sharing no code with ours.
+    let pcap = m.dir.join("gossip.pcap");
+    netns::run(&format!(
+        "ip netns exec {} timeout 4 tcpdump -U -q -i eth0 -w {} udp port 7946 || true",
+        m.ns,
+        pcap.display()
+    ));
+    let (seen, opened) = open_captured(&pcap, &[m.dir.join("data/state.redb")]);
+    println!("gossip: {opened} of {seen} captured datagrams opened by Python's AES-GCM");
+    assert!(seen >= 3, "gossip datagrams captured: {seen}");
+    assert_eq!(opened, seen, "every captured datagram opens under the ring");
+
     // A key rotation under way: no node is lost.
     m.ok("swarm update --rotate-gossip-key");
     std::thread::sleep(std::time::Duration::from_secs(13));
@@ -127,6 +141,56 @@ fn gossip_withdraws_a_lost_node_before_the_leader_notices() {
         (r == ips).then_some(()).ok_or(format!("{r:?}"))
     });
     m.ok("service rm web");
+}
+
+/// (datagrams to or from UDP 7946 in `pcap`, those that open under a gossip key found in
+/// `stores`), by a Python script using `cryptography`'s AES-GCM.
+fn open_captured(pcap: &std::path::Path, stores: &[std::path::PathBuf]) -> (u64, u64) {
+    const SCRIPT: &str = r#"
+import re, struct, sys
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+keys = set()
+for f in sys.argv[2:]:
+    keys |= set(re.findall(rb'"key":"([0-9a-f]{32})"', open(f, "rb").read()))
+keys = [bytes.fromhex(k.decode()) for k in keys]
+data = open(sys.argv[1], "rb").read()
+off, seen, opened = 24, 0, 0
+while off + 16 <= len(data):
+    incl = struct.unpack_from("<I", data, off + 8)[0]
+    frame = data[off + 16: off + 16 + incl]
+    off += 16 + incl
+    if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        continue
+    ihl = (frame[14] & 15) * 4
+    udp = frame[14 + ihl:]
+    if 7946 not in struct.unpack_from("!HH", udp, 0):
+        continue
+    payload = udp[8:]
+    seen += 1
+    if payload[0] != 1:
+        continue
+    for k in keys:
+        try:
+            AESGCM(k).decrypt(payload[1:13], payload[13:], None)
+            opened += 1
+            break
+        except Exception:
+            pass
+print(seen, opened)
+"#;
+    let o = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(pcap)
+        .args(stores)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mut n = out
+        .split_whitespace()
+        .map(|x| x.parse::<u64>().unwrap_or(0));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (n.next().unwrap_or(0), n.next().unwrap_or(0))
 }
 
 fn w1_log_has(h: &Host, s: &str) -> bool {
