@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use swarmgate_dataplane::wire::EthernetAddress;
 
-use crate::dataplane::{Host, NetState, NodeState, Published, RemoteHost, VipState};
+use crate::dataplane::{Host, NetState, NodeState, Published, VipState};
 use crate::network::Networks;
 use crate::publish::{Protocol, PublishMode};
 use crate::service::{EndpointMode, Service, ServiceMode, Services};
@@ -411,34 +411,27 @@ impl Cluster {
         }
     }
 
-    /// What node `node`'s data plane must do: the networks it has (a manager all of
-    /// them; a worker those its tasks are on, Docker's lazy creation), its tasks there as
-    /// local endpoints, the other nodes' running tasks as remote endpoints behind their
-    /// VTEPs, VIPs over the service's running tasks wherever they are, and the ports
+    /// What node `node`'s data plane must do, as far as the leader knows it: the networks
+    /// it has (a manager all of them; a worker those its tasks are on, Docker's lazy
+    /// creation), its tasks there as local endpoints, the services' VIPs, and the ports
     /// published here (over the tasks on this node: the routing mesh across nodes is not
-    /// built yet).
+    /// built yet). The other nodes' endpoints and the VIPs' backends come from the gossiped
+    /// tables ([`crate::gossip::program`]).
     pub fn node_state_for(&self, node: &str) -> NodeState {
         let mut networks = Vec::new();
         let host = |ip: Ipv4Addr| Host {
             ip,
             mac: EthernetAddress::from_ipv4_docker(ip),
         };
-        let vtep: BTreeMap<&str, Ipv4Addr> = self
-            .nodes
-            .iter()
-            .map(|n| (n.id.as_str(), n.vtep()))
-            .collect();
-        // Reachable from here: on this node, or on a node with a known VTEP.
-        let reachable = |t: &TaskRecord| t.node == node || vtep.contains_key(t.node.as_str());
         let everything = self
             .nodes
             .iter()
             .find(|n| n.id == node)
             .is_none_or(|n| n.role == "manager");
-        let backends = |svc: &Service, net: &str, only_here: bool| -> Vec<Host> {
+        let backends = |svc: &Service, net: &str| -> Vec<Host> {
             let mut v: Vec<Host> = self
                 .running_tasks(&svc.name)
-                .filter(|t| reachable(t) && (!only_here || t.node == node))
+                .filter(|t| t.node == node)
                 .filter_map(|t| t.addresses.iter().find(|(n, _)| n == net))
                 .map(|(_, ip)| host(*ip))
                 .collect();
@@ -463,18 +456,6 @@ impl Cluster {
                 continue;
             }
             hosts.sort();
-            let mut remote: Vec<RemoteHost> = self
-                .tasks
-                .values()
-                .filter(|t| t.node != node && t.serving())
-                .filter_map(|t| {
-                    Some(RemoteHost {
-                        host: host(on(t, &n.name)?),
-                        vtep: *vtep.get(t.node.as_str())?,
-                    })
-                })
-                .collect();
-            remote.sort();
             let mut vips = Vec::new();
             for s in self.services.iter() {
                 for (net, vip) in &s.networks {
@@ -488,7 +469,7 @@ impl Cluster {
                                 protocol,
                                 port: 0,
                                 target: 0,
-                                backends: backends(s, net, false),
+                                backends: Vec::new(),
                             });
                         }
                     }
@@ -502,7 +483,7 @@ impl Cluster {
                 encrypted: n.encrypted,
                 gateway: n.addressing.gateway,
                 hosts,
-                remote,
+                remote: Vec::new(),
                 vips,
             });
         }
@@ -542,7 +523,7 @@ impl Cluster {
                             protocol: p.protocol,
                             port,
                             target: p.target,
-                            backends: backends(s, &n.name, true),
+                            backends: backends(s, &n.name),
                         });
                     }
                 }
@@ -555,76 +536,30 @@ impl Cluster {
         }
     }
 
-    /// The names the embedded DNS answers, per network: service names (VIP, or task
-    /// addresses in dnsrr mode), `tasks.<service>`, task names and container names.
+    /// The names the embedded DNS answers that only the leader knows, per network: each
+    /// service's name (its VIP; no address yet in dnsrr mode) and `tasks.<service>`, so a
+    /// service without running tasks gets an empty answer, not a forward. The tasks' and
+    /// containers' names and addresses come from the gossiped tables
+    /// ([`crate::gossip::program`]).
     pub fn dns_view(&self) -> DnsView {
         let mut v = DnsView::default();
-        let mut add = |net: &str, name: String, ip: Ipv4Addr| {
-            let e = v
-                .names
-                .entry(net.to_owned())
-                .or_default()
-                .entry(name.to_ascii_lowercase())
-                .or_default();
-            if !e.contains(&ip) {
-                e.push(ip);
-            }
-        };
-        // No service discovery on the ingress network (as in Docker).
-        let ingress: Option<String> = self
-            .networks
-            .iter()
-            .find(|n| n.ingress)
-            .map(|n| n.name.clone());
         for s in self.services.iter() {
-            for (net, vip) in &s.networks {
-                if Some(net) == ingress.as_ref() {
-                    continue;
-                }
-                let tasks: Vec<Ipv4Addr> = self
-                    .running_tasks(&s.name)
-                    .filter_map(|t| t.addresses.iter().find(|(n, _)| n == net))
-                    .map(|(_, ip)| *ip)
-                    .collect();
-                match (s.endpoint_mode, vip) {
-                    (EndpointMode::Vip, Some(vip)) => add(net, s.name.clone(), *vip),
-                    _ => {
-                        for ip in &tasks {
-                            add(net, s.name.clone(), *ip);
-                        }
-                    }
-                }
-                for ip in &tasks {
-                    add(net, format!("tasks.{}", s.name), *ip);
-                }
-            }
-        }
-        for t in self.tasks.values().filter(|t| t.serving()) {
-            for (net, ip) in t
-                .addresses
-                .iter()
-                .filter(|(n, _)| Some(n) != ingress.as_ref())
-            {
-                add(net, t.full_name(), *ip);
-                if t.service.is_some() {
-                    add(net, t.id.clone(), *ip);
-                }
-            }
-        }
-        // A service without running tasks still exists: an empty answer, not a forward.
-        for s in self.services.iter() {
-            for (net, _) in s
+            // No service discovery on the ingress network (as in Docker).
+            for (net, vip) in s
                 .networks
                 .iter()
-                .filter(|(n, _)| Some(n) != ingress.as_ref())
+                .filter(|(n, _)| !self.networks.get(n).is_some_and(|n| n.ingress))
             {
-                for name in [s.name.to_ascii_lowercase(), format!("tasks.{}", s.name)] {
-                    v.names
-                        .entry(net.clone())
-                        .or_default()
-                        .entry(name.to_ascii_lowercase())
-                        .or_default();
+                let names = v.names.entry(net.clone()).or_default();
+                let e = names.entry(s.name.to_ascii_lowercase()).or_default();
+                if let (EndpointMode::Vip, Some(vip)) = (s.endpoint_mode, vip) {
+                    if !e.contains(vip) {
+                        e.push(*vip);
+                    }
                 }
+                names
+                    .entry(format!("tasks.{}", s.name).to_ascii_lowercase())
+                    .or_default();
             }
         }
         v

@@ -125,9 +125,11 @@ pub struct Daemon {
     /// The role the leader wants this node to have, when its certificate has the other
     /// (`node promote`/`demote`): the agent renews its certificate for it.
     role_wanted: Option<String>,
-    /// The data-path addresses of the nodes gossip says are down: their endpoints are
-    /// left out of this node's data plane and DNS until they are up again.
-    gossip_down: std::collections::BTreeSet<Ipv4Addr>,
+    /// The other nodes' gossiped entries (without those of nodes gossip says are down):
+    /// where this node's remote endpoints, VIP backends and DNS names come from.
+    gossip_view: Arc<crate::gossip::View>,
+    /// This node's own entries, as the gossip publishes them.
+    own_entries: tokio::sync::watch::Sender<Arc<crate::gossip::Own>>,
     /// The state a new Raft group's first leader adopts (`--force-new-cluster`).
     adopt: Option<Cluster>,
     /// This daemon's gossip incarnation (its start, in milliseconds since the epoch).
@@ -226,29 +228,47 @@ impl Daemon {
     fn push(&mut self) -> Result<(), Status> {
         let me = self.me();
         let leads = self.leads();
-        let (st, dns) = match (me, &self.local.assignment) {
+        let vtep = me.map_or(Ipv4Addr::UNSPECIFIED, |m| m.datapath_addr);
+        let mut a = match (me, &self.local.assignment) {
             (Some(s), Some(a)) if !leads => {
-                let mut st = a.state.clone();
-                st.vxlan_port = s.data_path_port;
-                (st, a.dns.clone())
+                let mut a = a.clone();
+                a.state.vxlan_port = s.data_path_port;
+                a
             }
             // A manager between leading and its first assignment keeps what it has.
             (Some(s), None) if s.is_manager() && !leads => return Ok(()),
-            (Some(s), _) if !leads => (
-                NodeState {
+            (Some(s), _) if !leads => crate::dispatcher::Assignment {
+                state: NodeState {
                     vxlan_port: s.data_path_port,
                     ..Default::default()
                 },
-                Default::default(),
-            ),
-            (s, _) => (
-                self.cluster
-                    .node_state_for(s.map_or("", |s| s.node_id.as_str())),
-                self.cluster.dns_view(),
-            ),
+                ..Default::default()
+            },
+            (s, _) => {
+                crate::dispatcher::assignment(&self.cluster, s.map_or("", |s| s.node_id.as_str()))
+            }
         };
-        let (mut st, mut dns) = (st, dns);
-        crate::gossip::withdraw(&mut st, &mut dns, &self.gossip_down);
+        // This node's endpoints go to the gossip; every node's come back from it.
+        let own = crate::gossip::program::own_entries(
+            &a,
+            |id| self.cluster.tasks.get(id).is_some_and(|t| t.live()),
+            vtep,
+        );
+        self.own_entries.send_if_modified(|cur| {
+            let changed = **cur != own;
+            if changed {
+                *cur = Arc::new(own.clone());
+            }
+            changed
+        });
+        crate::gossip::program::program(
+            &mut a.state,
+            &mut a.dns,
+            &a.networks,
+            &own,
+            &self.gossip_view,
+        );
+        let (st, dns) = (a.state, a.dns);
         if self.applied.as_ref() != Some(&st) {
             // A failure is retried by housekeeping, not only at the next change.
             self.push_failed = true;
@@ -326,7 +346,8 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
         replicated: serde_json::Value::Null,
         leader_since: std::time::Instant::now(),
         role_wanted: None,
-        gossip_down: Default::default(),
+        gossip_view: Default::default(),
+        own_entries: tokio::sync::watch::channel(Default::default()).0,
         adopt: None,
         gossip_bump: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -4,11 +4,12 @@
 //! the node's runtime (`daemon::assigned`) acts on them.
 //!
 //! SwarmKit sends a node its tasks, the networks and secrets they need, and leaves the
-//! endpoints of other nodes to libnetwork's gossip (networkdb). swarmgate has no gossip
-//! yet: the manager, which allocates every address, computes each node's whole data-plane
-//! state ([`Cluster::node_state_for`]) — local endpoints, remote endpoints behind their
-//! nodes' VTEPs, VIP backends wherever they run — and the names its DNS answers, and sends
-//! them with the tasks. A node thus applies one consistent set, complete each time
+//! endpoints of other nodes to libnetwork's gossip (networkdb). So does swarmgate: the
+//! assignment carries the node's tasks (each with its addresses and its service's VIP on
+//! each network), the networks it has, its own endpoints and the services' VIPs and names
+//! ([`Cluster::node_state_for`], [`Cluster::dns_view`]); the other nodes' endpoints, the
+//! VIPs' backends and the tasks' names come from the gossiped tables
+//! ([`crate::gossip::program`]). A node applies one consistent set, complete each time
 //! (SwarmKit's `AssignmentsMessage_COMPLETE`); there are no incremental sets.
 
 use std::net::Ipv4Addr;
@@ -24,6 +25,16 @@ use crate::ipam::Subnet;
 pub struct NetAttachment {
     /// The network's name.
     pub network: String,
+    /// Its ID (names its gossiped tables).
+    #[serde(default)]
+    pub network_id: String,
+    /// Whether it is the ingress network (no service discovery there).
+    #[serde(default)]
+    pub ingress: bool,
+    /// The task's service's VIP on it (VIP endpoint mode), published with the task's
+    /// endpoint so every node balances over it.
+    #[serde(default)]
+    pub vip: Option<Ipv4Addr>,
     /// Its VNI (names the node's bridge for it).
     pub vni: u32,
     /// The task's address.
@@ -56,6 +67,9 @@ pub struct AssignedTask {
     pub version: u64,
     /// Container name (standalone).
     pub name: Option<String>,
+    /// The name its DNS entry has (`service.slot.id`, or the container's name).
+    #[serde(default)]
+    pub full_name: String,
     /// The command.
     pub command: Vec<String>,
     /// Run it, or stop it.
@@ -126,8 +140,22 @@ impl Cluster {
             .iter()
             .filter_map(|(name, ip)| {
                 let n = self.networks.get(name)?;
+                let vip = t
+                    .service
+                    .as_deref()
+                    .and_then(|s| self.services.get(s))
+                    .filter(|s| s.endpoint_mode == crate::service::EndpointMode::Vip)
+                    .and_then(|s| s.networks.iter().find(|(m, _)| m == name))
+                    .and_then(|(_, v)| *v);
                 Some(NetAttachment {
                     network: name.clone(),
+                    network_id: self
+                        .network_meta
+                        .get(name)
+                        .map(|m| m.id.clone())
+                        .unwrap_or_default(),
+                    ingress: n.ingress,
+                    vip,
                     vni: n.vni.get(),
                     ip: *ip,
                     subnet: n.addressing.subnet,
@@ -151,6 +179,7 @@ pub fn assignment(c: &Cluster, node: &str) -> Assignment {
             slot: t.slot,
             version: t.version,
             name: t.name.clone(),
+            full_name: t.full_name(),
             command: t.command.clone(),
             desired: t.desired,
             networks: c.attachments(t),
@@ -321,12 +350,39 @@ mod tests {
         assert_eq!(w.tasks[0].networks[0].ip, b);
         let net = &w.state.networks[0];
         assert_eq!(net.hosts.iter().map(|h| h.ip).collect::<Vec<_>>(), vec![b]);
+        // The others' endpoints come from the gossiped tables, behind the VTEP each node
+        // publishes (the worker's data-path address, the manager's address).
+        assert!(net.remote.is_empty());
+        use crate::gossip::{program, table::Db};
+        let m = assignment(&c, "m");
+        let vtep = |n: &str| c.nodes.iter().find(|x| x.id == n).unwrap().vtep();
+        let own_m = program::own_entries(&m, |_| true, vtep("m"));
+        let own_w = program::own_entries(&w, |_| true, vtep("w"));
+        let (mut dm, mut dw) = (Db::new("m", 1), Db::new("w", 1));
+        for e in dm.publish(&own_m, 0) {
+            dw.apply(&e, 0);
+        }
+        for e in dw.publish(&own_w, 0) {
+            dm.apply(&e, 0);
+        }
+        let mut w2 = w.clone();
+        program::program(&mut w2.state, &mut w2.dns, &w.networks, &own_w, &dw.view());
+        let net = &w2.state.networks[0];
         assert_eq!(net.remote.len(), 1);
         assert_eq!(net.remote[0].host.ip, a);
         assert_eq!(net.remote[0].vtep, Ipv4Addr::new(192, 168, 1, 1));
-        // The manager reaches the worker's task at its data-path address.
-        let m = c.node_state_for("m");
-        assert_eq!(m.networks[0].remote[0].vtep, Ipv4Addr::new(10, 9, 9, 2));
+        let mut m2 = m.clone();
+        program::program(&mut m2.state, &mut m2.dns, &m.networks, &own_m, &dm.view());
+        assert_eq!(
+            m2.state.networks[0].remote[0].vtep,
+            Ipv4Addr::new(10, 9, 9, 2)
+        );
+        assert_eq!(
+            m2.dns
+                .resolve(&["net".into()], "tasks.web")
+                .map(|v| v.len()),
+            Some(2)
+        );
         assert_eq!(w.networks.len(), 1);
         assert_eq!(w.networks[0].name, "net");
         // A worker without a task on the network does not have it.
@@ -339,10 +395,10 @@ mod tests {
     fn a_task_told_to_stop_leaves_the_others_tables_at_once() {
         let mut c = cluster();
         c.tasks.get_mut("b").unwrap().desired = Desired::Shutdown;
-        assert!(c.node_state_for("m").networks[0].remote.is_empty());
-        // Its node still has it, to stop it.
+        // Its node still has it, to stop it, and no longer publishes its endpoint.
         let w = assignment(&c, "w");
         assert_eq!(w.tasks[0].desired, Desired::Shutdown);
+        assert!(crate::gossip::program::own_entries(&w, |_| true, Ipv4Addr::LOCALHOST).is_empty());
     }
 
     #[test]

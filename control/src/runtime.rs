@@ -77,7 +77,11 @@ impl ClusterRuntime {
         let (want, raft_path, gossip) = match api
             .call(|d| {
                 d.sync_role();
-                Ok((d.want(), d.raft_path(), d.gossip_want()))
+                Ok((
+                    d.want(),
+                    d.raft_path(),
+                    d.gossip_want().map(|(m, s)| (m, s, d.own_entries())),
+                ))
             })
             .await
         {
@@ -96,13 +100,17 @@ impl ClusterRuntime {
     async fn ensure_gossip(
         &mut self,
         api: &Api,
-        want: Option<(crate::gossip::Member, crate::gossip::Settings)>,
+        want: Option<(
+            crate::gossip::Member,
+            crate::gossip::Settings,
+            tokio::sync::watch::Receiver<Arc<crate::gossip::Own>>,
+        )>,
     ) {
-        let Some((me, settings)) = want else {
+        let Some((me, settings, own)) = want else {
             if self.gossip.take().is_some() {
-                // Out of the swarm: no node is down any more as far as this one knows.
+                // Out of the swarm: no other node's endpoints any more.
                 let _ = api
-                    .call(|d| Ok(d.set_gossip_down(Default::default())))
+                    .call(|d| Ok(d.set_gossip_view(Default::default())))
                     .await;
             }
             return;
@@ -114,15 +122,15 @@ impl ClusterRuntime {
             }
         }
         self.gossip = None;
-        match crate::gossip::Gossip::start(me.clone(), settings).await {
+        match crate::gossip::Gossip::start(me.clone(), settings, own).await {
             Ok(g) => {
-                tracing::info!(addr = %me.addr, "gossip on UDP {}", me.addr);
-                let mut down = g.down();
+                tracing::info!(addr = %me.addr, "gossip on UDP and TCP {}", me.addr);
+                let mut view = g.view();
                 let api = api.clone();
                 let watcher = AbortOnDrop(tokio::spawn(async move {
-                    while down.changed().await.is_ok() {
-                        let set = down.borrow_and_update().clone();
-                        if let Err(e) = api.call(move |d| Ok(d.set_gossip_down(set))).await {
+                    while view.changed().await.is_ok() {
+                        let v = view.borrow_and_update().clone();
+                        if let Err(e) = api.call(move |d| Ok(d.set_gossip_view(v))).await {
                             tracing::error!("gossip: {}", e.message());
                         }
                     }

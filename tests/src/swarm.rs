@@ -63,6 +63,8 @@ impl Host {
 
     /// Starts its daemon (in its namespace, under its host name) and waits for the API.
     pub fn start(&mut self) {
+        // A killed daemon leaves its socket behind: wait for the new one, not the old.
+        let _ = std::fs::remove_file(self.sock());
         let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))

@@ -197,19 +197,25 @@ impl Daemon {
             addr: std::net::SocketAddrV4::new(m.advertise_addr, crate::gossip::PORT),
             vtep: m.datapath_addr,
             bump: self.gossip_bump,
+            start: self.gossip_bump,
         };
         let peers = peers.iter().filter_map(|p| p.parse().ok()).collect();
         Some((me, crate::gossip::Settings { keyring, peers }))
     }
 
-    /// Gossip's verdict on which nodes are down changed: the data plane and DNS follow.
-    pub(crate) fn set_gossip_down(&mut self, down: std::collections::BTreeSet<Ipv4Addr>) {
-        if self.gossip_down != down {
-            self.gossip_down = down;
+    /// The other nodes' gossiped entries changed: the data plane and DNS follow.
+    pub(crate) fn set_gossip_view(&mut self, view: Arc<crate::gossip::View>) {
+        if *self.gossip_view != *view {
+            self.gossip_view = view;
             if let Err(e) = self.push() {
                 tracing::error!("{}", e.message());
             }
         }
+    }
+
+    /// What the gossip publishes for this node (see [`Daemon::push`]).
+    pub(crate) fn own_entries(&self) -> tokio::sync::watch::Receiver<Arc<crate::gossip::Own>> {
+        self.own_entries.subscribe()
     }
 
     /// On the leader: the gossip keyring's rotation (SwarmKit's key manager): a key where

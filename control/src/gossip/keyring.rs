@@ -125,6 +125,22 @@ fn unhex(s: &str) -> Option<[u8; KEY_LEN]> {
 
 /// Seals `plain` with `key`.
 pub fn seal(key: &[u8; KEY_LEN], plain: &[u8]) -> Option<Vec<u8>> {
+    seal_with(key, plain, &[])
+}
+
+/// Opens a sealed datagram with the first of `keys` that authenticates it.
+pub fn open(keys: &[[u8; KEY_LEN]], data: &[u8]) -> Option<Vec<u8>> {
+    open_with(keys, data, &[])
+}
+
+/// The sealed length of `n` plaintext bytes (memberlist's `encryptedLength`, version 1).
+pub fn sealed_len(n: usize) -> usize {
+    1 + NONCE_LEN + n + TAG_LEN
+}
+
+/// Seals `plain` with `key`, authenticating `aad` as well (memberlist's stream messages
+/// authenticate their 5-byte header).
+pub fn seal_with(key: &[u8; KEY_LEN], plain: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
     let k = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, key).ok()?);
     let mut nonce = [0u8; NONCE_LEN];
     crate::ca::random_bytes(&mut nonce).ok()?;
@@ -132,14 +148,18 @@ pub fn seal(key: &[u8; KEY_LEN], plain: &[u8]) -> Option<Vec<u8>> {
     out.push(VERSION);
     out.extend_from_slice(&nonce);
     let mut body = plain.to_vec();
-    k.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body)
-        .ok()?;
+    k.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut body,
+    )
+    .ok()?;
     out.extend_from_slice(&body);
     Some(out)
 }
 
-/// Opens a sealed datagram with the first of `keys` that authenticates it.
-pub fn open(keys: &[[u8; KEY_LEN]], data: &[u8]) -> Option<Vec<u8>> {
+/// Opens sealed bytes (and `aad`) with the first of `keys` that authenticates them.
+pub fn open_with(keys: &[[u8; KEY_LEN]], data: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
     if data.len() < 1 + NONCE_LEN + TAG_LEN || data[0] != VERSION {
         return None;
     }
@@ -147,8 +167,11 @@ pub fn open(keys: &[[u8; KEY_LEN]], data: &[u8]) -> Option<Vec<u8>> {
     for key in keys {
         let k = LessSafeKey::new(UnboundKey::new(&AES_128_GCM, key).ok()?);
         let mut body = data[1 + NONCE_LEN..].to_vec();
-        if let Ok(p) = k.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut body)
-        {
+        if let Ok(p) = k.open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut body,
+        ) {
             let n = p.len();
             body.truncate(n);
             return Some(body);
