@@ -320,53 +320,49 @@ fn the_tables_leave_nothing_stale_and_outlive_the_leader() {
     lan.hosts[0].start();
 }
 
-/// Reassembles each TCP flow to port 7946 in `pcap` and opens every memberlist stream
-/// frame in it (type 10, big-endian length, version 1, nonce, ciphertext and tag, the
-/// five header bytes authenticated) with the ring's keys: (frames, opened).
-fn open_sync_frames(pcap: &std::path::Path, stores: &[std::path::PathBuf]) -> (u64, u64) {
-    const SCRIPT: &str = r#"
+/// What both captures' checks start with: the ring's keys from the stores, and
+/// `packets(proto)`, each IPv4 packet of protocol `proto` in the pcap as (IP header,
+/// transport segment).
+const PCAP_PREAMBLE: &str = r#"
 import re, struct, sys
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 keys = set()
 for f in sys.argv[2:]:
     keys |= set(re.findall(rb'"key":"([0-9a-f]{32})"', open(f, "rb").read()))
 keys = [bytes.fromhex(k.decode()) for k in keys]
-data = open(sys.argv[1], "rb").read()
-off, flows = 24, {}
-while off + 16 <= len(data):
-    incl = struct.unpack_from("<I", data, off + 8)[0]
-    frame = data[off + 16: off + 16 + incl]
-    off += 16 + incl
-    if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
-        continue
-    ihl = (frame[14] & 15) * 4
-    tcp = frame[14 + ihl:]
-    thl = (tcp[12] >> 4) * 4
-    key = (frame[26:30], frame[30:34], tcp[0:4])
-    flows.setdefault(key, bytearray()).extend(tcp[thl:])
-frames = opened = 0
-for stream in flows.values():
-    i = 0
-    while i + 5 <= len(stream) and stream[i] == 10:
-        n = struct.unpack_from("!I", stream, i + 1)[0]
-        if i + 5 + n > len(stream):
-            break
-        head, body = bytes(stream[i:i + 5]), bytes(stream[i + 5:i + 5 + n])
-        frames += 1
-        for k in keys:
-            try:
-                if body[0] == 1:
-                    AESGCM(k).decrypt(body[1:13], body[13:], head)
-                    opened += 1
-                    break
-            except Exception:
-                pass
-        i += 5 + n
-print(frames, opened)
+def opens(sealed, aad):
+    if len(sealed) < 29 or sealed[0] != 1:
+        return False
+    for k in keys:
+        try:
+            AESGCM(k).decrypt(sealed[1:13], sealed[13:], aad)
+            return True
+        except Exception:
+            pass
+    return False
+def packets(proto):
+    data = open(sys.argv[1], "rb").read()
+    off = 24
+    while off + 16 <= len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        frame = data[off + 16: off + 16 + incl]
+        off += 16 + incl
+        if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != proto:
+            continue
+        ihl = (frame[14] & 15) * 4
+        yield frame[14:14 + ihl], frame[14 + ihl:]
 "#;
+
+/// Runs `PCAP_PREAMBLE` + `script` over `pcap` with the keys in `stores`; the two numbers
+/// it prints.
+fn python_over_capture(
+    script: &str,
+    pcap: &std::path::Path,
+    stores: &[std::path::PathBuf],
+) -> (u64, u64) {
     let o = std::process::Command::new("python3")
         .arg("-c")
-        .arg(SCRIPT)
+        .arg(format!("{PCAP_PREAMBLE}{script}"))
         .arg(pcap)
         .args(stores)
         .output()
@@ -379,52 +375,42 @@ print(frames, opened)
     (n.next().unwrap_or(0), n.next().unwrap_or(0))
 }
 
+/// Reassembles each TCP flow of `pcap` and opens every memberlist stream frame in it
+/// (type 10, big-endian length, then version 1, nonce, ciphertext and tag, with the five
+/// header bytes authenticated): (frames, opened).
+fn open_sync_frames(pcap: &std::path::Path, stores: &[std::path::PathBuf]) -> (u64, u64) {
+    const SCRIPT: &str = r#"
+flows = {}
+for ip, tcp in packets(6):
+    thl = (tcp[12] >> 4) * 4
+    flows.setdefault((ip[12:20], tcp[0:4]), bytearray()).extend(tcp[thl:])
+frames = opened = 0
+for stream in flows.values():
+    i = 0
+    while i + 5 <= len(stream) and stream[i] == 10:
+        n = struct.unpack_from("!I", stream, i + 1)[0]
+        if i + 5 + n > len(stream):
+            break
+        frames += 1
+        opened += opens(bytes(stream[i + 5:i + 5 + n]), bytes(stream[i:i + 5]))
+        i += 5 + n
+print(frames, opened)
+"#;
+    python_over_capture(SCRIPT, pcap, stores)
+}
+
+/// Opens every gossip datagram of `pcap` (memberlist's envelope): (seen, opened).
 fn open_captured(pcap: &std::path::Path, stores: &[std::path::PathBuf]) -> (u64, u64) {
     const SCRIPT: &str = r#"
-import re, struct, sys
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-keys = set()
-for f in sys.argv[2:]:
-    keys |= set(re.findall(rb'"key":"([0-9a-f]{32})"', open(f, "rb").read()))
-keys = [bytes.fromhex(k.decode()) for k in keys]
-data = open(sys.argv[1], "rb").read()
-off, seen, opened = 24, 0, 0
-while off + 16 <= len(data):
-    incl = struct.unpack_from("<I", data, off + 8)[0]
-    frame = data[off + 16: off + 16 + incl]
-    off += 16 + incl
-    if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
-        continue
-    ihl = (frame[14] & 15) * 4
-    udp = frame[14 + ihl:]
+seen = opened = 0
+for ip, udp in packets(17):
     if 7946 not in struct.unpack_from("!HH", udp, 0):
         continue
-    payload = udp[8:]
     seen += 1
-    if payload[0] != 1:
-        continue
-    for k in keys:
-        try:
-            AESGCM(k).decrypt(payload[1:13], payload[13:], None)
-            opened += 1
-            break
-        except Exception:
-            pass
+    opened += opens(udp[8:], None)
 print(seen, opened)
 "#;
-    let o = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(SCRIPT)
-        .arg(pcap)
-        .args(stores)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    let mut n = out
-        .split_whitespace()
-        .map(|x| x.parse::<u64>().unwrap_or(0));
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    (n.next().unwrap_or(0), n.next().unwrap_or(0))
+    python_over_capture(SCRIPT, pcap, stores)
 }
 
 fn w1_log_has(h: &Host, s: &str) -> bool {
