@@ -136,6 +136,14 @@ pub enum SwarmCmd {
         /// the leader adds one every 12 h anyway).
         #[arg(long)]
         rotate_gossip_key: bool,
+        /// How often the leader rotates the datapath keys of encrypted networks (10s to
+        /// 1 year; 12h by default).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        datapath_key_rotation: Option<std::time::Duration>,
+        /// Rotate the datapath keys now (the newest key is encrypted with from the
+        /// rotation after).
+        #[arg(long)]
+        rotate_datapath_key: bool,
     },
     /// Leave the swarm (the last manager needs --force; removes everything).
     Leave {
@@ -528,12 +536,16 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
             dispatcher_heartbeat,
             snapshot_interval,
             rotate_gossip_key,
+            datapath_key_rotation,
+            rotate_datapath_key,
         }) => {
             c.swarm_update(api::SwarmUpdateRequest {
                 cert_expiry_secs: cert_expiry.map_or(0, |d| d.as_secs().max(1)),
                 dispatcher_heartbeat_ms: heartbeat_ms(dispatcher_heartbeat),
                 snapshot_interval,
                 rotate_gossip_key,
+                datapath_key_rotation_secs: datapath_key_rotation.map_or(0, |d| d.as_secs().max(1)),
+                rotate_datapath_key,
             })
             .await
             .map_err(status)?;

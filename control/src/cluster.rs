@@ -92,6 +92,10 @@ pub struct SwarmInfo {
     /// leader, handed to every node in its assignment.
     #[serde(default)]
     pub gossip: crate::gossip::Keyring,
+    /// The datapath keys of encrypted overlays (SwarmKit's `networking:ipsec` keys),
+    /// created and rotated by the leader.
+    #[serde(default)]
+    pub datapath: crate::datapath_keys::DatapathKeys,
 }
 
 fn default_snapshot_interval() -> u64 {
@@ -529,10 +533,15 @@ impl Cluster {
                 }
             }
         }
+        let keys = match &self.swarm {
+            Some(s) if networks.iter().any(|n| n.encrypted) => s.datapath.for_node(),
+            _ => Vec::new(),
+        };
         NodeState {
             networks,
             published,
             vxlan_port: self.swarm.as_ref().map_or(0, |s| s.data_path_port),
+            keys,
         }
     }
 

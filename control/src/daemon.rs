@@ -399,7 +399,7 @@ async fn serve(cfg: DaemonConfig, dp: Box<dyn DataPlane>) -> anyhow::Result<()> 
                     if let Err(e) = d.renew_own_certificate() {
                         tracing::error!("renewing this manager's certificate: {}", e.message());
                     }
-                    if d.rotate_gossip_keys() | d.reconcile() {
+                    if d.rotate_gossip_keys() | d.rotate_datapath_keys() | d.reconcile() {
                         if let Err(e) = d.commit() {
                             tracing::error!("{}", e.message());
                         }

@@ -107,6 +107,10 @@ pub struct NodeState {
     pub published: Vec<Published>,
     /// The swarm's VXLAN UDP port (`--data-path-port`; 0: the data plane's configured one).
     pub vxlan_port: u16,
+    /// The datapath keys, primary first (given only to a node with an encrypted network):
+    /// the SAs with every node behind a remote endpoint of an encrypted network.
+    #[serde(default)]
+    pub keys: Vec<crate::datapath_keys::SaKey>,
 }
 
 /// A data-plane failure the node cannot carry on from: a poll-mode worker died, so some

@@ -18,6 +18,7 @@ pub mod ca;
 pub mod cli;
 pub mod cluster;
 pub mod daemon;
+pub mod datapath_keys;
 pub mod dataplane;
 pub mod dispatcher;
 pub mod dns;

@@ -41,7 +41,7 @@ use arc_swap::ArcSwap;
 use swarmgate_aead::IcvLen;
 use swarmgate_control::dataplane::{Fatal, Host, NetState, NodeState};
 use swarmgate_control::publish::Protocol;
-use swarmgate_dataplane::esp::{EpochSource, SaDatabase, SEQ_LIMIT};
+use swarmgate_dataplane::esp::{DatapathKey, EpochSource, SaDatabase, SenderIvs, SEQ_LIMIT};
 use swarmgate_dataplane::maglev::{Backend, MaglevCache, VipService};
 use swarmgate_dataplane::tables::{NetworkSpec, Router, Tables, Underlay};
 use swarmgate_dataplane::wire::{EthernetAddress, IpProtocol, Vni};
@@ -83,6 +83,8 @@ pub struct Gateway {
     sas: SaDatabase,
     /// The sender-epoch reservation, on nodes with datapath keys.
     epochs: Option<EpochStore>,
+    /// The VTEPs the control plane's state has SAs with (see [`Gateway::sync_sas`]).
+    sa_peers: std::collections::BTreeSet<Ipv4Addr>,
     epoch_error_logged: Option<Instant>,
     /// Set once a worker is found dead: the gateway cannot go on.
     dead: Option<String>,
@@ -215,11 +217,6 @@ impl Gateway {
             ports.push(p);
         }
 
-        let icv = config
-            .encryption
-            .icv
-            .and_then(IcvLen::from_bytes)
-            .unwrap_or(IcvLen::Icv8);
         let epochs = if keys.is_empty() {
             None
         } else {
@@ -229,14 +226,13 @@ impl Gateway {
                     .with_context(|| format!("ESP epoch reservation {}", path.display()))?,
             )
         };
-        let mut sas = SaDatabase::new(
-            icv,
+        let mut sas = sa_database(
+            &config,
             epochs
                 .as_ref()
                 .map(|e| e.source().clone())
                 .unwrap_or_else(|| Arc::new(EpochSource::empty())),
-        )
-        .with_seq_limit(config.encryption.rekey_after_packets.unwrap_or(SEQ_LIMIT));
+        );
         for p in &config.peers {
             if let Some(e) = &epochs {
                 e.top_up()?;
@@ -268,6 +264,7 @@ impl Gateway {
             counters,
             sas,
             epochs,
+            sa_peers: Default::default(),
             epoch_error_logged: None,
             dead: None,
             maglev: MaglevCache::default(),
@@ -397,6 +394,9 @@ impl Gateway {
         self.state
             .networks
             .retain(|n| self.dynamic.contains_key(&n.vni));
+        if let Err(e) = self.sync_sas() {
+            result = result.and(Err(e));
+        }
         let neighbours = self
             .tables
             .load()
@@ -406,6 +406,60 @@ impl Gateway {
             .collect();
         self.publish(neighbours)?;
         result
+    }
+
+    /// The SAs with every node behind a remote endpoint of an encrypted network this node
+    /// has, under the state's datapath keys (primary first); none with a node that no
+    /// longer is (its ESP is then an unknown SPI, a counted drop). The configuration's
+    /// static peers keep theirs. The sender-epoch reservation is opened the first time it
+    /// is needed.
+    fn sync_sas(&mut self) -> anyhow::Result<()> {
+        let keys: Vec<DatapathKey> = self
+            .state
+            .keys
+            .iter()
+            .map(|k| DatapathKey {
+                key: k.key,
+                tag: k.tag,
+            })
+            .collect();
+        let want: std::collections::BTreeSet<Ipv4Addr> = if keys.is_empty() {
+            Default::default()
+        } else {
+            self.state
+                .networks
+                .iter()
+                .filter(|n| n.encrypted)
+                .flat_map(|n| n.remote.iter().map(|r| r.vtep))
+                .filter(|v| !self.config.peers.iter().any(|p| p.vtep == *v))
+                .collect()
+        };
+        for gone in self.sa_peers.difference(&want) {
+            self.sas.remove_peer(*gone);
+        }
+        self.sa_peers.clear();
+        if want.is_empty() {
+            return Ok(());
+        }
+        if self.epochs.is_none() {
+            let path = self.config.epoch_file();
+            let store = EpochStore::open(&path)
+                .with_context(|| format!("ESP epoch reservation {}", path.display()))?;
+            // No SA exists yet: the configuration has no keys, so no static peer has any.
+            self.sas = sa_database(&self.config, store.source().clone());
+            self.epochs = Some(store);
+        }
+        if let Some(e) = &self.epochs {
+            e.top_up()?;
+        }
+        let (addr, _) = self.config.address()?;
+        for vtep in want {
+            self.sas
+                .set_peer_keys(addr, vtep, &keys, SenderIvs::Epochs)
+                .with_context(|| format!("building the SAs with {vtep}"))?;
+            self.sa_peers.insert(vtep);
+        }
+        Ok(())
     }
 
     fn add_network_port(&mut self, n: &NetState, loops: &mut [WorkerLoop]) -> anyhow::Result<()> {
@@ -742,6 +796,17 @@ fn vip_service(
         .collect();
     VipService::cached(ip, proto, port, target, b, cache)
         .map_err(|e| anyhow::anyhow!("{ip}:{port}: {e:?}"))
+}
+
+/// An SA database with the configuration's ICV length and sequence limit.
+fn sa_database(config: &Config, epochs: Arc<EpochSource>) -> SaDatabase {
+    let icv = config
+        .encryption
+        .icv
+        .and_then(IcvLen::from_bytes)
+        .unwrap_or(IcvLen::Icv8);
+    SaDatabase::new(icv, epochs)
+        .with_seq_limit(config.encryption.rekey_after_packets.unwrap_or(SEQ_LIMIT))
 }
 
 /// Opens, checks and configures port `name` with `nq` queue pairs.

@@ -165,6 +165,31 @@ impl Host {
         out
     }
 
+    /// The tasks of `service` that run and should, as `service ps` on this manager shows
+    /// them: (task ID, node host name, first address).
+    pub fn running(&self, service: &str) -> Vec<(String, String, String)> {
+        self.rows(&format!("service ps {service}"))
+            .into_iter()
+            .filter(|t| {
+                t["DesiredState"] == "Running"
+                    && t["CurrentState"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("Running")
+            })
+            .map(|t| {
+                (
+                    t["ID"].as_str().unwrap_or("").to_owned(),
+                    t["Node"].as_str().unwrap_or("").to_owned(),
+                    t["Addresses"][0]
+                        .as_str()
+                        .and_then(|a| a.split_once('='))
+                        .map_or(String::new(), |a| a.1.to_owned()),
+                )
+            })
+            .collect()
+    }
+
     /// `--format json` lines of a listing, parsed.
     pub fn rows(&self, args: &str) -> Vec<serde_json::Value> {
         self.ok(&format!("{args} --format json"))

@@ -12,26 +12,9 @@ use swarmgate_tests::swarm::{wait_for, wait_until, Host, Lan};
 
 /// (task ID, node, address) of each running task of `web`.
 fn tasks(m: &Host) -> Vec<(String, String, String)> {
-    m.rows("service ps web")
-        .into_iter()
-        .filter(|t| {
-            t["DesiredState"] == "Running"
-                && t["CurrentState"].as_str().unwrap().starts_with("Running")
-        })
-        .map(|t| {
-            (
-                t["ID"].as_str().unwrap().to_owned(),
-                t["Node"].as_str().unwrap().to_owned(),
-                t["Addresses"][0]
-                    .as_str()
-                    .and_then(|a| a.split_once('='))
-                    .map_or(String::new(), |a| a.1.to_owned()),
-            )
-        })
-        .collect()
+    m.running("web")
 }
 
-/// `tasks.web` as task `from` resolves it, sorted.
 fn resolve(from: &str) -> Vec<String> {
     let o = std::process::Command::new("ip")
         .args(["netns", "exec", &format!("sgt-{from}"), "python3", "-c"])

@@ -250,6 +250,29 @@ impl Daemon {
         false
     }
 
+    /// On the leader: the datapath keys' rotation (SwarmKit's key manager, see
+    /// [`crate::datapath_keys`]): three keys where there are none, then the oldest
+    /// replaced every rotation period. Returns whether they changed.
+    pub(super) fn rotate_datapath_keys(&mut self) -> bool {
+        if !self.leads() {
+            return false;
+        }
+        let Some(s) = self.cluster.swarm.as_mut() else {
+            return false;
+        };
+        let t = now();
+        if !s.datapath.due(t) {
+            return false;
+        }
+        if let Err(e) = s.datapath.rotate(t) {
+            tracing::error!("datapath keys: {e}");
+            return false;
+        }
+        let primary = s.datapath.for_node().first().map_or(0, |k| k.tag);
+        tracing::info!(primary, "datapath keys rotated");
+        true
+    }
+
     /// Where this node's Raft member is stored.
     pub(crate) fn raft_path(&self) -> std::path::PathBuf {
         match self.me().map_or(0, |m| m.raft_epoch) {

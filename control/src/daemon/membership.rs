@@ -253,6 +253,11 @@ impl Daemon {
             heartbeat_period_ms: heartbeat.as_millis() as u64,
             snapshot_interval,
             gossip: crate::gossip::Keyring::new(now()).map_err(Status::internal)?,
+            datapath: {
+                let mut k = crate::datapath_keys::DatapathKeys::default();
+                k.rotate(now()).map_err(Status::internal)?;
+                k
+            },
         });
         c.nodes = vec![NodeRecord {
             id: node_id,
@@ -728,6 +733,10 @@ impl Daemon {
             0 => None,
             ms => Some(heartbeat_period(ms)?),
         };
+        let rotation = match r.datapath_key_rotation_secs {
+            0 => None,
+            secs => Some(crate::datapath_keys::rotation_period(secs).map_err(bad)?),
+        };
         if r.snapshot_interval != 0 {
             let n = snapshot_interval(r.snapshot_interval)?;
             self.cluster
@@ -735,6 +744,20 @@ impl Daemon {
                 .as_mut()
                 .expect("checked")
                 .snapshot_interval = n;
+        }
+        if let Some(secs) = rotation {
+            self.cluster
+                .swarm
+                .as_mut()
+                .expect("checked")
+                .datapath
+                .rotation_secs = secs;
+        }
+        if r.rotate_datapath_key {
+            let s = self.cluster.swarm.as_mut().expect("checked");
+            s.datapath.rotate(now()).map_err(Status::internal)?;
+            let primary = s.datapath.for_node().first().map_or(0, |k| k.tag);
+            tracing::info!(primary, "datapath keys rotated");
         }
         if r.rotate_gossip_key {
             let s = self.cluster.swarm.as_mut().expect("checked");
