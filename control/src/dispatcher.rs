@@ -70,6 +70,10 @@ pub struct AssignedTask {
     /// The name its DNS entry has (`service.slot.id`, or the container's name).
     #[serde(default)]
     pub full_name: String,
+    /// A standalone container run detached (its command runs; otherwise only its
+    /// endpoint exists, for `exec`).
+    #[serde(default)]
+    pub detached: bool,
     /// The command.
     pub command: Vec<String>,
     /// Run it, or stop it.
@@ -180,6 +184,7 @@ pub fn assignment(c: &Cluster, node: &str) -> Assignment {
             version: t.version,
             name: t.name.clone(),
             full_name: t.full_name(),
+            detached: t.detached,
             command: t.command.clone(),
             desired: t.desired,
             networks: c.attachments(t),
@@ -265,8 +270,13 @@ pub fn apply_reports(c: &mut Cluster, node: &str, reports: &[Report]) -> bool {
                 if t.service.is_some() {
                     t.desired = Desired::Shutdown;
                 }
+                let removed = t.service.is_none() && t.desired == Desired::Shutdown;
                 let id = t.id.clone();
                 c.release_addresses(&id);
+                // A standalone container removed (`DetachNetwork`) is gone once stopped.
+                if removed {
+                    c.tasks.remove(&id);
+                }
                 changed = true;
             }
             _ => {}

@@ -22,7 +22,10 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 use crate::ca::{self, NodeIdentity, Role};
-use crate::cluster_api::{self as capi, ca_server, dispatcher_server, health_server, raft_server};
+use crate::cluster_api::{
+    self as capi, ca_server, dispatcher_server, health_server, raft_server,
+    resource_allocator_server,
+};
 use crate::daemon::Api;
 
 /// The port managers listen on.
@@ -226,6 +229,9 @@ impl Remote {
             .add_service(ca_server::CaServer::new(self.clone()))
             .add_service(dispatcher_server::DispatcherServer::new(self.clone()))
             .add_service(health_server::HealthServer::new(self.clone()))
+            .add_service(resource_allocator_server::ResourceAllocatorServer::new(
+                self.clone(),
+            ))
             .add_service(
                 raft_server::RaftServer::new(self.clone())
                     .max_decoding_message_size(crate::raft::network::MAX_MESSAGE)
@@ -407,6 +413,37 @@ impl dispatcher_server::Dispatcher for Remote {
         let seen = observed(&r);
         let r = r.into_inner();
         self.api.call(move |d| d.heartbeat(&id, r, seen)).await
+    }
+}
+
+#[tonic::async_trait]
+impl resource_allocator_server::ResourceAllocator for Remote {
+    async fn attach_network(
+        &self,
+        r: Request<capi::AttachNetworkRequest>,
+    ) -> Result<Response<capi::AttachNetworkReply>, Status> {
+        let id = authorize(
+            &r,
+            &self.cluster_id,
+            &[Role::Manager, Role::Worker],
+            "network attachment",
+        )?;
+        let r = r.into_inner();
+        self.api.call(move |d| d.attach_network(&id, r)).await
+    }
+
+    async fn detach_network(
+        &self,
+        r: Request<capi::DetachNetworkRequest>,
+    ) -> Result<Response<capi::Empty>, Status> {
+        let id = authorize(
+            &r,
+            &self.cluster_id,
+            &[Role::Manager, Role::Worker],
+            "network detachment",
+        )?;
+        let r = r.into_inner();
+        self.api.call(move |d| d.detach_network(&id, r)).await
     }
 }
 

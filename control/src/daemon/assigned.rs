@@ -155,6 +155,7 @@ fn record_of(t: &AssignedTask, me: &str, status: TStatus) -> TaskRecord {
     TaskRecord {
         service: t.service.clone(),
         name: t.name.clone(),
+        detached: t.detached,
         node: me.to_owned(),
         status,
         ..TaskRecord::new(t.id.clone(), "", t.slot, t.version, &t.command)

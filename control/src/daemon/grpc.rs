@@ -66,6 +66,39 @@ macro_rules! cluster_call {
     }};
 }
 
+/// How long a node waits for the leader's attachment to reach it (its assignment) and
+/// start, or for a detached container to stop.
+const ATTACH_WAIT: Duration = Duration::from_secs(30);
+
+/// Calls the leader's `ResourceAllocator` with `f`, following the leader's address when
+/// the manager asked is not the leader (at most three hops).
+async fn to_leader<T, F, Fut>(route: &containers::AttachRoute, f: F) -> Result<T, Status>
+where
+    F: Fn(
+        crate::cluster_api::resource_allocator_client::ResourceAllocatorClient<
+            tonic::transport::Channel,
+        >,
+    ) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let cfg = crate::tls::client_config(&route.root, Some((&route.cert, &route.key)))
+        .map_err(|e| Status::internal(format!("this node's certificate: {e:#}")))?;
+    let mut manager = route.manager.clone();
+    for _ in 0..3 {
+        let addr = crate::agent::manager_addr(&manager).map_err(Status::internal)?;
+        let ch = crate::tls::channel(addr, cfg.clone());
+        let client =
+            crate::cluster_api::resource_allocator_client::ResourceAllocatorClient::new(ch);
+        match f(client).await {
+            Err(e) if e.message().starts_with(LEADER_IS_AT) => {
+                manager = e.message()[LEADER_IS_AT.len()..].to_owned();
+            }
+            r => return r,
+        }
+    }
+    Err(Status::unavailable(LOST_QUORUM))
+}
+
 /// The node a call came from over 2377 (its certificate's), `None` on the local socket.
 fn remote_caller<T>(r: &Request<T>) -> Option<String> {
     let certs = r.peer_certs()?;
@@ -450,7 +483,37 @@ impl api::swarmgate_server::Swarmgate for Api {
         r: Request<api::ContainerRunRequest>,
     ) -> Result<Response<api::EndpointReply>, Status> {
         local_only(&r)?;
-        self.call(move |d| d.container_run(r.into_inner())).await
+        let r = r.into_inner();
+        let Some(route) = self.call(|d| Ok(d.attach_route())).await?.into_inner() else {
+            return self.call(move |d| d.container_run(r)).await;
+        };
+        // Not the leader: the leader places the container here with its addresses, and
+        // this node starts it from its assignment (SwarmKit's `AttachNetwork`).
+        let req = crate::cluster_api::AttachNetworkRequest {
+            name: r.name,
+            networks: r.networks,
+            command: r.command,
+            detach: r.detach,
+        };
+        let id = to_leader(&route, move |mut c| {
+            let req = req.clone();
+            async move { c.attach_network(req).await.map(|r| r.into_inner().id) }
+        })
+        .await?;
+        let deadline = std::time::Instant::now() + ATTACH_WAIT;
+        loop {
+            let task = id.clone();
+            if let Some(e) = self.call(move |d| d.attached(&task)).await?.into_inner() {
+                return Ok(Response::new(e));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "container {id} was attached but did not start on this node within {} s",
+                    ATTACH_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     async fn container_exited(
         &self,
@@ -464,7 +527,61 @@ impl api::swarmgate_server::Swarmgate for Api {
         r: Request<api::ContainerRemoveRequest>,
     ) -> Result<Response<api::Empty>, Status> {
         local_only(&r)?;
-        self.call(move |d| d.container_remove(r.into_inner())).await
+        let r = r.into_inner();
+        let Some(route) = self.call(|d| Ok(d.attach_route())).await?.into_inner() else {
+            return self.call(move |d| d.container_remove(r)).await;
+        };
+        for name in r.names {
+            // Whether it runs is this node's to say (the leader hears of an exit at the
+            // next report): a stopped one is removed, a running one only with --force.
+            let n = name.clone();
+            let live = self
+                .call(move |d| Ok(d.container_live(&n)))
+                .await?
+                .into_inner();
+            if live && !r.force {
+                return Err(Status::failed_precondition(format!(
+                    "You cannot remove a running container {name}. Stop the container before attempting removal or force remove"
+                )));
+            }
+            let here = self
+                .call({
+                    let n = name.clone();
+                    move |d| Ok(d.container_here(&n))
+                })
+                .await?
+                .into_inner();
+            let req = crate::cluster_api::DetachNetworkRequest {
+                name: name.clone(),
+                force: r.force || here,
+            };
+            to_leader(&route, move |mut c| {
+                let req = req.clone();
+                async move { c.detach_network(req).await.map(|_| ()) }
+            })
+            .await?;
+            // Done once the leader let it go: stopped here, reported, and no longer in this
+            // node's assignment (so its addresses and name are free when `rm` returns).
+            let deadline = std::time::Instant::now() + ATTACH_WAIT;
+            loop {
+                let n = name.clone();
+                let here = self
+                    .call(move |d| Ok(d.container_here(&n)))
+                    .await?
+                    .into_inner();
+                if !here {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(Status::deadline_exceeded(format!(
+                        "container {name} was detached but is still on this node after {} s",
+                        ATTACH_WAIT.as_secs()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(Response::new(api::Empty {}))
     }
     async fn container_list(
         &self,

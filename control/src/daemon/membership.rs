@@ -937,7 +937,7 @@ impl Daemon {
         }
     }
 
-    fn member(&self, id: &NodeIdentity) -> Result<&NodeRecord, Status> {
+    pub(super) fn member(&self, id: &NodeIdentity) -> Result<&NodeRecord, Status> {
         self.cluster
             .nodes
             .iter()

@@ -239,6 +239,7 @@ mod tests {
                     version: 1,
                     name: None,
                     full_name: format!("web.1.{id}"),
+                    detached: false,
                     command: vec![],
                     desired: crate::cluster::Desired::Running,
                     networks: vec![attach(*ip, Some([10, 0, 1, 2]))],
