@@ -456,7 +456,9 @@ impl Cluster {
                 .filter_map(|t| on(t, &n.name))
                 .map(host)
                 .collect();
-            if hosts.is_empty() && !everything {
+            // Every node has the ingress network (Docker's ingress sandbox): the routing mesh
+            // answers on every node, with or without a task there.
+            if hosts.is_empty() && !everything && !n.ingress {
                 continue;
             }
             hosts.sort();
@@ -523,6 +525,8 @@ impl Cluster {
                     };
                     if let Some(n) = net {
                         published.push(Published {
+                            service: s.name.clone(),
+                            ingress: mode == PublishMode::Ingress,
                             vni: n.vni.get(),
                             protocol: p.protocol,
                             port,

@@ -96,6 +96,13 @@ pub struct Published {
     pub target: u16,
     /// The tasks' addresses on the ingress network.
     pub backends: Vec<Host>,
+    /// The service publishing it.
+    #[serde(default)]
+    pub service: String,
+    /// Ingress mode (the routing mesh: every task of the service on every node, from the
+    /// gossiped tables); otherwise host mode (this node's tasks only).
+    #[serde(default)]
+    pub ingress: bool,
 }
 
 /// Everything the data plane needs.

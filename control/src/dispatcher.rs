@@ -93,6 +93,9 @@ pub struct AssignedNetwork {
     pub subnet: Subnet,
     /// Its VNI.
     pub vni: u32,
+    /// Whether it is the ingress network.
+    #[serde(default)]
+    pub ingress: bool,
 }
 
 /// Everything a node is told: its tasks, its networks, its data plane's state, its DNS's
@@ -200,6 +203,7 @@ pub fn assignment(c: &Cluster, node: &str) -> Assignment {
         .filter_map(|n| {
             let net = c.networks.get(&n.name)?;
             Some(AssignedNetwork {
+                ingress: net.ingress,
                 id: c
                     .network_meta
                     .get(&n.name)

@@ -146,6 +146,12 @@ pub enum FlowAction {
         /// Hairpin: also rewrite the destination address back to the client's.
         dnat: Option<Ipv4Addr>,
     },
+    /// Reply direction of a routing-mesh connection another node sent to a local backend:
+    /// back over the overlay to that node (the one the client connected to), untranslated.
+    Return {
+        /// That node's VTEP.
+        vtep: Ipv4Addr,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]

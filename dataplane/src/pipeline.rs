@@ -67,9 +67,10 @@ enum Step {
     EspOpen {
         src: Ipv4Addr,
     },
-    /// `buf` starts at the UDP header of a VXLAN datagram.
+    /// `buf` starts at the UDP header of a VXLAN datagram from VTEP `src`.
     Decap {
         via_esp: bool,
+        src: Ipv4Addr,
     },
 }
 
@@ -219,7 +220,7 @@ impl Worker {
         for i in 0..n {
             if let Step::EspOpen { src } = steps[i] {
                 steps[i] = match esp_open(&mut self.replay, t, src, &mut pkts[i]) {
-                    Ok(()) => Step::Decap { via_esp: true },
+                    Ok(()) => Step::Decap { via_esp: true, src },
                     Err(r) => Step::Done(Next::Drop(r)),
                 };
             }
@@ -227,7 +228,7 @@ impl Worker {
 
         // 3. vxlan-decap
         for i in 0..n {
-            if let Step::Decap { via_esp } = steps[i] {
+            if let Step::Decap { via_esp, src } = steps[i] {
                 steps[i] = match vxlan::decapsulate(&mut pkts[i], t, via_esp) {
                     Ok(d) => {
                         let net = &t.networks()[d.network];
@@ -235,15 +236,15 @@ impl Worker {
                         nc.decap_packets.add(1);
                         nc.decap_bytes.add(d.inner_len as u64);
                         match &net.router {
-                            Some(r) => match unnat_remote_reply(
+                            Some(r) => from_remote(
                                 &mut self.flows,
                                 self.now,
+                                net,
                                 r,
+                                &t.underlay,
+                                src,
                                 pkts[i].data_mut(),
-                            ) {
-                                Ok(()) => Step::Done(Next::Tx(net.spec.local_port)),
-                                Err(r) => Step::Done(Next::Drop(r)),
-                            },
+                            ),
                             None => Step::Done(Next::Tx(net.spec.local_port)),
                         }
                     }
@@ -453,47 +454,92 @@ fn input_local<B: PacketBuf>(
     }
 }
 
-/// A frame that came over VXLAN to a local endpoint of a routed network: anything but
-/// unicast IPv4 is dropped, its source MAC becomes the router's, and if it is the reply of
-/// a connection this node load-balanced to a backend on another node, its source
-/// goes back to the VIP (and port) the client used. The client's node tracked the
-/// connection when it chose the backend (as Docker's IPVS does in the client's sandbox);
-/// the backend's node forwards the reply untranslated. Untracked frames pass unchanged.
+/// A frame that came over VXLAN from VTEP `vtep` on a routed network. Anything but unicast
+/// IPv4 is dropped, and its source MAC becomes the router's. Then, by its connection:
+/// * the reply of a connection this node load-balanced to a backend on another node: for a
+///   VIP its source goes back to the VIP (and port) the client used (the client's node
+///   tracked the connection when it chose the backend, as Docker's IPVS does in the
+///   client's sandbox), and it goes to the client; for a published port (the routing mesh)
+///   its source goes back to this node's address and port and it leaves through the
+///   underlay to the client, from this node, which the client connected to;
+/// * a new connection from outside the network (a published port's client, whose address
+///   the network does not have) that another node's routing mesh sent to a local backend:
+///   its reply path is remembered — the backend's replies go back to that node over the
+///   overlay, not out of this node, which the client never spoke to;
+/// * anything else is delivered to the local endpoint unchanged.
 #[inline]
-fn unnat_remote_reply(
+fn from_remote(
     flows: &mut FlowTable,
     now: u32,
+    net: &Network,
     router: &Router,
+    u: &Underlay,
+    vtep: Ipv4Addr,
     data: &mut [u8],
-) -> Result<(), DropReason> {
-    let f = EthernetFrame::new_checked(&*data)?;
+) -> Step {
+    let drop = |r: DropReason| Step::Done(Next::Drop(r));
+    let local = Step::Done(Next::Tx(net.spec.local_port));
+    let f = match EthernetFrame::new_checked(&*data) {
+        Ok(f) => f,
+        Err(e) => return drop(e.into()),
+    };
     let hl = f.header_len();
     // Only routed unicast IPv4 crosses between the nodes of a routed network (ARP is
     // answered on each node): anything else could teach the bridge a MAC on the data
     // plane's port.
     if f.ethertype() != EtherType::IPV4 || hl != ethernet::HEADER_LEN || f.dst_addr().is_multicast()
     {
-        return Err(DropReason::Unsupported);
+        return drop(DropReason::Unsupported);
     }
+    // A frame for the router itself is a routing-mesh reply; one this node no longer
+    // tracks has nowhere to go.
+    let for_router = f.dst_addr() == router.mac;
+    let local = if for_router {
+        drop(DropReason::UnknownDestination)
+    } else {
+        local
+    };
     // From the router, as everything a local endpoint receives (see `input_local`).
     EthernetFrame::new_unchecked(&mut *data).set_src_addr(router.mac);
     let (flow, seg) = match Ipv4Packet::new_checked(&data[hl..]) {
         Ok(p) if !p.is_fragment() => match nat::ports(&p) {
             Some(ports) => (Flow::with_ports(&p, ports), segment(&p)),
-            None => return Ok(()),
+            None => return local,
         },
-        _ => return Ok(()),
+        _ => return local,
     };
-    if let Some(FlowAction::Snat {
-        ip,
-        port,
-        via: None,
-        dnat: None,
-    }) = flows.lookup(&flow.key(), seg, now)
-    {
-        nat::rewrite(&mut data[hl..], Side::Source, ip, port)?;
+    match flows.lookup(&flow.key(), seg, now) {
+        Some(FlowAction::Snat {
+            ip,
+            port,
+            via,
+            dnat: None,
+        }) => {
+            if let Err(e) = nat::rewrite(&mut data[hl..], Side::Source, ip, port) {
+                return drop(e);
+            }
+            if let Some(mac) = via {
+                let mut f = EthernetFrame::new_unchecked(&mut *data);
+                f.set_dst_addr(mac);
+                f.set_src_addr(u.mac);
+                return Step::Done(Next::Tx(u.port));
+            }
+            local
+        }
+        Some(_) => local,
+        None => {
+            // A client the network does not know, to a local endpoint: the routing mesh of
+            // the node `vtep` sent it here.
+            if opens(seg) && net.local.contains_key(&flow.dst) && !net.arp.contains_key(&flow.src) {
+                flows.insert(
+                    FlowKey::new(flow.proto, flow.dst, flow.dport, flow.src, flow.sport),
+                    FlowAction::Return { vtep },
+                    now,
+                );
+            }
+            local
+        }
     }
-    Ok(())
 }
 
 /// A packet addressed to the router of a routed network: connection tracking and VIP
@@ -563,6 +609,21 @@ fn route(
                     f.set_src_addr(u.mac);
                     return Step::Done(Next::Tx(u.port));
                 }
+            }
+            Some(FlowAction::Return { vtep }) => {
+                // The reply of a routing-mesh connection another node sent here: back over
+                // the overlay to that node, which translates it for the client.
+                if data.len() - ethernet::HEADER_LEN > net.spec.mtu as usize {
+                    return drop(DropReason::MtuExceeded);
+                }
+                let mut f = EthernetFrame::new_unchecked(&mut *data);
+                f.set_dst_addr(r.mac);
+                f.set_src_addr(r.mac);
+                return Step::Encap {
+                    net: ni as u16,
+                    vtep,
+                    sport: vxlan::port_from_hash(hash),
+                };
             }
             None => {
                 if let Some(svc) = svc {
@@ -757,7 +818,9 @@ fn ingress(
     }
     let net = &t.networks()[*ni as usize];
     let r = net.router.as_ref()?;
-    let hash = flow.hash();
+    // Without the node's own address: every node has the same Maglev table for the
+    // service and picks the same task for a connection, whichever node it reaches.
+    let hash = flow_hash_v4(u32::from(flow.src), 0, flow.proto, flow.sport, flow.dport);
     let (ip, port) = match tracked(flows, &flow.key(), seg, now, Some(svc)) {
         Some(FlowAction::Dnat { ip, port, .. }) => (ip, port),
         _ => {
@@ -974,7 +1037,10 @@ fn input_underlay<B: PacketBuf>(t: &Tables, flows: &mut FlowTable, now: u32, buf
                     if !(buf.trim(excess) && buf.adj(l4)) {
                         return drop(DropReason::Truncated);
                     }
-                    Step::Decap { via_esp: false }
+                    Step::Decap {
+                        via_esp: false,
+                        src,
+                    }
                 }
                 IpProtocol::TCP => published(t, flows, now, buf, hl + total, hl, excess),
                 IpProtocol::ESP => {

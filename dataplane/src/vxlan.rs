@@ -156,8 +156,11 @@ pub fn decapsulate<B: PacketBuf>(
     let dst = inner.dst_addr();
     // A remote broadcast or multicast frame (an ARP request from a Docker host whose vxlan
     // device has no proxy entry yet, say) goes to the network's bridge, which floods it to
-    // the local endpoints, as the kernel's vxlan device hands it to Docker's bridge.
-    if !(dst.is_multicast() || net.is_local(&dst)) {
+    // the local endpoints, as the kernel's vxlan device hands it to Docker's bridge. On a
+    // routed network the router's own MAC is a destination too: the routing mesh sends a
+    // backend's reply back to the router of the node its client connected to.
+    let to_router = net.router.as_ref().is_some_and(|r| r.mac == dst);
+    if !(dst.is_multicast() || net.is_local(&dst) || to_router) {
         return Err(DropReason::UnknownDestination);
     }
     let excess = d.len() - udp_len;

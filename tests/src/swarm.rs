@@ -205,6 +205,8 @@ pub struct Lan {
     lan: String,
     /// The hosts, in the order named.
     pub hosts: Vec<Host>,
+    /// Plain namespaces on the LAN (clients), removed with it.
+    clients: std::cell::RefCell<Vec<String>>,
 }
 
 impl Lan {
@@ -258,7 +260,39 @@ impl Lan {
                 daemon: None,
             });
         }
-        Lan { lan, hosts }
+        Lan {
+            lan,
+            hosts,
+            clients: Default::default(),
+        }
+    }
+
+    /// A client on the LAN: a namespace with address `ip`/24 and no daemon. Returns its
+    /// namespace's name.
+    pub fn client(&self, name: &str, ip: &str) -> String {
+        let ns = format!("{}{name}", self.lan.trim_end_matches("lan"));
+        let veth = format!(
+            "{}c{}",
+            self.lan.trim_end_matches("lan"),
+            self.clients.borrow().len()
+        );
+        for cmd in [
+            format!("ip netns add {ns}"),
+            format!("ip link add {veth}a type veth peer name {veth}b"),
+            format!("ip link set {veth}a netns {ns} name eth0"),
+            format!("ip link set {veth}b netns {}", self.lan),
+            format!("ip -n {} link set {veth}b master br0 up", self.lan),
+            format!("ip -n {ns} addr add {ip}/24 dev eth0"),
+            format!("ip -n {ns} link set lo up"),
+            format!("ip -n {ns} link set eth0 up"),
+        ] {
+            run(&cmd);
+        }
+        try_run(&format!(
+            "ip netns exec {ns} ethtool -K eth0 tx off tso off gso off gro off"
+        ));
+        self.clients.borrow_mut().push(ns.clone());
+        ns
     }
 }
 
@@ -302,6 +336,9 @@ impl Drop for Lan {
         }
         for h in &self.hosts {
             try_run(&format!("ip netns del {}", h.ns));
+        }
+        for c in self.clients.borrow().iter() {
+            try_run(&format!("ip netns del {c}"));
         }
         try_run(&format!("ip netns del {}", self.lan));
     }

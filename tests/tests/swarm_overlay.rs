@@ -180,7 +180,8 @@ fn a_service_spreads_over_three_nodes_and_its_tasks_reach_each_other() {
             .iter()
             .map(|n| n["Name"].as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(nets, ["my-overlay"], "network ls on {}", w.name);
+        // The ingress network is on every node (the routing mesh), the others lazily.
+        assert_eq!(nets, ["ingress", "my-overlay"], "network ls on {}", w.name);
     }
     let inspect: serde_json::Value =
         serde_json::from_str(&m.ok("network inspect my-overlay")).unwrap();

@@ -31,8 +31,8 @@ fn table_network(id: &str, name: &str) -> String {
 }
 
 /// This node's entries: for every task it runs and should (`live`), on each of its
-/// networks, an `overlay_peer_table` row (address, MAC, this node's VTEP `vtep`) and,
-/// outside the ingress network, an `endpoint_table` row (name, service, VIP, address).
+/// networks, an `overlay_peer_table` row (address, MAC, this node's VTEP `vtep`) and an
+/// `endpoint_table` row (name, service, VIP, address).
 pub fn own_entries(a: &Assignment, live: impl Fn(&str) -> bool, vtep: Ipv4Addr) -> Own {
     let mut own = Own::new();
     for t in a
@@ -50,9 +50,9 @@ pub fn own_entries(a: &Assignment, live: impl Fn(&str) -> bool, vtep: Ipv4Addr) 
                     vtep,
                 },
             );
-            if !n.ingress {
-                own.insert((Table::Endpoint, net, t.id.clone()), endpoint(t, n));
-            }
+            // On the ingress network too: the routing mesh balances every published port
+            // over the service's rows there (no names are served on it).
+            own.insert((Table::Endpoint, net, t.id.clone()), endpoint(t, n));
         }
     }
     own
@@ -109,6 +109,7 @@ pub fn program(
                 .push(&s.value);
         }
     }
+    mesh(st, networks, &endpoints);
     for n in &mut st.networks {
         let Some(id) = ids.get(n.name.as_str()) else {
             continue;
@@ -150,7 +151,10 @@ pub fn program(
             b.dedup();
             v.backends = b;
         }
-        // Names.
+        // Names (none on the ingress network, as in Docker).
+        if networks.iter().any(|x| x.name == n.name && x.ingress) {
+            continue;
+        }
         let names = dns.names.entry(n.name.clone()).or_default();
         let mut add = |name: &str, ip: Ipv4Addr| {
             let e = names.entry(name.to_ascii_lowercase()).or_default();
@@ -187,6 +191,33 @@ pub fn program(
         if names.is_empty() {
             dns.names.remove(&n.name);
         }
+    }
+}
+
+/// The routing mesh: each port published in ingress mode balances over every task of its
+/// service on the ingress network, wherever it runs (its `endpoint_table` rows there), the
+/// same sorted list on every node, so every node computes the same Maglev table.
+fn mesh(st: &mut NodeState, networks: &[AssignedNetwork], endpoints: &BTreeMap<&str, Vec<&Value>>) {
+    for p in st.published.iter_mut().filter(|p| p.ingress) {
+        let Some(n) = networks.iter().find(|n| n.ingress && n.vni == p.vni) else {
+            continue;
+        };
+        let id = table_network(&n.id, &n.name);
+        let rows = endpoints.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let mut b: Vec<Host> = rows
+            .iter()
+            .filter_map(|r| match r {
+                Value::Endpoint {
+                    service: Some(s),
+                    ip,
+                    ..
+                } if *s == p.service => Some(host(*ip)),
+                _ => None,
+            })
+            .collect();
+        b.sort();
+        b.dedup();
+        p.backends = b;
     }
 }
 
@@ -246,6 +277,7 @@ mod tests {
                 })
                 .collect(),
             networks: vec![AssignedNetwork {
+                ingress: false,
                 id: "n1".into(),
                 name: "web-net".into(),
                 subnet: "10.0.1.0/24".parse().unwrap(),
