@@ -373,6 +373,8 @@ mod tests {
         let own_m = program::own_entries(&m, |_| true, vtep("m"));
         let own_w = program::own_entries(&w, |_| true, vtep("w"));
         let (mut dm, mut dw) = (Db::new("m", 1), Db::new("w", 1));
+        dw.member_up("m", 1, vtep("m"));
+        dm.member_up("w", 1, vtep("w"));
         for e in dm.publish(&own_m, 0) {
             dw.apply(&e, 0);
         }

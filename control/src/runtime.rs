@@ -122,7 +122,15 @@ impl ClusterRuntime {
             }
         }
         self.gossip = None;
-        match crate::gossip::Gossip::start(me.clone(), settings, own).await {
+        // Every start of the gossip is a new incarnation of this node's tables (a table
+        // starts empty; its rows must win over those of the previous start).
+        let mut life = me.clone();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        life.start = life.start.max(now_ms);
+        life.bump = life.bump.max(life.start);
+        match crate::gossip::Gossip::start(life, settings, own).await {
             Ok(g) => {
                 tracing::info!(addr = %me.addr, "gossip on UDP and TCP {}", me.addr);
                 let mut view = g.view();

@@ -434,10 +434,11 @@ impl Gateway {
                 .filter(|v| !self.config.peers.iter().any(|p| p.vtep == *v))
                 .collect()
         };
-        for gone in self.sa_peers.difference(&want) {
-            self.sas.remove_peer(*gone);
+        let gone: Vec<Ipv4Addr> = self.sa_peers.difference(&want).copied().collect();
+        for g in gone {
+            self.sas.remove_peer(g);
+            self.sa_peers.remove(&g);
         }
-        self.sa_peers.clear();
         if want.is_empty() {
             return Ok(());
         }
@@ -454,10 +455,11 @@ impl Gateway {
         }
         let (addr, _) = self.config.address()?;
         for vtep in want {
+            // Tracked before the attempt: whatever SAs it leaves are removed later.
+            self.sa_peers.insert(vtep);
             self.sas
                 .set_peer_keys(addr, vtep, &keys, SenderIvs::Epochs)
                 .with_context(|| format!("building the SAs with {vtep}"))?;
-            self.sa_peers.insert(vtep);
         }
         Ok(())
     }

@@ -46,8 +46,13 @@ const ANNOUNCE: Duration = Duration::from_secs(2);
 const MAX_DATAGRAM: usize = 2048;
 /// How often tombstones are reaped (networkdb's `reapPeriod`).
 const REAP_PERIOD: Duration = Duration::from_secs(5);
-/// Full syncs served at once; more connections wait in the kernel's backlog.
+/// Full syncs served at once; an accepted connection waits for its turn (up to
+/// [`sync::TIMEOUT`]) once its header has arrived.
 const MAX_SYNCS: usize = 4;
+/// Connections accepted and not yet served; beyond, new ones are closed at once.
+const MAX_PENDING: usize = 64;
+/// How long an accepted connection has to send its frame's header.
+const HEADER_WAIT: Duration = Duration::from_secs(1);
 
 /// A node as gossip knows it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -236,19 +241,30 @@ async fn pull(
     }
 }
 
-/// Answers one full sync: applies the peer's state and sends this node's.
+/// Answers one full sync: applies the peer's state and sends this node's. A connection
+/// that sends no header within [`HEADER_WAIT`] is closed before it takes a turn among the
+/// [`MAX_SYNCS`] served at once, so idle connections cannot hold the full syncs up.
 async fn serve(
     mut conn: tokio::net::TcpStream,
     db: Arc<Mutex<table::Db>>,
     settings: watch::Receiver<Settings>,
     wake: Arc<Notify>,
+    syncs: Arc<Semaphore>,
 ) {
     let keys = settings.borrow().keyring.material();
     let Some(primary) = keys.first().copied() else {
         return;
     };
+    let head = match tokio::time::timeout(HEADER_WAIT, sync::read_head(&mut conn)).await {
+        Ok(Ok(h)) => h,
+        _ => return,
+    };
+    let Ok(Ok(_turn)) = tokio::time::timeout(sync::TIMEOUT, syncs.acquire_owned()).await else {
+        tracing::debug!("gossip: a full sync refused: {MAX_SYNCS} under way");
+        return;
+    };
     let go = async {
-        let theirs = sync::read(&mut conn, &keys).await?;
+        let theirs = sync::read_rest(&mut conn, head, &keys).await?;
         let reply = {
             let mut d = lock(&db);
             let now = now_ms();
@@ -310,6 +326,7 @@ async fn run(
     let mut reap = tokio::time::interval(REAP_PERIOD);
     let wake = Arc::new(Notify::new());
     let syncs = Arc::new(Semaphore::new(MAX_SYNCS));
+    let pending = Arc::new(Semaphore::new(MAX_PENDING));
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut refused: u64 = 0;
     let mut shown = u64::MAX;
@@ -375,15 +392,16 @@ async fn run(
                 publish(&mut foca, &mut rt, &o);
             }
             r = listener.accept() => match r {
-                Ok((conn, _)) => match syncs.clone().try_acquire_owned() {
+                Ok((conn, _)) => match pending.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let (db, settings, wake) = (db.clone(), settings.clone(), wake.clone());
+                        let (db, settings, wake, syncs) =
+                            (db.clone(), settings.clone(), wake.clone(), syncs.clone());
                         tokio::spawn(async move {
-                            serve(conn, db, settings, wake).await;
+                            serve(conn, db, settings, wake, syncs).await;
                             drop(permit);
                         });
                     }
-                    Err(_) => tracing::debug!("gossip: a full sync refused: {MAX_SYNCS} under way"),
+                    Err(_) => tracing::debug!("gossip: a connection closed: {MAX_PENDING} pending"),
                 },
                 Err(e) => tracing::debug!("gossip: accept: {e}"),
             },
@@ -435,7 +453,7 @@ async fn run(
                         continue;
                     }
                     tracing::info!(node = %m.node, addr = %m.addr, "gossip: node up");
-                    lock(&db).member_up(&m.node, m.start);
+                    lock(&db).member_up(&m.node, m.start, m.vtep);
                     // What it missed, and what it has (networkdb syncs with a node that
                     // joins).
                     tokio::spawn(pull(db.clone(), settings.clone(), m.addr, wake.clone()));
@@ -486,17 +504,22 @@ mod tests {
         }
     }
 
-    fn row(i: u8, key: &str) -> Own {
+    /// Owner `i`'s row for address 10.0.0.`ip` (behind the owner's own VTEP).
+    fn row_of(i: u8, ip: u8, key: &str) -> Own {
         [(
             (Table::OverlayPeer, "net".to_owned(), key.to_owned()),
             Value::Peer {
-                ip: Ipv4Addr::new(10, 0, 0, i),
-                mac: [2, 66, 10, 0, 0, i],
+                ip: Ipv4Addr::new(10, 0, 0, ip),
+                mac: [2, 66, 10, 0, 0, ip],
                 vtep: Ipv4Addr::new(192, 168, 0, i),
             },
         )]
         .into_iter()
         .collect()
+    }
+
+    fn row(i: u8, key: &str) -> Own {
+        row_of(i, i, key)
     }
 
     async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -549,7 +572,7 @@ mod tests {
         .await;
         until("n1 has n3's row", || has(&nodes[0], "n3")).await;
         // A change and a delete travel.
-        owns[0].send_replace(Arc::new(row(9, "t9")));
+        owns[0].send_replace(Arc::new(row_of(1, 9, "t9")));
         until("n1's new row on n3, its old one gone", || {
             let v = nodes[2].view();
             let v = v.borrow();

@@ -319,6 +319,7 @@ mod tests {
         assert_eq!(own_a.len(), 2, "a peer and an endpoint row for t1 only");
         let mut da = Db::new("a", 1);
         let mut db = Db::new("b", 1);
+        db.member_up("a", 1, vtep_a);
         for e in da.publish(&own_a, 0) {
             db.apply(&e, 0);
         }

@@ -25,8 +25,9 @@ use super::table::Event;
 
 /// Between two periodic full syncs.
 pub const INTERVAL: Duration = Duration::from_secs(30);
-/// The largest sealed state accepted.
-pub const MAX_STATE: usize = 8 << 20;
+/// The largest sealed state accepted: every row a node keeps, at the largest an event can
+/// be, fits (memberlist's own limit, `maxPushStateBytes`, is 20 MB).
+pub const MAX_STATE: usize = 32 << 20;
 /// A whole exchange's bound.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// memberlist's `encryptMsg` message type.
@@ -64,8 +65,23 @@ pub async fn read<R: AsyncReadExt + Unpin>(
     r: &mut R,
     keys: &[[u8; KEY_LEN]],
 ) -> std::io::Result<State> {
+    let head = read_head(r).await?;
+    read_rest(r, head, keys).await
+}
+
+/// Reads a frame's 5-byte header.
+pub async fn read_head<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<[u8; 5]> {
     let mut head = [0u8; 5];
     r.read_exact(&mut head).await?;
+    Ok(head)
+}
+
+/// Reads the rest of the frame whose header is `head` and opens it with one of `keys`.
+pub async fn read_rest<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    head: [u8; 5],
+    keys: &[[u8; KEY_LEN]],
+) -> std::io::Result<State> {
     if head[0] != ENCRYPT_MSG {
         return Err(std::io::Error::other(format!(
             "not an encrypted state (message type {})",

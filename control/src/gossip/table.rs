@@ -10,7 +10,9 @@
 //! * a delete leaves a tombstone that is reaped 30 minutes later (`reapEntryInterval`) and
 //!   travels with its residual reap time;
 //! * a node gossip declares down has its entries left out of everyone's view at once
-//!   (`deleteNodeTableEntries`) and reaped if it stays away 30 minutes.
+//!   (`deleteNodeTableEntries`) and reaped if it stays away 30 minutes; so are the
+//!   entries of a node gossip has not seen up at all (a full sync from a node that still
+//!   holds a dead node's rows cannot bring them back into anyone's view).
 //!
 //! Where networkdb has known failures, this differs:
 //! * An entry is keyed by its owner as well as its key, and versioned by the owner's
@@ -34,9 +36,16 @@ use serde::{Deserialize, Serialize};
 
 /// A tombstone's life, and a down node's entries' (networkdb's `reapEntryInterval`).
 pub const REAP_MS: u64 = 30 * 60 * 1000;
-/// The most entries one node keeps (every owner, tombstones included): beyond it, new
-/// keys are counted drops.
-pub const MAX_ENTRIES: usize = 200_000;
+/// The most entries of other nodes one node keeps (tombstones included): beyond it, new
+/// keys are counted drops. A node's own entries are not counted (they are bounded by its
+/// tasks). With events of at most [`MAX_EVENT_FIELD`]-byte fields, a full sync of them
+/// all fits in one frame ([`super::sync::MAX_STATE`]).
+pub const MAX_ENTRIES: usize = 60_000;
+/// The longest text field an event may carry (IDs, names); longer is refused.
+pub const MAX_EVENT_FIELD: usize = 128;
+/// How far ahead of this node's clock an event's Lamport time may be: further is refused,
+/// so one bad peer cannot push every clock to its end.
+pub const MAX_CLOCK_LEAP: u64 = 1 << 32;
 
 /// Which table (networkdb's table names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -134,8 +143,11 @@ struct Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Owner {
     incarnation: u64,
-    /// Since when gossip says it is down (ms).
+    /// Since when it is down (ms): since gossip said so, or since its rows arrived before
+    /// gossip said it is up. Its rows are left out of the view while it is.
     down_since: Option<u64>,
+    /// Its VTEP as gossip announced it: the only one its peer rows may name.
+    vtep: Option<Ipv4Addr>,
 }
 
 /// An entry as the data plane uses it.
@@ -162,6 +174,8 @@ pub struct Db {
     pub dropped: u64,
     /// Raised by every change of what [`Db::view`] may return.
     generation: u64,
+    /// How many of the entries are this node's own.
+    own: usize,
 }
 
 impl Db {
@@ -175,6 +189,7 @@ impl Db {
             owners: BTreeMap::new(),
             dropped: 0,
             generation: 0,
+            own: 0,
         }
     }
 
@@ -204,7 +219,7 @@ impl Db {
     }
 
     fn tick(&mut self) -> u64 {
-        self.clock += 1;
+        self.clock = self.clock.saturating_add(1);
         self.clock
     }
 
@@ -214,8 +229,12 @@ impl Db {
             incarnation: e.incarnation,
             ltime: e.ltime,
             value: e.value.clone(),
+            // Rounded up, and at least 1: 0 would read as a whole reap interval.
             reap_in_s: if e.value.is_none() {
-                (e.reap_at.saturating_sub(now) / 1000).min(u32::MAX as u64) as u32
+                e.reap_at
+                    .saturating_sub(now)
+                    .div_ceil(1000)
+                    .clamp(1, u32::MAX as u64) as u32
             } else {
                 0
             },
@@ -259,10 +278,6 @@ impl Db {
             {
                 continue;
             }
-            if !self.entries.contains_key(&k) && self.entries.len() >= MAX_ENTRIES {
-                self.dropped += 1;
-                continue;
-            }
             let ltime = self.tick();
             let e = Entry {
                 incarnation: self.incarnation,
@@ -271,7 +286,9 @@ impl Db {
                 reap_at: 0,
             };
             out.push(self.event(&k, &e, now));
-            self.entries.insert(k, e);
+            if self.entries.insert(k, e).is_none() {
+                self.own += 1;
+            }
         }
         if !out.is_empty() {
             self.generation += 1;
@@ -279,37 +296,67 @@ impl Db {
         out
     }
 
+    /// Whether an event's fields are within bounds.
+    fn well_formed(&self, ev: &Event) -> bool {
+        let short = |s: &str| s.len() <= MAX_EVENT_FIELD;
+        let k = &ev.key;
+        let fields = short(&k.network) && short(&k.owner) && short(&k.key);
+        let value = match &ev.value {
+            Some(Value::Endpoint {
+                name,
+                service,
+                alias,
+                ..
+            }) => {
+                short(name)
+                    && service.as_deref().is_none_or(short)
+                    && alias.as_deref().is_none_or(short)
+            }
+            _ => true,
+        };
+        fields && value && ev.ltime <= self.clock.saturating_add(MAX_CLOCK_LEAP)
+    }
+
     /// Takes a change heard from another node; true if it was news (to pass on).
     pub fn apply(&mut self, ev: &Event, now: u64) -> bool {
-        self.clock = self.clock.max(ev.ltime);
-        // Only this node speaks for its own entries.
-        if ev.key.owner == self.me || ev.key.owner.is_empty() {
+        // Only this node speaks for its own entries; nobody for nobody's.
+        if ev.key.owner == self.me || ev.key.owner.is_empty() || !self.well_formed(ev) {
             return false;
         }
-        match self.owners.get(&ev.key.owner).copied() {
-            Some(o) if ev.incarnation < o.incarnation => return false,
+        let owner = self.owners.get(&ev.key.owner).copied();
+        if owner.is_some_and(|o| ev.incarnation < o.incarnation) {
+            return false;
+        }
+        let known = self.entries.get(&ev.key);
+        if let Some(cur) = known {
+            if (cur.incarnation, cur.ltime) >= ev.version() {
+                return false;
+            }
+        } else {
+            if self.entries.len() - self.own >= MAX_ENTRIES {
+                self.dropped += 1;
+                return false;
+            }
+        }
+        match owner {
             Some(o) if ev.incarnation > o.incarnation => {
-                self.new_life(&ev.key.owner, ev.incarnation)
+                self.new_life(&ev.key.owner, ev.incarnation, Some(now))
             }
             Some(_) => {}
+            // Rows of a node gossip has not said is up (it may be down, or gone for
+            // good): kept, out of the view until it is, reaped if it never is.
             None => {
                 self.owners.insert(
                     ev.key.owner.clone(),
                     Owner {
                         incarnation: ev.incarnation,
-                        down_since: None,
+                        down_since: Some(now),
+                        vtep: None,
                     },
                 );
             }
         }
-        if let Some(cur) = self.entries.get(&ev.key) {
-            if (cur.incarnation, cur.ltime) >= ev.version() {
-                return false;
-            }
-        } else if self.entries.len() >= MAX_ENTRIES {
-            self.dropped += 1;
-            return false;
-        }
+        self.clock = self.clock.max(ev.ltime);
         let reap_in = if ev.reap_in_s == 0 {
             REAP_MS
         } else {
@@ -328,33 +375,42 @@ impl Db {
         true
     }
 
-    /// A node's new incarnation: everything of its previous one goes.
-    fn new_life(&mut self, node: &str, incarnation: u64) {
+    /// A node's new incarnation: everything of its previous one goes. `down_since`: as
+    /// for a node not yet seen up (`None`: gossip says it is up).
+    fn new_life(&mut self, node: &str, incarnation: u64, down_since: Option<u64>) {
         self.entries
             .retain(|k, e| k.owner != node || e.incarnation >= incarnation);
         self.generation += 1;
+        let vtep = self.owners.get(node).and_then(|o| o.vtep);
         self.owners.insert(
             node.to_owned(),
             Owner {
                 incarnation,
-                down_since: None,
+                down_since,
+                vtep,
             },
         );
     }
 
-    /// Gossip says `node` (in incarnation `incarnation`) is up.
-    pub fn member_up(&mut self, node: &str, incarnation: u64) {
+    /// Gossip says `node` (in incarnation `incarnation`, its VTEP `vtep`) is up.
+    pub fn member_up(&mut self, node: &str, incarnation: u64, vtep: Ipv4Addr) {
         if node == self.me || node.is_empty() {
             return;
         }
         match self.owners.get_mut(node) {
             Some(o) if incarnation < o.incarnation => {}
             Some(o) if incarnation == o.incarnation => {
-                if o.down_since.take().is_some() {
+                if o.down_since.take().is_some() || o.vtep != Some(vtep) {
                     self.generation += 1;
                 }
+                o.vtep = Some(vtep);
             }
-            _ => self.new_life(node, incarnation),
+            _ => {
+                self.new_life(node, incarnation, None);
+                if let Some(o) = self.owners.get_mut(node) {
+                    o.vtep = Some(vtep);
+                }
+            }
         }
     }
 
@@ -367,6 +423,7 @@ impl Db {
         let o = self.owners.entry(node.to_owned()).or_insert(Owner {
             incarnation,
             down_since: None,
+            vtep: None,
         });
         if incarnation >= o.incarnation && o.down_since.is_none() {
             o.down_since = Some(now);
@@ -391,8 +448,16 @@ impl Db {
             .map(|(n, _)| n.clone())
             .collect();
         let before = self.entries.len();
-        self.entries
-            .retain(|k, e| !gone.contains(&k.owner) && (e.value.is_some() || e.reap_at > now));
+        let me = self.me.clone();
+        let mut own_gone = 0;
+        self.entries.retain(|k, e| {
+            let keep = !gone.contains(&k.owner) && (e.value.is_some() || e.reap_at > now);
+            if !keep && k.owner == me {
+                own_gone += 1;
+            }
+            keep
+        });
+        self.own -= own_gone;
         for n in &gone {
             self.owners.remove(n);
         }
@@ -421,11 +486,21 @@ impl Db {
             .collect()
     }
 
-    /// The live entries of the other nodes that are not down.
+    /// The live entries of the other nodes gossip says are up; a peer row only if it names
+    /// its owner's own VTEP.
     pub fn view(&self) -> View {
         self.entries
             .iter()
-            .filter(|(k, _)| k.owner != self.me && !self.is_down(&k.owner))
+            .filter(|(k, e)| {
+                let Some(o) = self.owners.get(&k.owner) else {
+                    return false;
+                };
+                let vtep_ok = match &e.value {
+                    Some(Value::Peer { vtep, .. }) => o.vtep == Some(*vtep),
+                    _ => true,
+                };
+                k.owner != self.me && o.down_since.is_none() && vtep_ok
+            })
             .filter_map(|(k, e)| {
                 Some((
                     k.clone(),
@@ -464,6 +539,8 @@ mod tests {
             .collect()
     }
 
+    const VTEP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+
     fn keys(v: &View) -> Vec<(String, String)> {
         v.keys().map(|k| (k.owner.clone(), k.key.clone())).collect()
     }
@@ -471,6 +548,7 @@ mod tests {
     #[test]
     fn puts_and_deletes_reach_another_node() {
         let (mut a, mut b) = (Db::new("a", 1), Db::new("b", 1));
+        b.member_up("a", 1, VTEP);
         for e in a.publish(&own(&[("t1", 2), ("t2", 3)]), 0) {
             assert!(b.apply(&e, 0));
         }
@@ -485,18 +563,24 @@ mod tests {
         assert!(evs[0].value.is_none());
         assert!(b.apply(&evs[0], 10));
         assert_eq!(keys(&b.view()), [("a".into(), "t2".into())]);
-        // The tombstone is kept, and reaped in time.
+        // The tombstone is kept, and an older put of the deleted key is refused.
         assert_eq!(b.len(), 2);
+        let mut stale = evs[0].clone();
+        stale.ltime -= 1;
+        stale.value = Some(peer(2));
+        assert!(!b.apply(&stale, 10));
+        assert_eq!(keys(&b.view()), [("a".into(), "t2".into())]);
+        // Reaped in time.
         assert!(!b.reap(10 + REAP_MS - 1));
         assert!(b.reap(10 + REAP_MS + 1));
         assert_eq!(b.len(), 1);
-        // A stale put of the deleted key after the tombstone is refused.
         assert!(b.clock() >= a.clock());
     }
 
     #[test]
     fn older_versions_and_foreign_claims_are_refused() {
         let (mut a, mut b) = (Db::new("a", 1), Db::new("b", 1));
+        b.member_up("a", 1, VTEP);
         let first = a.publish(&own(&[("t1", 2)]), 0);
         let second = a.publish(&own(&[("t1", 4)]), 0);
         assert!(b.apply(&second[0], 0));
@@ -513,6 +597,7 @@ mod tests {
     #[test]
     fn a_missed_broadcast_never_makes_later_ones_rejected() {
         let (mut a, mut b) = (Db::new("a", 1), Db::new("b", 1));
+        b.member_up("a", 1, VTEP);
         let _missed = a.publish(&own(&[("t1", 2)]), 0);
         for e in a.publish(&own(&[("t1", 2), ("t2", 3)]), 0) {
             b.apply(&e, 0);
@@ -531,12 +616,13 @@ mod tests {
     #[test]
     fn a_node_down_is_withdrawn_and_back_when_up() {
         let (mut a, mut b) = (Db::new("a", 1), Db::new("b", 1));
+        b.member_up("a", 1, VTEP);
         for e in a.publish(&own(&[("t1", 2)]), 0) {
             b.apply(&e, 0);
         }
         b.member_down("a", 1, 100);
         assert!(b.view().is_empty());
-        b.member_up("a", 1);
+        b.member_up("a", 1, VTEP);
         assert_eq!(b.view().len(), 1);
         // Down for the whole reap interval: gone for good.
         b.member_down("a", 1, 200);
@@ -547,6 +633,8 @@ mod tests {
     #[test]
     fn a_restarted_node_replaces_its_previous_life() {
         let (mut a, mut b, mut c) = (Db::new("a", 1), Db::new("b", 1), Db::new("c", 1));
+        b.member_up("a", 1, VTEP);
+        c.member_up("a", 1, VTEP);
         let old = a.publish(&own(&[("t1", 2), ("t2", 3)]), 0);
         for e in &old {
             b.apply(e, 0);
@@ -558,6 +646,9 @@ mod tests {
         for e in &new {
             assert!(b.apply(e, 0));
         }
+        // Out of the view until gossip says the new life is up.
+        assert!(b.view().is_empty());
+        b.member_up("a", 2, VTEP);
         assert_eq!(keys(&b.view()), [("a".into(), "t3".into())]);
         // c relays a's old entries to b: refused.
         for e in c.export(0) {
@@ -565,7 +656,7 @@ mod tests {
         }
         assert_eq!(keys(&b.view()), [("a".into(), "t3".into())]);
         // Gossip's word alone (no entry yet) also ends the previous life.
-        c.member_up("a", 2);
+        c.member_up("a", 2, VTEP);
         assert!(c.view().is_empty());
         let _ = a;
     }
@@ -584,17 +675,49 @@ mod tests {
                 })
                 .collect()
         };
-        // An owner's own rows are bounded...
-        a.publish(&rows(MAX_ENTRIES + 10), 0);
-        assert_eq!((a.len(), a.dropped), (MAX_ENTRIES, 10));
-        // ...and so is what a node takes from everyone.
-        for e in a.export_own(0) {
+        // What a node takes from others is bounded...
+        for e in a.publish(&rows(MAX_ENTRIES), 0) {
             b.apply(&e, 0);
         }
         for e in c.publish(&rows(10), 0) {
             assert!(!b.apply(&e, 0));
         }
         assert_eq!((b.len(), b.dropped), (MAX_ENTRIES, 10));
+        // ...but never crowds out its own rows.
+        assert_eq!(b.publish(&rows(5), 0).len(), 5);
+        assert_eq!(b.len(), MAX_ENTRIES + 5);
+    }
+
+    #[test]
+    fn rows_of_a_node_never_seen_up_stay_out_of_the_view_and_are_reaped() {
+        let (mut a, mut b) = (Db::new("a", 1), Db::new("b", 1));
+        // A full sync brings the rows of a node that died before b started.
+        for e in a.publish(&own(&[("t1", 2)]), 0) {
+            assert!(b.apply(&e, 50));
+        }
+        assert!(b.view().is_empty());
+        assert!(b.reap(50 + REAP_MS));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_peer_row_naming_another_vtep_and_absurd_events_are_refused() {
+        let mut b = Db::new("b", 1);
+        b.member_up("a", 1, Ipv4Addr::new(192, 168, 0, 9));
+        let mut a = Db::new("a", 1);
+        for e in a.publish(&own(&[("t1", 2)]), 0) {
+            assert!(b.apply(&e, 0));
+        }
+        // The row names 192.168.0.1, gossip says a is 192.168.0.9: not used.
+        assert!(b.view().is_empty());
+        // A Lamport time far ahead, or an oversized field, is refused (no clock jump).
+        let mut e = a.publish(&own(&[("t2", 3)]), 0).remove(0);
+        e.ltime = u64::MAX;
+        assert!(!b.apply(&e, 0));
+        assert!(b.clock() < 1 << 33);
+        e.ltime = 5;
+        e.key.key = "x".repeat(MAX_EVENT_FIELD + 1);
+        assert!(!b.apply(&e, 0));
     }
 
     proptest! {
@@ -613,6 +736,8 @@ mod tests {
                 events.extend(a.publish(&last, 0));
             }
             let (mut b, mut c) = (Db::new("b", 1), Db::new("c", 1));
+            b.member_up("a", 7, VTEP);
+            c.member_up("a", 7, VTEP);
             for (i, o) in order.iter().enumerate() {
                 if let Some(e) = events.get(*o as usize % (events.len().max(1))) {
                     if i % 2 == 0 { b.apply(e, 0); } else { c.apply(e, 0); }
