@@ -24,7 +24,8 @@
 //! * entries age by state ([`FlowState`]): a new entry is *embryonic* (10 s for TCP, 30 s
 //!   for UDP) until a second packet in its direction proves the flow — for TCP one without
 //!   SYN, which a backend answering spoofed SYNs with SYN-ACKs never sends — then
-//!   *established* (the configured idle timeout); a FIN or RST makes it *closing* (10 s);
+//!   *established* (the configured idle timeout); a FIN or RST makes it *closing* (10 s),
+//!   and a SYN on a closing entry is a new connection reusing the 5-tuple, tracked afresh;
 //! * a full window evicts an embryonic or closing entry before an established one, the
 //!   least recently seen of its class, and every eviction of a live entry is counted
 //!   ([`FlowTable::evictions`]).
@@ -253,6 +254,20 @@ impl FlowTable {
                         return None;
                     }
                     let state = match (s.state, seg) {
+                        // A SYN on a connection that has closed is a new connection that
+                        // reuses the 5-tuple (a client's port comes round again within
+                        // the closing timeout): the old entry is forgotten and the caller
+                        // tracks the new one afresh. Kept, it would leave the new
+                        // connection closing, expiring after 10 s idle. The kernel's
+                        // conntrack does the same (`nf_conntrack_proto_tcp.c`
+                        // `nf_conntrack_tcp_packet`: a SYN in CLOSE or TIME_WAIT kills the
+                        // old entry, "Reopened connection"), as IPVS does
+                        // (`ip_vs_core.c` `ip_vs_in_hook`, `conn_reuse_mode`).
+                        (FlowState::Closing, Segment::Syn) => {
+                            self.slots[at] = None;
+                            self.len -= 1;
+                            return None;
+                        }
                         (_, Segment::Fin) => FlowState::Closing,
                         (FlowState::Embryonic, Segment::Other | Segment::Datagram) => {
                             FlowState::Established
@@ -440,6 +455,20 @@ mod tests {
         assert_eq!(
             t.lookup(&key(3), Segment::Other, 102 + CLOSING_SECS + 1),
             None
+        );
+        // A SYN on a closed connection's 5-tuple is a new connection: untracked, so the
+        // caller tracks it afresh, and it then lives as any other.
+        t.insert(key(4), dnat(4), 100);
+        t.lookup(&key(4), Segment::Other, 101);
+        t.lookup(&key(4), Segment::Fin, 102);
+        assert_eq!(t.lookup(&key(4), Segment::Syn, 103), None, "port reused");
+        assert_eq!(t.state(&key(4)), None);
+        t.insert(key(4), dnat(5), 103);
+        t.lookup(&key(4), Segment::Other, 103);
+        assert_eq!(t.state(&key(4)), Some(FlowState::Established));
+        assert_eq!(
+            t.lookup(&key(4), Segment::Other, 103 + CLOSING_SECS + 30),
+            Some(dnat(5))
         );
         // UDP: embryonic for 30 s, established by a second datagram.
         let u = FlowKey::new(

@@ -387,6 +387,73 @@ fn a_flooded_published_port_keeps_established_connections() {
     assert_eq!(w.flows().capacity(), 4096);
 }
 
+/// A client that reuses its port for a new connection while the old one's entries are
+/// still closing (10 s) gets a new connection: tracked afresh, established, and alive long
+/// after the closing timeout (the routing mesh lost keep-alive connections opened on a
+/// port that had just been used, once they sat idle for 10 s).
+#[test]
+fn a_reused_client_port_is_a_new_connection_that_outlives_the_closing_timeout() {
+    let t = tables(1, &[ip(3), ip(4)]);
+    let mut w = Worker::with_flow_table(Arc::new(Counters::default()), FlowTable::new(4096, 300));
+    let from_client = |flags: u8, payload: &[u8]| {
+        tcp_with_flags(
+            CLIENT_MAC,
+            underlay_mac(1),
+            client(),
+            vtep(1),
+            50000,
+            8080,
+            flags,
+            payload,
+        )
+    };
+    let fwd = FlowKey::new(6, client(), 50000, vtep(1), 8080);
+    // A whole connection, closed by both sides, then the same 5-tuple again at once.
+    let mut task = None;
+    for (round, at) in [(0, 100u32), (1, 101)] {
+        w.set_now(at);
+        let (_, out) = run1(&mut w, &t, UNDERLAY_PORT, &from_client(0x02, b""));
+        let to = ipv4(&out).dst_addr();
+        assert_eq!(*task.get_or_insert(to), to, "Maglev's pick");
+        let synack = tcp_with_flags(mac_of(to), R, to, client(), 80, 50000, 0x12, b"");
+        assert_eq!(
+            run1(&mut w, &t, PLAIN_PORT, &synack).0,
+            Next::Tx(UNDERLAY_PORT)
+        );
+        run1(&mut w, &t, UNDERLAY_PORT, &from_client(0x18, b"GET"));
+        let data = tcp(mac_of(to), R, to, client(), 80, 50000, b"200 OK");
+        assert_eq!(
+            run1(&mut w, &t, PLAIN_PORT, &data).0,
+            Next::Tx(UNDERLAY_PORT)
+        );
+        assert_eq!(
+            w.flows().state(&fwd),
+            Some(FlowState::Established),
+            "round {round}"
+        );
+        if round == 0 {
+            run1(&mut w, &t, UNDERLAY_PORT, &from_client(0x11, b""));
+            assert_eq!(w.flows().state(&fwd), Some(FlowState::Closing));
+        }
+    }
+    // Idle for three times the closing timeout: both directions still tracked.
+    let task = task.unwrap();
+    w.set_now(101 + 3 * swarmgate_dataplane::flow::CLOSING_SECS);
+    let (n, out) = run1(&mut w, &t, UNDERLAY_PORT, &from_client(0x18, b"GET again"));
+    assert_eq!((n, ipv4(&out).dst_addr()), (Next::Tx(PLAIN_PORT), task));
+    let data = tcp(mac_of(task), R, task, client(), 80, 50000, b"200 OK");
+    let (n, back) = run1(&mut w, &t, PLAIN_PORT, &data);
+    assert_eq!(
+        n,
+        Next::Tx(UNDERLAY_PORT),
+        "the reply is translated for the client"
+    );
+    assert_eq!(
+        (ipv4(&back).src_addr(), ports(&back)),
+        (vtep(1), (8080, 50000))
+    );
+}
+
 /// Node `me` (1 or 2) of a two-node routed network: its local hosts, the other node's as
 /// remote endpoints behind its VTEP, and a VIP over backends on both nodes.
 fn node_tables(me: u8, hosts: [&[Ipv4Addr]; 2], backends: &[Ipv4Addr]) -> Arc<Tables> {
