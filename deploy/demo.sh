@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # README quick start, command 1: installs what is missing, builds, walks through the seed's
-# "Use a user-defined overlay network" tutorial with the daemon and CLI (a 3-replica HTTP
-# service published on 8080, fetched from a client namespace), then shows the gateway
+# four overlay tutorials with the daemon and CLI, each on three hosts made of network
+# namespaces (deploy/tutorials/: the default overlay with the routing mesh, a user-defined
+# overlay, standalone containers across hosts, a container and a service on an encrypted
+# attachable overlay), checking every output the tutorials promise; then shows the gateway
 # against the Linux kernel's VXLAN and encrypted between two swarmgate hosts, then the
 # data-plane walk-through with per-core rates. Run as root.
 set -euo pipefail
@@ -9,8 +11,8 @@ cd "$(dirname "$0")/.."
 bash deploy/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --locked -p swarmgate-gateway --bin swarmgate -p swarmgate-bench --bin netns-demo --bin overlay-demo
-echo "### Part 1: the tutorial \"Use a user-defined overlay network\" with the swarmgate daemon"
-bash deploy/tutorial.sh target/release/swarmgate
+echo "### Part 1: the seed's four overlay tutorials, with the swarmgate daemon on three hosts"
+bash deploy/tutorials/all.sh target/release/swarmgate
 echo
 echo "### Part 2: the DPDK gateway against the Linux kernel's VXLAN, and encrypted"
 target/release/netns-demo

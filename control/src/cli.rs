@@ -161,6 +161,10 @@ pub enum NodeCmd {
         /// `json`: one JSON object per line.
         #[arg(long)]
         format: Option<String>,
+        /// Only the nodes that match, `KEY=VALUE`: `role` (manager or worker), `name`
+        /// (host name containing VALUE), `id` (ID prefix); repeated filters all apply.
+        #[arg(short, long = "filter")]
+        filter: Vec<String>,
     },
     /// Show nodes in detail (JSON).
     Inspect {
@@ -354,6 +358,9 @@ pub struct RunArgs {
     /// Run in the background (the daemon runs the command).
     #[arg(short, long)]
     detach: bool,
+    /// Remove the container when its command exits (foreground only).
+    #[arg(long, conflicts_with = "detach")]
+    rm: bool,
     /// Name.
     #[arg(long)]
     name: String,
@@ -363,6 +370,31 @@ pub struct RunArgs {
     /// Command (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// `node ls --filter` as docker reads it (`role`, `name`, `id`): a predicate over a row,
+/// or a one-line error for an unknown key or role.
+fn node_filter(filters: &[String]) -> anyhow::Result<impl Fn(&api::Node) -> bool> {
+    let mut checks: Vec<(String, String)> = Vec::new();
+    for f in filters {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("bad format of filter (expected name=value): {f}"))?;
+        match k {
+            "role" if v == "manager" || v == "worker" => {}
+            "role" => anyhow::bail!("Invalid role '{v}': only manager and worker"),
+            "name" | "id" => {}
+            _ => anyhow::bail!("Invalid filter '{k}'"),
+        }
+        checks.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(move |n: &api::Node| {
+        checks.iter().all(|(k, v)| match k.as_str() {
+            "role" => (v == "manager") == !n.manager_status.is_empty(),
+            "name" => n.hostname.contains(v.as_str()),
+            _ => n.id.starts_with(v.as_str()),
+        })
+    })
 }
 
 async fn connect(socket: &Path) -> anyhow::Result<SwarmgateClient<Channel>> {
@@ -386,6 +418,18 @@ async fn connect(socket: &Path) -> anyhow::Result<SwarmgateClient<Channel>> {
 
 fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("Error response from daemon: {}", e.message())
+}
+
+/// A command as a table shows it (docker's `ps` without `--no-trunc`): one line, runs of
+/// whitespace as one space, at most 40 characters (cut with `…`).
+fn short_command(c: &str) -> String {
+    let one: String = c.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() <= 40 {
+        return one;
+    }
+    let mut cut: String = one.chars().take(39).collect();
+    cut.push('…');
+    cut
 }
 
 fn table(rows: Vec<Vec<String>>) {
@@ -611,12 +655,14 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
                 println!("{n}");
             }
         }
-        ClientCmd::Node(NodeCmd::Ls { format }) => {
-            let r = c
+        ClientCmd::Node(NodeCmd::Ls { format, filter }) => {
+            let keep = node_filter(&filter)?;
+            let mut r = c
                 .node_list(api::Empty {})
                 .await
                 .map_err(status)?
                 .into_inner();
+            r.nodes.retain(|n| keep(n));
             if json_lines(&format)? {
                 for n in r.nodes {
                     println!(
@@ -760,7 +806,7 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
                         s.name,
                         s.mode,
                         format!("{}/{}", s.running, s.desired),
-                        s.command,
+                        short_command(&s.command),
                         s.ports.join(", "),
                     ]);
                 }
@@ -910,9 +956,20 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
                 // Foreground: the command runs here, inside the endpoint, attached to this
                 // terminal; its exit is reported to the daemon.
                 let code = exec_in(&r.namespace, &a.command).await?;
-                c.container_exited(api::ContainerExitedRequest { name, code })
+                c.container_exited(api::ContainerExitedRequest {
+                    name: name.clone(),
+                    code,
+                })
+                .await
+                .map_err(status)?;
+                if a.rm {
+                    c.container_remove(api::ContainerRemoveRequest {
+                        names: vec![name],
+                        force: false,
+                    })
                     .await
                     .map_err(status)?;
+                }
                 return Ok(code);
             }
         }
@@ -957,7 +1014,7 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
                     rows.push(vec![
                         t.id,
                         t.name,
-                        t.command,
+                        short_command(&t.command),
                         t.status,
                         t.networks.join(","),
                     ]);

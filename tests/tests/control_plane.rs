@@ -284,6 +284,19 @@ fn control_plane_end_to_end() {
         nodes.contains(" *") && nodes.contains("Leader") && nodes.contains("Ready"),
         "{nodes}"
     );
+    // `node ls --filter`: the only node is a manager.
+    assert!(e
+        .ok(&["node", "ls", "--filter", "role=manager"])
+        .contains(" *"));
+    assert!(!e.ok(&["node", "ls", "-f", "role=worker"]).contains(" *"));
+    e.refused(
+        &["node", "ls", "--filter", "role=boss"],
+        "Invalid role 'boss'",
+    );
+    e.refused(
+        &["node", "ls", "--filter", "colour=red"],
+        "Invalid filter 'colour'",
+    );
     let ingress = json(&e.ok(&["network", "inspect", "ingress"]));
     assert_eq!(ingress[0]["Ingress"], true);
     assert_eq!(ingress[0]["IPAM"]["Config"][0]["Subnet"], "10.0.0.0/24");

@@ -396,7 +396,10 @@ impl api::swarmgate_server::Swarmgate for Api {
         &self,
         r: Request<api::NamesRequest>,
     ) -> Result<Response<api::JsonReply>, Status> {
-        cluster_call!(self, r, network_inspect, network_inspect)
+        // As this node sees the network (its endpoints, its peers): never forwarded.
+        local_only(&r)?;
+        let r = r.into_inner();
+        self.call(move |d| d.network_inspect(r)).await
     }
     async fn network_remove(
         &self,

@@ -107,11 +107,21 @@ impl Daemon {
         (m.len() == 1).then(|| m[0].clone())
     }
 
+    /// `network inspect` as this node sees the networks: a manager from its replica of the
+    /// store, a worker from its assignment and the gossiped tables (Docker answers on a
+    /// worker for the networks it has). `Containers` are this node's endpoints.
     pub(super) fn network_inspect(&self, r: api::NamesRequest) -> Result<api::JsonReply, Status> {
-        self.require_manager()?;
-        let me = self.me().expect("a manager");
+        let me = self.me().ok_or_else(|| {
+            Status::failed_precondition(
+                "This node is not part of a swarm: it has no overlay networks",
+            )
+        })?;
         let mut docs = Vec::new();
         for n in &r.names {
+            if !me.is_manager() {
+                docs.push(self.worker_network_json(n)?);
+                continue;
+            }
             let name = self
                 .network_name(n)
                 .ok_or_else(|| Status::not_found(format!("network {n} not found")))?;
@@ -124,6 +134,81 @@ impl Daemon {
         Ok(api::JsonReply {
             json: serde_json::to_string_pretty(&docs).expect("json"),
         })
+    }
+
+    /// A worker's `network inspect` document for `key` (name or ID prefix), one of the
+    /// networks its assignment gives it: its endpoints here, and its peers — this node
+    /// and every node that gossips an `overlay_peer_table` row on it, by data-path address
+    /// (networkdb's `Peers`, named by node ID as networkdb names them).
+    fn worker_network_json(&self, key: &str) -> Result<serde_json::Value, Status> {
+        let a = self.local.assignment.as_ref();
+        let net = a
+            .into_iter()
+            .flat_map(|a| &a.networks)
+            .find(|n| n.name == key || (!key.is_empty() && n.id.starts_with(key)))
+            .ok_or_else(|| Status::not_found(format!("network {key} not found")))?;
+        let me = self.me().expect("in a swarm");
+        let mut containers = serde_json::Map::new();
+        let mut gateway = None;
+        for t in a.into_iter().flat_map(|a| &a.tasks) {
+            let Some(at) = t.networks.iter().find(|at| at.network == net.name) else {
+                continue;
+            };
+            gateway = Some(at.gateway);
+            if t.desired != Desired::Running
+                || !self.cluster.tasks.get(&t.id).is_some_and(|t| t.live())
+            {
+                continue;
+            }
+            containers.insert(
+                t.id.clone(),
+                serde_json::json!({
+                    "Name": t.full_name,
+                    "EndpointID": format!("ep-{}-{}", t.id, net.vni),
+                    "MacAddress": swarmgate_dataplane::wire::EthernetAddress::from_ipv4_docker(at.ip).to_string(),
+                    "IPv4Address": format!("{}/{}", at.ip, net.subnet.prefix()),
+                    "IPv6Address": "",
+                }),
+            );
+        }
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let mut peers = vec![serde_json::json!({
+            "Name": hostname.trim(), "IP": me.datapath_addr.to_string(),
+        })];
+        let table = if net.id.is_empty() {
+            &net.name
+        } else {
+            &net.id
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for (k, v) in self.gossip_view.iter() {
+            if let crate::gossip::table::Value::Peer { vtep, .. } = v.value {
+                if k.network == *table && seen.insert(k.owner.clone()) {
+                    peers.push(serde_json::json!({"Name": k.owner, "IP": vtep.to_string()}));
+                }
+            }
+        }
+        Ok(serde_json::json!({
+            "Name": net.name,
+            "Id": net.id,
+            "Scope": "swarm",
+            "Driver": "overlay",
+            "EnableIPv6": false,
+            "IPAM": {
+                "Driver": "default",
+                "Options": null,
+                "Config": [{
+                    "Subnet": net.subnet.to_string(),
+                    "Gateway": gateway.map(|g| g.to_string()).unwrap_or_default(),
+                }],
+            },
+            "Internal": false,
+            "Ingress": net.ingress,
+            "Containers": containers,
+            "Options": {"com.docker.network.driver.overlay.vxlanid_list": net.vni.to_string()},
+            "Labels": {},
+            "Peers": peers,
+        }))
     }
 
     pub(super) fn network_remove(&mut self, r: api::NamesRequest) -> Result<api::Empty, Status> {

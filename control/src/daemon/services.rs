@@ -345,18 +345,22 @@ impl Daemon {
             if self.cluster.services.get(n).is_none() {
                 return Err(Status::not_found(format!("service {n} not found")));
             }
-            let host = self
-                .cluster
-                .nodes
-                .first()
-                .map(|n| n.hostname.clone())
-                .unwrap_or_default();
+            // Each task's log is kept by the node that runs it; this node has its own
+            // tasks' (no log broker across nodes yet).
+            let me = self.my_id().unwrap_or_default();
             for t in self
                 .cluster
                 .tasks
                 .values()
-                .filter(|t| t.service.as_deref() == Some(n))
+                .filter(|t| t.service.as_deref() == Some(n) && t.node == me)
             {
+                let host = self
+                    .cluster
+                    .nodes
+                    .iter()
+                    .find(|nd| nd.id == t.node)
+                    .map(|nd| nd.hostname.as_str())
+                    .unwrap_or_default();
                 sources.push((format!("{}@{host}", t.full_name()), self.log_path(&t.id)));
             }
         }
