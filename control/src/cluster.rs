@@ -418,8 +418,8 @@ impl Cluster {
     /// What node `node`'s data plane must do, as far as the leader knows it: the networks
     /// it has (a manager all of them; a worker those its tasks are on, Docker's lazy
     /// creation), its tasks there as local endpoints, the services' VIPs, and the ports
-    /// published here (over the tasks on this node: the routing mesh across nodes is not
-    /// built yet). The other nodes' endpoints and the VIPs' backends come from the gossiped
+    /// published here (host mode: over this node's tasks; ingress mode: filled from the
+    /// gossiped tables, over every node's). The other nodes' endpoints and the VIPs' backends come from the gossiped
     /// tables ([`crate::gossip::program`]).
     pub fn node_state_for(&self, node: &str) -> NodeState {
         let mut networks = Vec::new();

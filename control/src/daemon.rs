@@ -37,7 +37,7 @@ use crate::dns::{Dns, DNS_ADDR};
 use crate::ipam::Subnet;
 use crate::local::{LocalTask, NodeLocal};
 use crate::network::CreateNetwork;
-use crate::publish::{self, PortConfig, PublishMode};
+use crate::publish::{self, PortConfig};
 use crate::service::{CreateService, EndpointMode, ServiceMode};
 use crate::store::Store;
 use crate::task::{process_start_time, Attachment, Task, TaskSpec, TaskState};

@@ -45,6 +45,12 @@ pub struct NetAttachment {
     pub gateway: Ipv4Addr,
     /// Its MTU.
     pub mtu: u16,
+    /// The UDP target ports of the task's service published through this network (the
+    /// ingress network's in ingress mode, the task's first network's in host mode): the
+    /// task's replies from them must leave through this network's gateway even from a
+    /// socket bound to every address (see `daemon/tasks.rs` `start_task`).
+    #[serde(default)]
+    pub udp_published: Vec<u16>,
 }
 
 impl NetAttachment {
@@ -143,10 +149,24 @@ pub struct Report {
 impl Cluster {
     /// Where task `t` is attached, from its addresses and the networks' settings.
     pub fn attachments(&self, t: &TaskRecord) -> Vec<NetAttachment> {
+        let svc = t.service.as_deref().and_then(|s| self.services.get(s));
+        let first = t.addresses.first().map(|(n, _)| n.as_str());
         t.addresses
             .iter()
             .filter_map(|(name, ip)| {
                 let n = self.networks.get(name)?;
+                let udp_published = svc
+                    .iter()
+                    .flat_map(|s| s.ports.iter())
+                    .filter(|p| {
+                        p.published.is_some() && p.protocol == crate::publish::Protocol::Udp
+                    })
+                    .filter(|p| match p.mode {
+                        crate::publish::PublishMode::Ingress => n.ingress,
+                        crate::publish::PublishMode::Host => first == Some(name.as_str()),
+                    })
+                    .map(|p| p.target)
+                    .collect();
                 let vip = t
                     .service
                     .as_deref()
@@ -168,6 +188,7 @@ impl Cluster {
                     subnet: n.addressing.subnet,
                     gateway: n.addressing.gateway,
                     mtu: n.mtu,
+                    udp_published,
                 })
             })
             .collect()

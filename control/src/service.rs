@@ -303,7 +303,12 @@ impl Services {
             p.published = Some(free);
             taken.push((free, p.protocol));
         }
-        if ingress_ports {
+        // A host-mode port is delivered by the data plane through one of the task's
+        // overlays (Docker's goes through the gateway bridge and the kernel's NAT): a
+        // service on no overlay gets the ingress network for it.
+        let host_ports_alone =
+            attach.is_empty() && req.ports.iter().any(|p| p.mode == PublishMode::Host);
+        if ingress_ports || host_ports_alone {
             let ingress = nets
                 .iter()
                 .find(|n| n.ingress)

@@ -228,7 +228,7 @@ impl Daemon {
                     .cluster
                     .services
                     .iter()
-                    .find(|s| s.ports.iter().any(|p| p.mode == PublishMode::Ingress))
+                    .find(|s| s.networks.iter().any(|(m, _)| *m == name))
                 {
                     return Err(Status::failed_precondition(format!(
                         "ingress network cannot be removed because service {} depends on it",

@@ -86,6 +86,30 @@ impl Daemon {
                 .map(String::from)
                 .to_vec(),
             );
+            // A UDP server bound to every address answers from the address the route
+            // to the client gives (the gateway bridge's), not the one it was reached at,
+            // so the rule by source misses it: its published ports' replies are routed by
+            // source port instead (fib rules match `ipproto`/`sport` on locally sent
+            // packets, Linux 4.17+). Docker has no such rule: its ingress translates the
+            // client's address to one on the ingress network.
+            for port in &net.udp_published {
+                routes.push(
+                    [
+                        "rule",
+                        "add",
+                        "ipproto",
+                        "udp",
+                        "sport",
+                        &port.to_string(),
+                        "table",
+                        &table,
+                        "priority",
+                        "90",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                );
+            }
             routes.push(
                 [
                     "route",

@@ -256,6 +256,7 @@ mod tests {
             subnet: "10.0.1.0/24".parse().unwrap(),
             gateway: Ipv4Addr::new(10, 0, 1, 1),
             mtu: 1450,
+            udp_published: Vec::new(),
         }
     }
 
