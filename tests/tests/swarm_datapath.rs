@@ -2,8 +2,9 @@
 //! `--data-path-addr` allow: each host has a control interface (kernel, 192.168.75.0/24)
 //! and a data interface (the DPDK gateway's underlay, 192.168.74.0/24). Raft, the
 //! dispatcher and gossip (2377, 7946) stay on the control network, VXLAN on the data
-//! network; tasks on three hosts reach each other; `network inspect` lists the peers by
-//! their data-path addresses.
+//! network, on the port `swarm init --data-path-port` chose for the whole swarm (4790 here,
+//! none on 4789); tasks on three hosts reach each other; `network inspect` lists the peers
+//! by their data-path addresses.
 //!
 //! Needs root (namespaces, DPDK).
 
@@ -83,7 +84,8 @@ fn control_and_data_traffic_on_separate_interfaces() {
     }
     let m = &lan.hosts[0];
     m.ok(&format!(
-        "swarm init --advertise-addr {CONTROL}.1 --data-path-addr {DATA}.1 --dispatcher-heartbeat 1s"
+        "swarm init --advertise-addr {CONTROL}.1 --data-path-addr {DATA}.1 --data-path-port 4790 \
+         --dispatcher-heartbeat 1s"
     ));
     let token = m.ok("swarm join-token -q worker").trim().to_owned();
     for (i, h) in lan.hosts.iter().enumerate().skip(1) {
@@ -186,7 +188,8 @@ fn control_and_data_traffic_on_separate_interfaces() {
         let _ = c.wait();
         let pcap = std::path::Path::new(&pcap);
         let control = count(pcap, "tcp port 2377 or port 7946");
-        let vxlan = count(pcap, "udp port 4789");
+        let vxlan = count(pcap, "udp port 4790");
+        assert_eq!(count(pcap, "udp port 4789"), 0, "VXLAN on 4789 ({})", pcap.display());
         println!(
             "datapath: {} {iface}: {control} control packets, {vxlan} VXLAN",
             pcap.display()
