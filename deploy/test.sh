@@ -11,7 +11,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 echo "== cargo test (workspace)"
 cargo test --workspace --locked 2>&1 | tee /tmp/swarmgate-test.log
 echo "== the seed's four tutorials on three hosts each (fails on any output they do not promise)"
-bash deploy/tutorials/all.sh target/debug/swarmgate 2>&1 | tee /tmp/swarmgate-tutorials.log
+bash deploy/tutorials/all.sh target/debug/swarmgate 2>&1 | tee -a /tmp/swarmgate-test.log
 echo "== loom model check of the single-writer counter"
 CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg loom" cargo test --locked -p swarmgate-dataplane --lib loom 2>&1 | tee -a /tmp/swarmgate-test.log
 echo "== benchmarks, once each in test mode"

@@ -162,7 +162,8 @@ pub enum NodeCmd {
         #[arg(long)]
         format: Option<String>,
         /// Only the nodes that match, `KEY=VALUE`: `role` (manager or worker), `name`
-        /// (host name containing VALUE), `id` (ID prefix); repeated filters all apply.
+        /// (host name prefix), `id` (ID prefix). As docker: values of one key are
+        /// alternatives, different keys all apply.
         #[arg(short, long = "filter")]
         filter: Vec<String>,
     },
@@ -389,10 +390,14 @@ fn node_filter(filters: &[String]) -> anyhow::Result<impl Fn(&api::Node) -> bool
         checks.push((k.to_owned(), v.to_owned()));
     }
     Ok(move |n: &api::Node| {
-        checks.iter().all(|(k, v)| match k.as_str() {
-            "role" => (v == "manager") == !n.manager_status.is_empty(),
-            "name" => n.hostname.contains(v.as_str()),
-            _ => n.id.starts_with(v.as_str()),
+        ["role", "name", "id"].iter().all(|key| {
+            let mut values = checks.iter().filter(|(k, _)| k == key).peekable();
+            values.peek().is_none()
+                || values.any(|(_, v)| match *key {
+                    "role" => (v == "manager") == !n.manager_status.is_empty(),
+                    "name" => n.hostname.starts_with(v.as_str()),
+                    _ => n.id.starts_with(v.as_str()),
+                })
         })
     })
 }
@@ -955,7 +960,15 @@ async fn run_async(cmd: ClientCmd, socket: PathBuf) -> anyhow::Result<i32> {
             } else {
                 // Foreground: the command runs here, inside the endpoint, attached to this
                 // terminal; its exit is reported to the daemon.
-                let code = exec_in(&r.namespace, &a.command).await?;
+                // An exec that could not start is the command's failure (exit 127, as a
+                // shell says), still reported, and still removed with --rm.
+                let code = match exec_in(&r.namespace, &a.command).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("swarmgate: {e}");
+                        127
+                    }
+                };
                 c.container_exited(api::ContainerExitedRequest {
                     name: name.clone(),
                     code,

@@ -155,7 +155,7 @@ impl Cluster {
             .iter()
             .filter_map(|(name, ip)| {
                 let n = self.networks.get(name)?;
-                let udp_published = svc
+                let mut udp_published: Vec<u16> = svc
                     .iter()
                     .flat_map(|s| s.ports.iter())
                     .filter(|p| {
@@ -167,6 +167,9 @@ impl Cluster {
                     })
                     .map(|p| p.target)
                     .collect();
+                // One rule per port (a second identical rule is refused: EEXIST).
+                udp_published.sort_unstable();
+                udp_published.dedup();
                 let vip = t
                     .service
                     .as_deref()

@@ -67,7 +67,8 @@ pub struct Service {
     /// Endpoint mode.
     pub endpoint_mode: EndpointMode,
     /// Attached networks (the ingress network included when ports are published in ingress
-    /// mode), with the service's VIP on each in VIP mode.
+    /// mode, or in host mode by a service on no other network), with the service's VIP on
+    /// each in VIP mode.
     pub networks: Vec<(String, Option<Ipv4Addr>)>,
     /// Published ports, every one with its published port assigned.
     pub ports: Vec<PortConfig>,
@@ -134,8 +135,10 @@ pub enum ServiceError {
     /// A published port taken by another service (or twice in this one).
     #[error("port '{0}/{1}' is already in use by service '{2}'")]
     PortInUse(u16, Protocol, String),
-    /// Publishing in ingress mode without an ingress network.
-    #[error("no ingress network exists (swarm init creates one)")]
+    /// Publishing without an ingress network: in ingress mode, or in host mode on no
+    /// overlay (the data plane delivers a host-mode port through one of the task's
+    /// overlays).
+    #[error("no ingress network exists (swarm init creates one; a host-mode port needs it too unless the service is on an overlay network)")]
     NoIngress,
     /// No free port in the dynamic range, or no free VIP.
     #[error("{0}")]

@@ -75,8 +75,10 @@ pub enum FlowState {
 pub enum Segment {
     /// UDP (and anything without TCP flags).
     Datagram,
-    /// A TCP segment with SYN set.
+    /// A TCP segment with SYN set and ACK clear: a connection's opening.
     Syn,
+    /// A TCP segment with SYN and ACK set: the answer to an opening.
+    SynAck,
     /// A TCP segment with FIN or RST set.
     Fin,
     /// Any other TCP segment.
@@ -90,8 +92,11 @@ impl Segment {
         const FIN: u8 = 0x01;
         const SYN: u8 = 0x02;
         const RST: u8 = 0x04;
+        const ACK: u8 = 0x10;
         if flags & (FIN | RST) != 0 {
             Segment::Fin
+        } else if flags & (SYN | ACK) == SYN | ACK {
+            Segment::SynAck
         } else if flags & SYN != 0 {
             Segment::Syn
         } else {
@@ -254,15 +259,17 @@ impl FlowTable {
                         return None;
                     }
                     let state = match (s.state, seg) {
-                        // A SYN on a connection that has closed is a new connection that
-                        // reuses the 5-tuple (a client's port comes round again within
-                        // the closing timeout): the old entry is forgotten and the caller
-                        // tracks the new one afresh. Kept, it would leave the new
-                        // connection closing, expiring after 10 s idle. The kernel's
-                        // conntrack does the same (`nf_conntrack_proto_tcp.c`
-                        // `nf_conntrack_tcp_packet`: a SYN in CLOSE or TIME_WAIT kills the
-                        // old entry, "Reopened connection"), as IPVS does
-                        // (`ip_vs_core.c` `ip_vs_in_hook`, `conn_reuse_mode`).
+                        // A SYN (not a SYN-ACK) on a connection that has closed is a new
+                        // connection that reuses the 5-tuple (a client's port comes round
+                        // again within the closing timeout): the old entry is forgotten
+                        // and the caller tracks the new one afresh. Kept, it would leave
+                        // the new connection closing, expiring after 10 s idle. The
+                        // kernel's conntrack does the same (`nf_conntrack_proto_tcp.c`
+                        // `nf_conntrack_tcp_packet`: a SYN in the original direction in
+                        // CLOSE or TIME_WAIT kills the old entry, "Reopened connection"),
+                        // as IPVS does (`ip_vs_core.c` `ip_vs_in_hook`,
+                        // `conn_reuse_mode`). The pipeline closes both directions' entries
+                        // on a FIN or RST in either ([`FlowTable::close`]).
                         (FlowState::Closing, Segment::Syn) => {
                             self.slots[at] = None;
                             self.len -= 1;
@@ -284,6 +291,22 @@ impl FlowTable {
             }
         }
         None
+    }
+
+    /// Marks `key`'s entry closing, if tracked: the other direction of a connection a FIN
+    /// or RST has just gone through.
+    pub fn close(&mut self, key: &FlowKey, now: u32) {
+        let base = self.index(key);
+        for i in 0..WAYS {
+            let at = (base + i) & self.mask;
+            if let Some(s) = self.slots[at].as_mut().filter(|s| s.key == *key) {
+                if now.wrapping_sub(s.seen) <= self.idle {
+                    s.state = FlowState::Closing;
+                    s.seen = now;
+                }
+                return;
+            }
+        }
     }
 
     /// The state of `key`'s entry, if tracked (expired entries included until reused).
@@ -470,6 +493,20 @@ mod tests {
             t.lookup(&key(4), Segment::Other, 103 + CLOSING_SECS + 30),
             Some(dnat(5))
         );
+        // A SYN-ACK neither reopens a closing entry nor confirms an embryonic one.
+        t.insert(key(6), dnat(6), 100);
+        t.lookup(&key(6), Segment::Other, 100);
+        t.lookup(&key(6), Segment::Fin, 100);
+        assert_eq!(t.lookup(&key(6), Segment::SynAck, 101), Some(dnat(6)));
+        assert_eq!(t.state(&key(6)), Some(FlowState::Closing));
+        t.insert(key(7), dnat(7), 100);
+        t.lookup(&key(7), Segment::SynAck, 100);
+        assert_eq!(t.state(&key(7)), Some(FlowState::Embryonic));
+        // `close`: the other direction of a closed connection.
+        t.insert(key(8), dnat(8), 100);
+        t.lookup(&key(8), Segment::Other, 100);
+        t.close(&key(8), 101);
+        assert_eq!(t.state(&key(8)), Some(FlowState::Closing));
         // UDP: embryonic for 30 s, established by a second datagram.
         let u = FlowKey::new(
             17,

@@ -508,7 +508,11 @@ fn from_remote(
         },
         _ => return local,
     };
-    match flows.lookup(&flow.key(), seg, now) {
+    let found = flows.lookup(&flow.key(), seg, now);
+    if let (Some(action), Segment::Fin) = (&found, seg) {
+        close_pair(flows, &flow, action, now);
+    }
+    match found {
         Some(FlowAction::Snat {
             ip,
             port,
@@ -569,14 +573,13 @@ fn route(
     let mut dst_ip = flow.dst;
     let l4 = flow.proto == IpProtocol::TCP.0 || flow.proto == IpProtocol::UDP.0;
     if l4 && !frag {
-        let key = flow.key();
         // A VIP of a service with a published port, else the VIP's any-port entry (port
         // 0, Docker's VIPs forward every port).
         let svc = net
             .vips
             .get(&ServiceKey::new(flow.dst, flow.proto, flow.dport))
             .or_else(|| net.vips.get(&ServiceKey::new(flow.dst, flow.proto, 0)));
-        match tracked(flows, &key, seg, now, svc.map(|s| &**s)) {
+        match tracked(flows, &flow, seg, now, svc.map(|s| &**s)) {
             Some(FlowAction::Dnat { ip, port, snat }) => {
                 if let Err(e) = dnat(&mut data[hl..], &flow, ip, port, snat) {
                     return drop(e);
@@ -653,25 +656,52 @@ fn route(
     deliver(ni, net, r, data, dst_ip, hash)
 }
 
-/// The tracked action for `key`, unless it sends the flow to a backend `svc` no longer has
-/// (the task is gone: the connection is given a new one).
+/// The tracked action for `flow`'s packet, unless it sends the flow to a backend `svc` no
+/// longer has (the task is gone: the connection is given a new one). A FIN or RST closes
+/// both directions' entries.
 #[inline]
 fn tracked(
     flows: &mut FlowTable,
-    key: &FlowKey,
+    flow: &Flow,
     seg: Segment,
     now: u32,
     svc: Option<&VipService>,
 ) -> Option<FlowAction> {
-    match flows.lookup(key, seg, now) {
+    let key = flow.key();
+    match flows.lookup(&key, seg, now) {
         Some(FlowAction::Dnat { ip, .. })
             if svc.is_some_and(|s| !s.backends().iter().any(|b| b.ip == ip)) =>
         {
-            flows.remove(key);
+            flows.remove(&key);
             None
         }
-        other => other,
+        Some(action) => {
+            if seg == Segment::Fin {
+                close_pair(flows, flow, &action, now);
+            }
+            Some(action)
+        }
+        None => None,
     }
+}
+
+/// After a FIN or RST in `flow`'s direction: the entry of the connection's other direction
+/// closes too (a conntrack entry covers both; here they are two), so a new connection on
+/// the same 5-tuple finds a closing entry whichever side ended the old one.
+#[inline]
+fn close_pair(flows: &mut FlowTable, flow: &Flow, action: &FlowAction, now: u32) {
+    let pair = match *action {
+        // Forward (client → service): the reply entry, as `track` keys it.
+        FlowAction::Dnat { ip, port, snat } => {
+            FlowKey::new(flow.proto, ip, port, snat.unwrap_or(flow.src), flow.sport)
+        }
+        // Reply (backend → client, or → the gateway for a hairpin): the forward entry.
+        FlowAction::Snat { ip, port, dnat, .. } => {
+            FlowKey::new(flow.proto, dnat.unwrap_or(flow.dst), flow.dport, ip, port)
+        }
+        FlowAction::Return { .. } => return,
+    };
+    flows.close(&pair, now);
 }
 
 /// Rewrites the destination of `f`'s packet in `ip` to the backend, and for a hairpin its
@@ -821,7 +851,7 @@ fn ingress(
     // Without the node's own address: every node has the same Maglev table for the
     // service and picks the same task for a connection, whichever node it reaches.
     let hash = flow_hash_v4(u32::from(flow.src), 0, flow.proto, flow.sport, flow.dport);
-    let (ip, port) = match tracked(flows, &flow.key(), seg, now, Some(svc)) {
+    let (ip, port) = match tracked(flows, &flow, seg, now, Some(svc)) {
         Some(FlowAction::Dnat { ip, port, .. }) => (ip, port),
         _ => {
             let b = match svc.pick(hash) {

@@ -53,6 +53,7 @@ on manager service ps my-nginx | promise "a task on manager (the scheduler sprea
 
 say "4. Inspect nginx-net on manager, worker-1 and worker-2: Containers (this host's tasks) and Peers"
 for h in "${HOSTS[@]}"; do
+  eventually 20 "$h sees the three hosts on nginx-net" peers "$h" nginx-net 3
   local_tasks=$(quietly manager service ps my-nginx --format json | grep -c "\"Node\":\"$h\"")
   on "$h" network inspect nginx-net | python3 -c '
 import json, sys

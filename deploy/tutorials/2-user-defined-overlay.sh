@@ -39,6 +39,12 @@ done
 say "Beyond the tutorial: three tasks on three hosts find each other on my-overlay"
 on manager service scale my-nginx=3 >/dev/null
 eventually 60 "three tasks running" running manager my-nginx 3
+three_tasks() {
+  quietly "$(node_of my-nginx.1)" exec my-nginx.1 -- python3 -c '
+import socket, sys
+sys.exit(len(socket.gethostbyname_ex("tasks.my-nginx")[2]) != 3)'
+}
+eventually 20 "tasks.my-nginx resolving to three tasks" three_tasks
 on "$(node_of my-nginx.1)" exec my-nginx.1 -- python3 -c '
 import socket, urllib.request
 get = lambda u: urllib.request.urlopen(u, timeout=5).read().decode().strip()

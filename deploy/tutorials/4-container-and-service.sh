@@ -32,10 +32,18 @@ on manager service ps web | promise "web.1 and web.2 running, none on worker-2" 
 say "3. On worker-2, a standalone container on the same network"
 on worker-2 run -d --name alpine1 --network $NET -- sleep infinity | promise "its ID" '^[0-9a-z]+$'
 ALPINE_IP=$(quietly worker-2 exec alpine1 -- python3 -c 'import socket; print(socket.gethostbyname("alpine1"))')
+both_tasks() {
+  quietly worker-2 exec alpine1 -- python3 -c '
+import socket, sys, urllib.request
+tasks = socket.gethostbyname_ex("tasks.web")[2]
+sys.exit(len(tasks) != 2 or not all(urllib.request.urlopen("http://%s/" % a, timeout=2).read() for a in tasks))'
+}
+eventually 20 "both web tasks answering alpine1" both_tasks
 
 # Everything that crosses the LAN from here on is captured.
 ip netns exec "$LAN" tcpdump -i br0 -nn -U -w "$WORK/lan.pcap" 'esp or udp port 4789' >/dev/null 2>&1 &
 CAPTURE=$!
+EXTRA_PIDS+=("$CAPTURE")
 sleep 1
 
 say "4. From the container, the service by name: its VIP, balanced over both tasks"
@@ -53,6 +61,7 @@ print("http://web/ x12 ->", sorted({get("http://web/") for _ in range(12)}))' |
     "the VIP answered by both tasks" "x12 -> \['<h1>served by web\.1\.[^']*', '<h1>served by web\.2\."
 
 say "5. From a service task, the container by name"
+eventually 20 "alpine1 reachable from web.1" quietly "$(node_of web.1)" exec web.1 -- ping -c 1 -W 1 alpine1
 on "$(node_of web.1)" exec web.1 -- ping -c 2 alpine1 |
   promise "alpine1 answers web.1" '2 packets transmitted, 2 (packets )?received, 0% packet loss'
 

@@ -289,6 +289,10 @@ fn control_plane_end_to_end() {
         .ok(&["node", "ls", "--filter", "role=manager"])
         .contains(" *"));
     assert!(!e.ok(&["node", "ls", "-f", "role=worker"]).contains(" *"));
+    assert!(
+        e.ok(&["node", "ls", "-f", "role=worker", "-f", "role=manager"]).contains(" *"),
+        "values of one key are alternatives"
+    );
     e.refused(
         &["node", "ls", "--filter", "role=boss"],
         "Invalid role 'boss'",

@@ -408,9 +408,10 @@ fn a_reused_client_port_is_a_new_connection_that_outlives_the_closing_timeout() 
         )
     };
     let fwd = FlowKey::new(6, client(), 50000, vtep(1), 8080);
-    // A whole connection, closed by both sides, then the same 5-tuple again at once.
+    // A connection the client closes, the same 5-tuple again at once, which the task
+    // resets this time (its SYN-ACK must still be translated), and the same 5-tuple again.
     let mut task = None;
-    for (round, at) in [(0, 100u32), (1, 101)] {
+    for (round, at) in [(0, 100u32), (1, 101), (2, 102)] {
         w.set_now(at);
         let (_, out) = run1(&mut w, &t, UNDERLAY_PORT, &from_client(0x02, b""));
         let to = ipv4(&out).dst_addr();
@@ -435,10 +436,19 @@ fn a_reused_client_port_is_a_new_connection_that_outlives_the_closing_timeout() 
             run1(&mut w, &t, UNDERLAY_PORT, &from_client(0x11, b""));
             assert_eq!(w.flows().state(&fwd), Some(FlowState::Closing));
         }
+        if round == 1 {
+            let rst = tcp_with_flags(mac_of(to), R, to, client(), 80, 50000, 0x14, b"");
+            assert_eq!(run1(&mut w, &t, PLAIN_PORT, &rst).0, Next::Tx(UNDERLAY_PORT));
+            assert_eq!(
+                w.flows().state(&fwd),
+                Some(FlowState::Closing),
+                "the task's RST closes the client's direction too"
+            );
+        }
     }
     // Idle for three times the closing timeout: both directions still tracked.
     let task = task.unwrap();
-    w.set_now(101 + 3 * swarmgate_dataplane::flow::CLOSING_SECS);
+    w.set_now(102 + 3 * swarmgate_dataplane::flow::CLOSING_SECS);
     let (n, out) = run1(&mut w, &t, UNDERLAY_PORT, &from_client(0x18, b"GET again"));
     assert_eq!((n, ipv4(&out).dst_addr()), (Next::Tx(PLAIN_PORT), task));
     let data = tcp(mac_of(task), R, task, client(), 80, 50000, b"200 OK");

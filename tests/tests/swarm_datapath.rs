@@ -48,17 +48,27 @@ impl Drop for ControlLan {
     }
 }
 
+/// A running tcpdump, stopped when dropped (also when the test fails).
+struct Capture(Child);
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// tcpdump on `iface` of host namespace `ns`, into `pcap`.
-fn capture(ns: &str, iface: &str, pcap: &std::path::Path) -> Child {
-    Command::new("ip")
-        .args([
-            "netns", "exec", ns, "tcpdump", "-n", "-U", "-i", iface, "-w",
-        ])
-        .arg(pcap)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn capture(ns: &str, iface: &str, pcap: &std::path::Path) -> Capture {
+    Capture(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "tcpdump", "-n", "-U", "-i", iface, "-w"])
+            .arg(pcap)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Packets in `pcap` that match the tcpdump filter `filter`.
@@ -114,7 +124,7 @@ fn control_and_data_traffic_on_separate_interfaces() {
 
     let dir = std::env::temp_dir().join(format!("sg-datapath-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let caps: Vec<(String, &str, Child)> = lan.hosts[1..]
+    let caps: Vec<(String, &str, Capture)> = lan.hosts[1..]
         .iter()
         .flat_map(|h| {
             ["eth0", "eth1"].map(|i| {
@@ -183,9 +193,8 @@ fn control_and_data_traffic_on_separate_interfaces() {
         );
     }
     std::thread::sleep(std::time::Duration::from_secs(2));
-    for (pcap, iface, mut c) in caps {
-        let _ = c.kill();
-        let _ = c.wait();
+    for (pcap, iface, c) in caps {
+        drop(c);
         let pcap = std::path::Path::new(&pcap);
         let control = count(pcap, "tcp port 2377 or port 7946");
         let vxlan = count(pcap, "udp port 4790");

@@ -222,29 +222,29 @@ fn forged_cleartext_and_a_departed_nodes_esp_are_dropped() {
     assert!(!received().contains("forged-secret"), "{}", received());
     println!("forged: cleartext VXLAN on the encrypted VNI: 3 of 3 dropped and counted");
 
-    // Genuine ESP from w2 to w1, captured on w1's link.
+    // Genuine ESP from w2 to w1, captured on w1's link: datagrams sent until tcpdump has
+    // three (it may start listening late), within 20 s.
     let pcap = format!("{sink}-esp.pcap");
-    let mut cap = Command::new("ip")
-        .args([
-            "netns", "exec", &w1.ns, "tcpdump", "-n", "-U", "-i", "eth0", "-c", "3", "-w", &pcap,
-        ])
+    let mut cap = Command::new("timeout")
+        .args(["20", "ip", "netns", "exec", &w1.ns, "tcpdump", "-n", "-U", "-i", "eth0", "-c", "3", "-w", &pcap])
         .arg(format!("esp and src host {}", w2.ip))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    for i in 0..3 {
+    let mut sent = 0;
+    while cap.try_wait().unwrap().is_none() {
         let _ = Command::new("ip")
             .args(["netns", "exec", &format!("sgt-{w2_task}"), "python3", "-c"])
             .arg(format!(
-                "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'captured-{i}', ('{w1_secret}', 7000))"
+                "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'captured-{sent}', ('{w1_secret}', 7000))"
             ))
             .status();
+        sent += 1;
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let _ = cap.wait();
     wait_for("the captured datagrams delivered", 10, || {
-        received().contains("captured-2")
+        received().matches("captured-").count() == sent
     });
     // Replayed while w2 is a member: the SA knows them, the anti-replay window refuses.
     let replayed = drops(w1, "replayed");

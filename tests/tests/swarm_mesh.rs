@@ -272,7 +272,11 @@ def ask(s):
         return "-"
 conns = []
 for i in range(8):
-    s = socket.create_connection((sys.argv[1], 8080), timeout=3, source_address=("0.0.0.0", int(sys.argv[2]) + i))
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(3)
+    s.bind(("0.0.0.0", int(sys.argv[2]) + i))
+    s.connect((sys.argv[1], 8080))
     conns.append(s)
 print(json.dumps([ask(s) for s in conns]), flush=True)
 sys.stdin.readline()

@@ -127,7 +127,9 @@ fn custom_ingress_udp_host_mode_and_scaling_across_nodes() {
     }
 
     // A UDP port in the long syntax, two tasks on the workers, answered through every node
-    // by both tasks, which see the client's own address.
+    // by both tasks, which see the client's own address. The service is on an overlay of
+    // its own too, whose clients its replies must still reach.
+    m.ok("network create -d overlay --attachable --subnet 10.72.0.0/24 app");
     let (ok, out) = m.cli_args(&[
         "service",
         "create",
@@ -137,6 +139,8 @@ fn custom_ingress_udp_host_mode_and_scaling_across_nodes() {
         "2",
         "--constraint",
         "node.role==worker",
+        "--network",
+        "app",
         "--publish",
         "published=5353,target=5300,protocol=udp",
         "--",
@@ -194,6 +198,24 @@ fn custom_ingress_udp_host_mode_and_scaling_across_nodes() {
         );
         println!("publish: {}:5353/udp answered by {ids:?}", h.name);
     }
+
+    // Inside the overlay, the same port through the service's VIP, from a container.
+    m.ok("run -d --name probe --network app -- sleep 100000");
+    wait_until("the VIP answers UDP inside the overlay", 30, || {
+        let (ok, out) = m.cli_args(&[
+            "exec",
+            "probe",
+            "--",
+            "python3",
+            "-c",
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(1)\n\
+             s.sendto(b'?', ('dns', 5300))\nprint(s.recv(2048).decode())",
+        ]);
+        (ok && ids.iter().any(|i| out.starts_with(i.as_str())))
+            .then_some(())
+            .ok_or(out)
+    });
+    m.ok("rm -f probe");
 
     // The ingress network is removable only once nothing publishes on it.
     let out = m.err("network rm my-ingress");

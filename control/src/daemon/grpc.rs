@@ -27,18 +27,32 @@ const NO_LEADER_WAIT: Duration = Duration::from_secs(5);
 const FORWARDED: &str = "swarmgate-forwarded";
 
 /// Runs a cluster call here when this node leads or is a worker (whose handler answers
-/// with Docker's refusal), else forwards it to the leader.
+/// with Docker's refusal), else forwards it to the leader. With `caller`, the handler also
+/// gets the node that asked (the forwarding manager, or `None` on its own socket), for
+/// answers given as that node sees the cluster.
 macro_rules! cluster_call {
-    ($self:ident, $r:ident, $method:ident, $handler:ident $(, $unit:tt)?) => {{
+    ($self:ident, $r:ident, $method:ident, $handler:ident) => {
+        cluster_call!(@go $self, $r, $method, |d, inner, _caller| d.$handler(inner))
+    };
+    ($self:ident, $r:ident, $method:ident, $handler:ident, ()) => {
+        cluster_call!(@go $self, $r, $method, |d, inner, _caller| {
+            let _ = inner;
+            d.$handler()
+        })
+    };
+    ($self:ident, $r:ident, $method:ident, $handler:ident, caller) => {
+        cluster_call!(@go $self, $r, $method, |d, inner, caller| d.$handler(inner, caller))
+    };
+    (@go $self:ident, $r:ident, $method:ident, |$d:ident, $inner:ident, $caller:ident| $local:expr) => {{
         let forwarded = $r.metadata().contains_key(FORWARDED);
-        let caller = remote_caller(&$r);
-        let inner = $r.into_inner();
+        let $caller = remote_caller(&$r);
+        let $inner = $r.into_inner();
         let deadline = std::time::Instant::now() + NO_LEADER_WAIT;
         loop {
             let Some(mut leader) = $self.leader_client(forwarded, deadline).await? else {
                 break;
             };
-            let mut fwd = Request::new(inner.clone());
+            let mut fwd = Request::new($inner.clone());
             fwd.metadata_mut()
                 .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
             match leader.$method(fwd).await {
@@ -52,17 +66,10 @@ macro_rules! cluster_call {
         }
         // Over 2377 (forwarded by another manager): the caller must still be a manager
         // of the swarm — a certificate outlives a demotion or a removal.
-        if let Some(node) = caller {
+        if let Some(node) = $caller.clone() {
             $self.call(move |d| d.check_manager_member(&node)).await?;
         }
-        cluster_call!(@local $self, inner, $handler $(, $unit)?)
-    }};
-    (@local $self:ident, $inner:ident, $handler:ident) => {
-        $self.call(move |d| d.$handler($inner)).await
-    };
-    (@local $self:ident, $inner:ident, $handler:ident, ()) => {{
-        let _ = $inner;
-        $self.call(move |d| d.$handler()).await
+        $self.call(move |$d| $local).await
     }};
 }
 
@@ -396,10 +403,8 @@ impl api::swarmgate_server::Swarmgate for Api {
         &self,
         r: Request<api::NamesRequest>,
     ) -> Result<Response<api::JsonReply>, Status> {
-        // As this node sees the network (its endpoints, its peers): never forwarded.
-        local_only(&r)?;
-        let r = r.into_inner();
-        self.call(move |d| d.network_inspect(r)).await
+        // Answered by the leader (read-your-writes), as the asking node sees the network.
+        cluster_call!(self, r, network_inspect, network_inspect, caller)
     }
     async fn network_remove(
         &self,

@@ -107,15 +107,32 @@ impl Daemon {
         (m.len() == 1).then(|| m[0].clone())
     }
 
-    /// `network inspect` as this node sees the networks: a manager from its replica of the
-    /// store, a worker from its assignment and the gossiped tables (Docker answers on a
-    /// worker for the networks it has). `Containers` are this node's endpoints.
-    pub(super) fn network_inspect(&self, r: api::NamesRequest) -> Result<api::JsonReply, Status> {
+    /// `network inspect` as node `caller` (a manager that forwarded the call; this node
+    /// when `None`) sees the networks: on the leader from the store, on a worker from its
+    /// assignment and the gossiped tables (Docker answers on a worker for the networks it
+    /// has). `Containers` are that node's endpoints.
+    pub(super) fn network_inspect(
+        &self,
+        r: api::NamesRequest,
+        caller: Option<String>,
+    ) -> Result<api::JsonReply, Status> {
         let me = self.me().ok_or_else(|| {
             Status::failed_precondition(
                 "This node is not part of a swarm: it has no overlay networks",
             )
         })?;
+        let (node, addr) = match caller {
+            Some(id) => {
+                let addr = self
+                    .cluster
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == id)
+                    .map_or(me.datapath_addr, |n| n.vtep());
+                (id, addr)
+            }
+            None => (me.node_id.clone(), me.datapath_addr),
+        };
         let mut docs = Vec::new();
         for n in &r.names {
             if !me.is_manager() {
@@ -127,7 +144,7 @@ impl Daemon {
                 .ok_or_else(|| Status::not_found(format!("network {n} not found")))?;
             docs.push(
                 self.cluster
-                    .network_json(&name, &me.node_id, me.datapath_addr)
+                    .network_json(&name, &node, addr)
                     .expect("exists"),
             );
         }
@@ -142,10 +159,18 @@ impl Daemon {
     /// (networkdb's `Peers`, named by node ID as networkdb names them).
     fn worker_network_json(&self, key: &str) -> Result<serde_json::Value, Status> {
         let a = self.local.assignment.as_ref();
-        let net = a
-            .into_iter()
-            .flat_map(|a| &a.networks)
-            .find(|n| n.name == key || (!key.is_empty() && n.id.starts_with(key)))
+        let nets: Vec<&crate::dispatcher::AssignedNetwork> =
+            a.into_iter().flat_map(|a| &a.networks).collect();
+        // By name, else by a unique ID prefix (as a manager resolves it).
+        let by_prefix: Vec<_> = nets
+            .iter()
+            .filter(|n| !key.is_empty() && n.id.starts_with(key))
+            .collect();
+        let net = nets
+            .iter()
+            .find(|n| n.name == key)
+            .or((by_prefix.len() == 1).then(|| by_prefix[0]))
+            .copied()
             .ok_or_else(|| Status::not_found(format!("network {key} not found")))?;
         let me = self.me().expect("in a swarm");
         let mut containers = serde_json::Map::new();

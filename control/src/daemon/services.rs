@@ -168,8 +168,24 @@ impl Daemon {
             .entry(old.name.clone())
             .or_default();
         meta.updated = now();
-        if new.networks != old.networks || new.command != old.command {
-            // Tasks of the old spec are replaced (their networks changed).
+        let udp_ports = |s: &crate::service::Service| -> Vec<(u16, bool)> {
+            let mut v: Vec<(u16, bool)> = s
+                .ports
+                .iter()
+                .filter(|p| {
+                    p.published.is_some() && p.protocol == crate::publish::Protocol::Udp
+                })
+                .map(|p| (p.target, p.mode == crate::publish::PublishMode::Host))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        if new.networks != old.networks
+            || new.command != old.command
+            || udp_ports(&new) != udp_ports(&old)
+        {
+            // Tasks of the old spec are replaced (their networks changed, or the published
+            // UDP ports their routing rules are made for).
             meta.version += 1;
         }
         let id = meta.id.clone();

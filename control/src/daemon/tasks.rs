@@ -90,7 +90,8 @@ impl Daemon {
             // to the client gives (the gateway bridge's), not the one it was reached at,
             // so the rule by source misses it: its published ports' replies are routed by
             // source port instead (fib rules match `ipproto`/`sport` on locally sent
-            // packets, Linux 4.17+). Docker has no such rule: its ingress translates the
+            // packets, Linux 4.17+), all but those to the task's own overlays (rules
+            // below, priority 80). Docker has no such rule: its ingress translates the
             // client's address to one on the ingress network.
             for port in &net.udp_published {
                 routes.push(
@@ -138,6 +139,26 @@ impl Daemon {
                 .map(String::from)
                 .to_vec(),
             );
+        }
+        if attach.iter().any(|n| !n.udp_published.is_empty()) {
+            // Replies to the task's own overlays (VIP and task clients there) keep the
+            // main table's routes, ahead of the published UDP ports' rules.
+            for net in attach {
+                routes.push(
+                    [
+                        "rule",
+                        "add",
+                        "to",
+                        &net.subnet.to_string(),
+                        "lookup",
+                        "main",
+                        "priority",
+                        "80",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                );
+            }
         }
         let gw_dev = format!("eth{}", attachments.len());
         attachments.push(Attachment {
