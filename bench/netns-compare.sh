@@ -2,7 +2,8 @@
 # The Linux kernel's vxlan device versus swarmgate on the same namespace topology, side by
 # side in one run (encap direction):
 #
-#   [gen: pktgen on DPDK af_packet] --veth--> [host: bridge + (kernel vxlan0 | swarmgate)]
+#   [gen: pktgen on DPDK af_packet] --veth--> [host: bridge + (kernel vxlan0 | swarmgate with a
+#   TAP or an af_packet veth as its local port)]
 #        --veth underlay--> [sink: kernel, counts what arrives]
 #
 # The generator sends inner Ethernet/IPv4/UDP frames to a remote endpoint's MAC; the host
@@ -62,13 +63,15 @@ for size in 64 1400; do
   ip -n $H neigh add 192.168.88.2 lladdr 02:00:c0:a8:58:02 dev h0$ID nud permanent
   measure "Linux kernel vxlan" $size
 
-  # swarmgate on the same topology: af_packet underlay, TAP into the bridge.
+  # swarmgate on the same topology: af_packet underlay, each kind of local port.
+  for kind in tap af_packet; do
   topo
   ip -n $H link add br-4097 type bridge; ip -n $H link set g1$ID master br-4097; ip -n $H link set br-4097 up
   cat > $TMP/gw.toml <<EOT
 [dpdk]
 cores = [1]
 file_prefix = "cmpgw$ID"
+local_ports = "$kind"
 
 [underlay]
 device = "net_af_packet0,iface=h0$ID"
@@ -86,7 +89,8 @@ EOT
   ip netns exec $H $BIN/swarmgate gateway -c $TMP/gw.toml --stats $TMP/gw.json > $TMP/gw.log 2>&1 &
   GW=$!
   for _ in $(seq 100); do grep -q 192.168.88.2 $TMP/gw.json 2>/dev/null && break; sleep 0.1; done
-  measure "swarmgate (DPDK af_packet + TAP)" $size
+  measure "swarmgate (af_packet underlay, $kind local port)" $size
   kill -TERM $GW; wait $GW || true; GW=
-  python3 -c "import json; d=json.load(open('$TMP/gw.json')); print('<!-- swarmgate drops:', d['drops'], 'tap rx', d['ports']['bench']['driver'], '-->')"
+  python3 -c "import json; d=json.load(open('$TMP/gw.json')); print('<!-- swarmgate $kind drops:', d['drops'], 'local port', d['ports']['bench']['driver'], '-->')"
+  done
 done

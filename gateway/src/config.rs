@@ -70,6 +70,10 @@ pub struct DpdkConfig {
     /// Extra EAL arguments, passed as they are.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// The ports towards each network's bridge: `af_packet` (a veth pair, the default) or
+    /// `tap` (see `local_port`).
+    #[serde(default)]
+    pub local_ports: crate::local_port::LocalPortKind,
 }
 
 fn default_cores() -> Vec<usize> {
@@ -94,6 +98,7 @@ impl Default for DpdkConfig {
             file_prefix: default_prefix(),
             mbufs: default_mbufs(),
             extra_args: Vec::new(),
+            local_ports: Default::default(),
         }
     }
 }

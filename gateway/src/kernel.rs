@@ -24,6 +24,34 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Turns off checksum and segmentation offloads on `iface` (`ethtool -K`): what it
+/// transmits is then segmented and checksummed by the kernel, as a packet socket reading
+/// its peer needs.
+pub fn offloads_off(iface: &str) -> anyhow::Result<()> {
+    let out = Command::new("ethtool")
+        .args([
+            "-K", iface, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+        ])
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run ethtool (install it): {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ethtool -K {iface} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// No IPv6 on `iface` (a bridge port has no address to run it for).
+pub fn no_ipv6(iface: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6");
+    if std::path::Path::new(&path).exists() {
+        std::fs::write(&path, "1").map_err(|e| anyhow::anyhow!("cannot set {path}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// True if a network interface `name` exists in this network namespace. Asked through
 /// netlink (`ip`), not `/sys/class/net`: a process that entered a namespace with
 /// `nsenter --net` still sees the `/sys` of the one it came from.

@@ -26,6 +26,7 @@
 pub mod config;
 pub mod epoch_store;
 pub mod kernel;
+pub mod local_port;
 pub mod stats;
 pub mod worker;
 
@@ -46,10 +47,11 @@ use swarmgate_dataplane::maglev::{Backend, MaglevCache, VipService};
 use swarmgate_dataplane::tables::{NetworkSpec, Router, Tables, Underlay};
 use swarmgate_dataplane::wire::{EthernetAddress, IpProtocol, Vni};
 use swarmgate_dataplane::Counters;
-use swarmgate_ffi::{hotplug, Eal, Mempool, Port};
+use swarmgate_ffi::{Eal, Mempool, Port};
 
 use crate::config::Config;
 use crate::epoch_store::EpochStore;
+use crate::local_port::LocalPort;
 use crate::worker::{LoopConfig, WorkerLoop, WorkerQueues};
 
 /// A port and what it is for.
@@ -92,6 +94,8 @@ pub struct Gateway {
     maglev: MaglevCache,
     port_info: Vec<PortInfo>,
     network_ports: Vec<u16>,
+    /// The configuration's networks' local ports.
+    static_locals: Vec<LocalPort>,
     underlay_mac: EthernetAddress,
     exception_port: u16,
     last_resolve: HashMap<Ipv4Addr, Instant>,
@@ -100,7 +104,7 @@ pub struct Gateway {
 /// A network port the control plane asked for.
 #[derive(Debug, Clone)]
 struct DynNet {
-    port_name: String,
+    local: LocalPort,
     port_id: u16,
     bridge: String,
     slot: u16,
@@ -111,7 +115,7 @@ fn vdev_name(devargs: &str) -> &str {
 }
 
 /// `devargs` with a queue-count argument for the PMDs that need one, when `queues > 1`.
-fn with_queues(devargs: &str, queues: usize) -> String {
+pub(crate) fn with_queues(devargs: &str, queues: usize) -> String {
     let name = vdev_name(devargs);
     if queues <= 1 || devargs.contains("qpairs=") || devargs.contains("queues=") {
         return devargs.to_owned();
@@ -201,18 +205,17 @@ impl Gateway {
         ports.push(underlay);
         ports.push(exception);
 
-        // One local TAP per network, hot-plugged while DPDK runs.
+        // One local port per network, hot-plugged while DPDK runs.
         let mut network_ports = Vec::new();
+        let mut static_locals = Vec::new();
         for n in &config.networks {
-            let iface = format!("sg-{}", n.vni);
-            let name = format!("net_tap_sg{}", n.vni);
-            hotplug::probe(&eal, &with_queues(&format!("{name},iface={iface}"), nq))
-                .with_context(|| format!("creating the TAP for network {}", n.name))?;
-            let mut p = open(&name, &n.name, Some(iface.clone()))?;
+            let local = LocalPort::create(&eal, config.dpdk.local_ports, n.vni, nq)
+                .with_context(|| format!("the local port of network {}", n.name))?;
+            static_locals.push(local.clone());
+            let mut p = open(&local.name, &n.name, Some(local.bridge_iface.clone()))?;
             p.start()
-                .with_context(|| format!("starting the TAP of network {}", n.name))?;
-            kernel::attach_to_bridge(&iface, &n.bridge, n.mtu(config.underlay.mtu))
-                .with_context(|| format!("attaching {iface} to bridge {}", n.bridge))?;
+                .with_context(|| format!("starting the local port of network {}", n.name))?;
+            local.attach(&n.bridge, n.mtu(config.underlay.mtu))?;
             network_ports.push(p.id());
             ports.push(p);
         }
@@ -270,6 +273,7 @@ impl Gateway {
             maglev: MaglevCache::default(),
             port_info,
             network_ports,
+            static_locals,
             underlay_mac,
             exception_port,
             last_resolve: HashMap::new(),
@@ -377,9 +381,7 @@ impl Gateway {
                 }
                 self.ports.retain(|p| p.id() != d.port_id); // drop: stop + close
                 self.port_info.retain(|p| p.id != d.port_id);
-                if let Err(e) = hotplug::remove(&self._eal, &d.port_name) {
-                    tracing::warn!(port = %d.port_name, "removing the port: {e}");
-                }
+                d.local.remove(&self._eal);
                 let _ = kernel::ip(&["link", "del", &d.bridge]);
             }
             for n in add {
@@ -466,42 +468,34 @@ impl Gateway {
 
     fn add_network_port(&mut self, n: &NetState, loops: &mut [WorkerLoop]) -> anyhow::Result<()> {
         let nq = self.config.dpdk.cores.len();
-        let iface = format!("sg-{}", n.vni);
-        let name = format!("net_tap_sg{}", n.vni);
         let slot = (self.config.networks.len() as u16..)
             .find(|s| self.dynamic.values().all(|d| d.slot != *s))
             .expect("slots");
-        hotplug::probe(
-            &self._eal,
-            &with_queues(&format!("{name},iface={iface}"), nq),
-        )
-        .with_context(|| format!("creating the TAP for network {}", n.name))?;
+        let local = LocalPort::create(&self._eal, self.config.dpdk.local_ports, n.vni, nq)
+            .with_context(|| format!("the local port of network {}", n.name))?;
         let mut p = match open_port(
             &self._eal,
             &self._pool,
             nq,
-            &name,
+            &local.name,
             &n.name,
-            Some(iface.clone()),
+            Some(local.bridge_iface.clone()),
             &mut self.port_info,
         ) {
             Ok(p) => p,
             Err(e) => {
-                let _ = hotplug::remove(&self._eal, &name);
+                local.remove(&self._eal);
                 return Err(e);
             }
         };
         let setup = p
             .start()
-            .with_context(|| format!("starting the TAP of network {}", n.name))
-            .and_then(|_| {
-                kernel::attach_to_bridge(&iface, &n.bridge, n.mtu)
-                    .with_context(|| format!("attaching {iface} to bridge {}", n.bridge))
-            });
+            .with_context(|| format!("starting the local port of network {}", n.name))
+            .and_then(|_| local.attach(&n.bridge, n.mtu));
         if let Err(e) = setup {
             self.port_info.retain(|i| i.id != p.id());
             drop(p);
-            let _ = hotplug::remove(&self._eal, &name);
+            local.remove(&self._eal);
             return Err(e);
         }
         for (l, (rx, tx)) in loops.iter_mut().zip(p.queues()) {
@@ -510,7 +504,7 @@ impl Gateway {
         self.dynamic.insert(
             n.vni,
             DynNet {
-                port_name: name,
+                local,
                 port_id: p.id(),
                 bridge: n.bridge.clone(),
                 slot,
@@ -842,8 +836,18 @@ fn open_port(
 impl Drop for Gateway {
     fn drop(&mut self) {
         // Bridges stay: endpoints stay attached to them across a daemon restart, and the
-        // next start re-attaches a new TAP (Docker's live-restore).
+        // next start attaches a new local port (Docker's live-restore). The local ports
+        // go, as a TAP goes with its process (a veth left by a killed gateway is replaced
+        // at the next start).
         self.stop();
+        self.ports.clear();
+        for l in self
+            .static_locals
+            .iter()
+            .chain(self.dynamic.values().map(|d| &d.local))
+        {
+            l.remove(&self._eal);
+        }
     }
 }
 

@@ -82,8 +82,11 @@ pub fn try_run(cmd: &str) -> (bool, String) {
 pub enum Side {
     /// The Linux kernel's vxlan device, as Docker sets it up.
     Kernel,
-    /// A swarmgate gateway on a DPDK `net_af_packet` port.
+    /// A swarmgate gateway on a DPDK `net_af_packet` port (its local port a veth polled
+    /// with `net_af_packet`, the default).
     Swarmgate,
+    /// The same with a TAP as its local port (`[dpdk] local_ports = "tap"`).
+    SwarmgateTap,
     /// Nothing but the VTEP address on the underlay interface: the test itself plays the
     /// host, sending what an independent implementation builds.
     Bare,
@@ -255,7 +258,7 @@ impl Topology {
             run(&format!("ip -n {h} link set {u} up"));
             let (br, mtu) = match sides[i - 1] {
                 Side::Kernel => ("br0".to_string(), 1450),
-                Side::Swarmgate | Side::Bare => {
+                Side::Swarmgate | Side::SwarmgateTap | Side::Bare => {
                     (format!("br-{VNI}"), if encrypted { 1424 } else { 1450 })
                 }
             };
@@ -282,7 +285,7 @@ impl Topology {
         for i in 1..=2 {
             match sides[i - 1] {
                 Side::Kernel => t.setup_kernel(i),
-                Side::Swarmgate => t.start_gateway(i),
+                Side::Swarmgate | Side::SwarmgateTap => t.start_gateway(i),
                 Side::Bare => {
                     run(&format!(
                         "ip -n {} addr add {}/24 dev {}",
@@ -340,6 +343,7 @@ cores = [{core}]
 file_prefix = "sg-{id}-{i}"
 memory_mb = 192
 mbufs = 4095
+local_ports = "{local_ports}"
 
 [underlay]
 device = "net_af_packet0,iface={u}"
@@ -366,7 +370,12 @@ docker = {docker}
             pep = Self::ep(o),
             // The kernel and bare sides stand for Docker hosts (the bare one sends the
             // kernel's IVs).
-            docker = self.sides[o - 1] != Side::Swarmgate,
+            docker = !matches!(self.sides[o - 1], Side::Swarmgate | Side::SwarmgateTap),
+            local_ports = if self.sides[i - 1] == Side::SwarmgateTap {
+                "tap"
+            } else {
+                "af_packet"
+            },
         );
         let config_path = self.dir.join(format!("gw{i}.toml"));
         let stats_path = self.dir.join(format!("gw{i}.json"));

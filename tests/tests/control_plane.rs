@@ -290,7 +290,8 @@ fn control_plane_end_to_end() {
         .contains(" *"));
     assert!(!e.ok(&["node", "ls", "-f", "role=worker"]).contains(" *"));
     assert!(
-        e.ok(&["node", "ls", "-f", "role=worker", "-f", "role=manager"]).contains(" *"),
+        e.ok(&["node", "ls", "-f", "role=worker", "-f", "role=manager"])
+            .contains(" *"),
         "values of one key are alternatives"
     );
     e.refused(

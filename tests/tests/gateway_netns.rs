@@ -56,7 +56,8 @@ fn kernel_vxlan_and_swarmgate_interoperate() {
 #[test]
 fn swarmgate_on_both_sides() {
     let Some(_g) = guard() else { return };
-    let mut t = Topology::new([Side::Swarmgate, Side::Swarmgate], false);
+    // Each kind of local port: a TAP on host 1, a veth polled with af_packet on host 2.
+    let mut t = Topology::new([Side::SwarmgateTap, Side::Swarmgate], false);
     exercise(&t);
     // The underlay addresses answer ping from the data plane itself.
     let (ok, out) = t.exec(

@@ -438,7 +438,10 @@ fn a_reused_client_port_is_a_new_connection_that_outlives_the_closing_timeout() 
         }
         if round == 1 {
             let rst = tcp_with_flags(mac_of(to), R, to, client(), 80, 50000, 0x14, b"");
-            assert_eq!(run1(&mut w, &t, PLAIN_PORT, &rst).0, Next::Tx(UNDERLAY_PORT));
+            assert_eq!(
+                run1(&mut w, &t, PLAIN_PORT, &rst).0,
+                Next::Tx(UNDERLAY_PORT)
+            );
             assert_eq!(
                 w.flows().state(&fwd),
                 Some(FlowState::Closing),

@@ -62,7 +62,9 @@ impl Drop for Capture {
 fn capture(ns: &str, iface: &str, pcap: &std::path::Path) -> Capture {
     Capture(
         Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-n", "-U", "-i", iface, "-w"])
+            .args([
+                "netns", "exec", ns, "tcpdump", "-n", "-U", "-i", iface, "-w",
+            ])
             .arg(pcap)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -198,7 +200,12 @@ fn control_and_data_traffic_on_separate_interfaces() {
         let pcap = std::path::Path::new(&pcap);
         let control = count(pcap, "tcp port 2377 or port 7946");
         let vxlan = count(pcap, "udp port 4790");
-        assert_eq!(count(pcap, "udp port 4789"), 0, "VXLAN on 4789 ({})", pcap.display());
+        assert_eq!(
+            count(pcap, "udp port 4789"),
+            0,
+            "VXLAN on 4789 ({})",
+            pcap.display()
+        );
         println!(
             "datapath: {} {iface}: {control} control packets, {vxlan} VXLAN",
             pcap.display()

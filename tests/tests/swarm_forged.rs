@@ -226,7 +226,10 @@ fn forged_cleartext_and_a_departed_nodes_esp_are_dropped() {
     // three (it may start listening late), within 20 s.
     let pcap = format!("{sink}-esp.pcap");
     let mut cap = Command::new("timeout")
-        .args(["20", "ip", "netns", "exec", &w1.ns, "tcpdump", "-n", "-U", "-i", "eth0", "-c", "3", "-w", &pcap])
+        .args([
+            "20", "ip", "netns", "exec", &w1.ns, "tcpdump", "-n", "-U", "-i", "eth0", "-c", "3",
+            "-w", &pcap,
+        ])
         .arg(format!("esp and src host {}", w2.ip))
         .stdout(Stdio::null())
         .stderr(Stdio::null())

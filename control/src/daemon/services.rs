@@ -172,9 +172,7 @@ impl Daemon {
             let mut v: Vec<(u16, bool)> = s
                 .ports
                 .iter()
-                .filter(|p| {
-                    p.published.is_some() && p.protocol == crate::publish::Protocol::Udp
-                })
+                .filter(|p| p.published.is_some() && p.protocol == crate::publish::Protocol::Udp)
                 .map(|p| (p.target, p.mode == crate::publish::PublishMode::Host))
                 .collect();
             v.sort_unstable();

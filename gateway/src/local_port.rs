@@ -1,0 +1,137 @@
+//! The port between the data plane and a network's kernel bridge, behind which the node's
+//! local endpoints (tasks, containers) sit.
+//!
+//! Two kinds, chosen with `[dpdk] local_ports` (see the README's "The DPDK gateway" for the
+//! numbers behind the default):
+//! * `af_packet` (default): a veth pair per network, `sg-<vni>` in the bridge and
+//!   `sgd-<vni>` polled by DPDK's `net_af_packet` through `PACKET_RX_RING`/`PACKET_TX_RING`
+//!   — memory-mapped rings, no system call per received packet and one `sendto` kick per
+//!   transmitted burst.
+//! * `tap`: DPDK's `net_tap`, one `read`/`write` system call per packet.
+//!
+//! On the veth, the bridge's end has no segmentation or checksum offload: the kernel then
+//! hands the data plane MTU-sized frames with complete checksums, as it does to a TAP
+//! (a packet socket would otherwise see 64 KB GSO frames and partial checksums).
+
+use anyhow::Context;
+use serde::Deserialize;
+use swarmgate_ffi::{hotplug, Eal};
+
+use crate::kernel;
+
+/// Which kind of local port a gateway gives its networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalPortKind {
+    /// A veth pair whose DPDK end is polled with `net_af_packet`.
+    #[default]
+    AfPacket,
+    /// A `net_tap` TAP.
+    Tap,
+}
+
+/// One network's local port: its DPDK device and the kernel interface in its bridge.
+#[derive(Debug, Clone)]
+pub struct LocalPort {
+    kind: LocalPortKind,
+    /// The DPDK device's name (find the port with it).
+    pub name: String,
+    /// The kernel's interface that goes into the bridge.
+    pub bridge_iface: String,
+    /// The interface DPDK polls (`None` for a TAP: the device is the interface).
+    dpdk_iface: Option<String>,
+}
+
+impl LocalPort {
+    /// Creates network `vni`'s local port with `queues` queue pairs: the kernel side, then
+    /// the DPDK device (hot-plugged). A veth left behind by a gateway that was killed is
+    /// replaced.
+    pub fn create(
+        eal: &Eal,
+        kind: LocalPortKind,
+        vni: u32,
+        queues: usize,
+    ) -> anyhow::Result<LocalPort> {
+        let bridge_iface = format!("sg-{vni}");
+        let port = match kind {
+            LocalPortKind::Tap => LocalPort {
+                kind,
+                name: format!("net_tap_sg{vni}"),
+                bridge_iface,
+                dpdk_iface: None,
+            },
+            LocalPortKind::AfPacket => {
+                let dpdk_iface = format!("sgd-{vni}");
+                if kernel::link_exists(&bridge_iface) {
+                    kernel::ip(&["link", "del", &bridge_iface])?;
+                }
+                kernel::ip(&[
+                    "link",
+                    "add",
+                    &bridge_iface,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &dpdk_iface,
+                ])
+                .with_context(|| format!("creating the veth pair {bridge_iface}/{dpdk_iface}"))?;
+                let setup = kernel::offloads_off(&bridge_iface)
+                    .and_then(|()| kernel::isolate_from_kernel(&dpdk_iface))
+                    .and_then(|()| kernel::no_ipv6(&bridge_iface));
+                if let Err(e) = setup {
+                    let _ = kernel::ip(&["link", "del", &bridge_iface]);
+                    return Err(e);
+                }
+                LocalPort {
+                    kind,
+                    name: format!("net_af_packet_sg{vni}"),
+                    bridge_iface,
+                    dpdk_iface: Some(dpdk_iface),
+                }
+            }
+        };
+        let devargs = match kind {
+            LocalPortKind::Tap => format!("{},iface={}", port.name, port.bridge_iface),
+            // Rings of 2048 frames of 2048 bytes (a frame never exceeds an mbuf's data
+            // room), a block per pair of frames.
+            LocalPortKind::AfPacket => format!(
+                "{},iface={},framesz=2048,blocksz=4096,framecnt=2048",
+                port.name,
+                port.dpdk_iface.as_deref().expect("a veth")
+            ),
+        };
+        if let Err(e) = hotplug::probe(eal, &crate::with_queues(&devargs, queues)) {
+            port.remove_kernel_side();
+            return Err(
+                anyhow::Error::from(e).context(format!("creating the DPDK device {devargs}"))
+            );
+        }
+        Ok(port)
+    }
+
+    /// Once its DPDK port has started: the bridge's end into `bridge` (created if
+    /// missing) with `mtu`, and up.
+    pub fn attach(&self, bridge: &str, mtu: u16) -> anyhow::Result<()> {
+        if let Some(d) = &self.dpdk_iface {
+            kernel::ip(&["link", "set", "dev", d, "mtu", &mtu.to_string()])?;
+        }
+        kernel::attach_to_bridge(&self.bridge_iface, bridge, mtu)
+            .with_context(|| format!("attaching {} to bridge {bridge}", self.bridge_iface))
+    }
+
+    /// Removes the DPDK device (its port must be closed) and the kernel side.
+    pub fn remove(&self, eal: &Eal) {
+        if let Err(e) = hotplug::remove(eal, &self.name) {
+            tracing::warn!(port = %self.name, "removing the port: {e}");
+        }
+        self.remove_kernel_side();
+    }
+
+    /// A TAP goes with its device; a veth pair is deleted (both ends).
+    fn remove_kernel_side(&self) {
+        if self.kind == LocalPortKind::AfPacket {
+            let _ = kernel::ip(&["link", "del", &self.bridge_iface]);
+        }
+    }
+}
