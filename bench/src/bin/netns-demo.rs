@@ -46,7 +46,7 @@ fn main() {
         std::process::exit(1);
     }
     println!("== host 1: the Linux kernel's vxlan device, as Docker sets it up (VNI 4097, endpoint 10.0.0.1)");
-    println!("== host 2: swarmgate on DPDK — af_packet underlay, TAP into the network's bridge (endpoint 10.0.0.2)");
+    println!("== host 2: swarmgate on DPDK — af_packet underlay, an af_packet-polled veth into the network's bridge (endpoint 10.0.0.2)");
     let mut t = Topology::new([Side::Kernel, Side::Swarmgate], false);
     println!("   swarmgate up; underlay neighbour 192.168.77.1 resolved through the kernel's exception TAP");
     show(&t, 1, 2);
