@@ -86,9 +86,11 @@ bridge = "br-4097"
 vtep = "192.168.88.2"
 endpoints = [{ network = "bench", ip = "10.0.0.2" }]
 EOT
+  rm -f $TMP/gw.json
   ip netns exec $H $BIN/swarmgate gateway -c $TMP/gw.toml --stats $TMP/gw.json > $TMP/gw.log 2>&1 &
   GW=$!
   for _ in $(seq 100); do grep -q 192.168.88.2 $TMP/gw.json 2>/dev/null && break; sleep 0.1; done
+  kill -0 $GW 2>/dev/null || { cat $TMP/gw.log >&2; exit 1; }
   measure "swarmgate (af_packet underlay, $kind local port)" $size
   kill -TERM $GW; wait $GW || true; GW=
   python3 -c "import json; d=json.load(open('$TMP/gw.json')); print('<!-- swarmgate $kind drops:', d['drops'], 'local port', d['ports']['bench']['driver'], '-->')"

@@ -7,9 +7,10 @@
 #
 #   [ep A 10.0.0.1] -veth- [A: br0 + vxlan0] -underlay veth 192.168.89.1 / .2- [B] -veth- [ep B 10.0.0.2]
 #
-# Offloads: everything keeps the kernel's defaults (TSO/GSO on the endpoints' veths), except
-# A's underlay veth when B is swarmgate: DPDK's af_packet reads MTU-sized frames, so A
-# segments before the wire, as a NIC would in hardware.
+# Offloads: everything keeps the kernel's defaults (TSO/GSO end to end) in the kernel row;
+# when B is swarmgate, the underlay veth's two ends have none: DPDK's af_packet reads
+# MTU-sized frames with complete checksums, so A segments before the wire, as a NIC would
+# in hardware.
 # Usage (root): bench/netns-iperf.sh [seconds]   (default 5; installs iperf3 if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ A=ipa$ID B=ipb$ID EA=ipea$ID EB=ipeb$ID
 TMP=$(mktemp -d)
 GW=
 cleanup() {
+  [ -f "$TMP/srv.pid" ] && kill "$(cat "$TMP/srv.pid")" 2>/dev/null || true
   [ -n "$GW" ] && kill -TERM "$GW" 2>/dev/null && wait "$GW" 2>/dev/null || true
   for n in $A $B $EA $EB; do ip netns del $n 2>/dev/null || true; done
   rm -rf "$TMP"
@@ -40,8 +42,11 @@ topo() {
     ip netns exec $1 sysctl -qw net.ipv6.conf.$2.disable_ipv6=1
     ip -n $1 link set $2 up
   done
-  [ "$seg" = segment ] && ip netns exec $A ethtool -K ua$ID tx off tso off gso off gro off >/dev/null
-  ip netns exec $B ethtool -K ub$ID tx off tso off gso off gro off >/dev/null
+  # swarmgate's side (DPDK af_packet) reads MTU-sized frames with complete checksums.
+  if [ "$seg" = segment ]; then
+    ip netns exec $A ethtool -K ua$ID tx off tso off gso off gro off >/dev/null
+    ip netns exec $B ethtool -K ub$ID tx off tso off gso off gro off >/dev/null
+  fi
   ip -n $EA addr add 10.0.0.1/24 dev ea$ID; ip -n $EA link set ea$ID mtu 1450
   ip -n $EB addr add 10.0.0.2/24 dev eb$ID; ip -n $EB link set eb$ID mtu 1450
   ip -n $EA neigh add 10.0.0.2 lladdr 02:42:0a:00:00:02 dev ea$ID nud permanent
@@ -112,9 +117,11 @@ local = [{ ip = "10.0.0.2" }]
 vtep = "192.168.89.1"
 endpoints = [{ network = "bench", ip = "10.0.0.1" }]
 EOT
+  rm -f $TMP/gw.json
   ip netns exec $B $BIN/swarmgate gateway -c $TMP/gw.toml --stats $TMP/gw.json --idle-sleep-us $idle > $TMP/gw.log 2>&1 &
   GW=$!
   for _ in $(seq 100); do grep -q 192.168.89.1 $TMP/gw.json 2>/dev/null && break; sleep 0.1; done
+  kill -0 $GW 2>/dev/null || { cat $TMP/gw.log >&2; exit 1; }
   ip -n $A neigh replace 192.168.89.2 lladdr "$(ip -n $B -j link show ub$ID | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["address"])')" dev ua$ID nud permanent
   measure "swarmgate, $kind local port, idle sleep $idle µs"
   kill -TERM $GW; wait $GW || true; GW=

@@ -24,7 +24,9 @@
 //! * entries age by state ([`FlowState`]): a new entry is *embryonic* (10 s for TCP, 30 s
 //!   for UDP) until a second packet in its direction proves the flow — for TCP one without
 //!   SYN, which a backend answering spoofed SYNs with SYN-ACKs never sends — then
-//!   *established* (the configured idle timeout); a FIN or RST makes it *closing* (10 s),
+//!   *established* (the configured idle timeout); a FIN or RST makes it *closing* (10 s; an
+//!   RST closes the other direction's entry too, a FIN only its own: a half-closed
+//!   connection may wait longer for its answer),
 //!   and a SYN on a closing entry is a new connection reusing the 5-tuple, tracked afresh;
 //! * a full window evicts an embryonic or closing entry before an established one, the
 //!   least recently seen of its class, and every eviction of a live entry is counted
@@ -79,8 +81,10 @@ pub enum Segment {
     Syn,
     /// A TCP segment with SYN and ACK set: the answer to an opening.
     SynAck,
-    /// A TCP segment with FIN or RST set.
+    /// A TCP segment with FIN set (and not RST): one direction is done.
     Fin,
+    /// A TCP segment with RST set: the connection is gone, both ways.
+    Rst,
     /// Any other TCP segment.
     Other,
 }
@@ -93,7 +97,9 @@ impl Segment {
         const SYN: u8 = 0x02;
         const RST: u8 = 0x04;
         const ACK: u8 = 0x10;
-        if flags & (FIN | RST) != 0 {
+        if flags & RST != 0 {
+            Segment::Rst
+        } else if flags & FIN != 0 {
             Segment::Fin
         } else if flags & (SYN | ACK) == SYN | ACK {
             Segment::SynAck
@@ -269,13 +275,14 @@ impl FlowTable {
                         // CLOSE or TIME_WAIT kills the old entry, "Reopened connection"),
                         // as IPVS does (`ip_vs_core.c` `ip_vs_in_hook`,
                         // `conn_reuse_mode`). The pipeline closes both directions' entries
-                        // on a FIN or RST in either ([`FlowTable::close`]).
+                        // on an RST in either ([`FlowTable::close`]); after FINs, each
+                        // direction closes with its own.
                         (FlowState::Closing, Segment::Syn) => {
                             self.slots[at] = None;
                             self.len -= 1;
                             return None;
                         }
-                        (_, Segment::Fin) => FlowState::Closing,
+                        (_, Segment::Fin | Segment::Rst) => FlowState::Closing,
                         (FlowState::Embryonic, Segment::Other | Segment::Datagram) => {
                             FlowState::Established
                         }
@@ -293,16 +300,19 @@ impl FlowTable {
         None
     }
 
-    /// Marks `key`'s entry closing, if tracked: the other direction of a connection a FIN
-    /// or RST has just gone through.
+    /// Marks `key`'s entry closing, if tracked and live: the other direction of a
+    /// connection an RST has just ended.
     pub fn close(&mut self, key: &FlowKey, now: u32) {
         let base = self.index(key);
         for i in 0..WAYS {
             let at = (base + i) & self.mask;
-            if let Some(s) = self.slots[at].as_mut().filter(|s| s.key == *key) {
-                if now.wrapping_sub(s.seen) <= self.idle {
-                    s.state = FlowState::Closing;
-                    s.seen = now;
+            if let Some(s) = self.slots[at].filter(|s| s.key == *key) {
+                if self.live(&s, now) {
+                    self.slots[at] = Some(Slot {
+                        state: FlowState::Closing,
+                        seen: now,
+                        ..s
+                    });
                 }
                 return;
             }

@@ -509,7 +509,7 @@ fn from_remote(
         _ => return local,
     };
     let found = flows.lookup(&flow.key(), seg, now);
-    if let (Some(action), Segment::Fin) = (&found, seg) {
+    if let (Some(action), Segment::Rst) = (&found, seg) {
         close_pair(flows, &flow, action, now);
     }
     match found {
@@ -657,8 +657,8 @@ fn route(
 }
 
 /// The tracked action for `flow`'s packet, unless it sends the flow to a backend `svc` no
-/// longer has (the task is gone: the connection is given a new one). A FIN or RST closes
-/// both directions' entries.
+/// longer has (the task is gone: the connection is given a new one). An RST closes both
+/// directions' entries.
 #[inline]
 fn tracked(
     flows: &mut FlowTable,
@@ -676,7 +676,7 @@ fn tracked(
             None
         }
         Some(action) => {
-            if seg == Segment::Fin {
+            if seg == Segment::Rst {
                 close_pair(flows, flow, &action, now);
             }
             Some(action)
@@ -685,9 +685,10 @@ fn tracked(
     }
 }
 
-/// After a FIN or RST in `flow`'s direction: the entry of the connection's other direction
-/// closes too (a conntrack entry covers both; here they are two), so a new connection on
-/// the same 5-tuple finds a closing entry whichever side ended the old one.
+/// After an RST in `flow`'s direction: the entry of the connection's other direction closes
+/// too (a conntrack entry covers both; here they are two), so a new connection on the same
+/// 5-tuple finds a closing entry whichever side reset the old one. A FIN closes only its
+/// own direction: the other may still be sending (a half-closed connection).
 #[inline]
 fn close_pair(flows: &mut FlowTable, flow: &Flow, action: &FlowAction, now: u32) {
     let pair = match *action {

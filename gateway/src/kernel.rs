@@ -43,6 +43,22 @@ pub fn offloads_off(iface: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// True if `name` is a veth whose peer is `peer` (asked with `ip -d`; a peer in another
+/// namespace does not count).
+pub fn is_veth_to(name: &str, peer: &str) -> bool {
+    let Ok(out) = Command::new("ip")
+        .args(["-j", "-d", "link", "show", "dev", name])
+        .output()
+    else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return false;
+    };
+    let link = &v[0];
+    link["linkinfo"]["info_kind"] == "veth" && link["link"].as_str() == Some(peer)
+}
+
 /// No IPv6 on `iface` (a bridge port has no address to run it for).
 pub fn no_ipv6(iface: &str) -> anyhow::Result<()> {
     let path = format!("/proc/sys/net/ipv6/conf/{iface}/disable_ipv6");

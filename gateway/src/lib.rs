@@ -10,9 +10,10 @@
 //!   Everything on the underlay that is not overlay data (Raft on 2377, gossip on 7946,
 //!   SSH, ARP replies) goes to the kernel through it, and what the kernel sends out of it
 //!   leaves through the underlay — VPP linux-cp's pattern;
-//! * per overlay network a **local TAP** (hot-plugged with `rte_dev_probe`) in the node's
-//!   bridge for that network, where local endpoints attach with veths — Docker's per-network
-//!   `br0`, with its `vxlan0` replaced by swarmgate.
+//! * per overlay network a **local port** (a TAP, or a veth polled with af_packet; see
+//!   [`local_port`]; hot-plugged with `rte_dev_probe`) in the node's bridge for that
+//!   network, where local endpoints attach with veths — Docker's per-network `br0`, with its
+//!   `vxlan0` replaced by swarmgate.
 //!
 //! The control side builds immutable [`Tables`] snapshots and publishes them through an
 //! `ArcSwap`; workers pick the current one up between bursts. Two sources feed it: the
@@ -207,11 +208,11 @@ impl Gateway {
 
         // One local port per network, hot-plugged while DPDK runs.
         let mut network_ports = Vec::new();
-        let mut static_locals = Vec::new();
+        let mut static_locals = local_port::Unfinished::default();
         for n in &config.networks {
             let local = LocalPort::create(&eal, config.dpdk.local_ports, n.vni, nq)
                 .with_context(|| format!("the local port of network {}", n.name))?;
-            static_locals.push(local.clone());
+            static_locals.0.push(local.clone());
             let mut p = open(&local.name, &n.name, Some(local.bridge_iface.clone()))?;
             p.start()
                 .with_context(|| format!("starting the local port of network {}", n.name))?;
@@ -273,7 +274,7 @@ impl Gateway {
             maglev: MaglevCache::default(),
             port_info,
             network_ports,
-            static_locals,
+            static_locals: std::mem::take(&mut static_locals.0),
             underlay_mac,
             exception_port,
             last_resolve: HashMap::new(),

@@ -2,12 +2,15 @@
 //! local endpoints (tasks, containers) sit.
 //!
 //! Two kinds, chosen with `[dpdk] local_ports` (see the README's "The DPDK gateway" for the
-//! numbers behind the default):
-//! * `af_packet` (default): a veth pair per network, `sg-<vni>` in the bridge and
-//!   `sgd-<vni>` polled by DPDK's `net_af_packet` through `PACKET_RX_RING`/`PACKET_TX_RING`
-//!   — memory-mapped rings, no system call per received packet and one `sendto` kick per
-//!   transmitted burst.
-//! * `tap`: DPDK's `net_tap`, one `read`/`write` system call per packet.
+//! numbers):
+//! * `tap` (default): DPDK's `net_tap`, one `read`/`write` system call per packet.
+//! * `af_packet`: a veth pair per network, `sg-<vni>` in the bridge and `sgd-<vni>` polled by
+//!   DPDK's `net_af_packet` through `PACKET_RX_RING`/`PACKET_TX_RING` — memory-mapped rings,
+//!   no system call per received packet and one `sendto` kick per transmitted burst; 2.7×
+//!   the TAP's packet rate here. Not the default because DPDK 22.11's PMD always joins its
+//!   sockets to a fanout group with `PACKET_FANOUT_FLAG_DEFRAG`: the kernel reassembles the
+//!   IPv4 fragments a task sends, and the datagram no longer fits the network's MTU (or the
+//!   ring's 2048-byte frames), so fragmented traffic from tasks is lost.
 //!
 //! On the veth, the bridge's end has no segmentation or checksum offload: the kernel then
 //! hands the data plane MTU-sized frames with complete checksums, as it does to a TAP
@@ -23,11 +26,22 @@ use crate::kernel;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LocalPortKind {
-    /// A veth pair whose DPDK end is polled with `net_af_packet`.
-    #[default]
-    AfPacket,
     /// A `net_tap` TAP.
+    #[default]
     Tap,
+    /// A veth pair whose DPDK end is polled with `net_af_packet`.
+    AfPacket,
+}
+
+impl LocalPortKind {
+    /// The largest network MTU whose frames fit: the mbuf's 2048 data bytes for a TAP; for
+    /// af_packet, the ring's 2048-byte frame less the PMD's 66-byte frame header.
+    pub fn max_mtu(self) -> u16 {
+        match self {
+            LocalPortKind::Tap => 2048 - 14,
+            LocalPortKind::AfPacket => 2048 - 66 - 14,
+        }
+    }
 }
 
 /// One network's local port: its DPDK device and the kernel interface in its bridge.
@@ -44,8 +58,8 @@ pub struct LocalPort {
 
 impl LocalPort {
     /// Creates network `vni`'s local port with `queues` queue pairs: the kernel side, then
-    /// the DPDK device (hot-plugged). A veth left behind by a gateway that was killed is
-    /// replaced.
+    /// the DPDK device (hot-plugged). A veth pair of ours left behind by a gateway that was
+    /// killed is replaced; another interface of the name is an error.
     pub fn create(
         eal: &Eal,
         kind: LocalPortKind,
@@ -53,6 +67,16 @@ impl LocalPort {
         queues: usize,
     ) -> anyhow::Result<LocalPort> {
         let bridge_iface = format!("sg-{vni}");
+        // A veth of ours left behind by a gateway that was killed (a TAP goes with its
+        // process); any other interface of that name is not ours to delete.
+        if kernel::link_exists(&bridge_iface) {
+            if !kernel::is_veth_to(&bridge_iface, &format!("sgd-{vni}")) {
+                anyhow::bail!(
+                    "an interface {bridge_iface} already exists (another gateway's local port?)"
+                );
+            }
+            kernel::ip(&["link", "del", &bridge_iface])?;
+        }
         let port = match kind {
             LocalPortKind::Tap => LocalPort {
                 kind,
@@ -62,9 +86,6 @@ impl LocalPort {
             },
             LocalPortKind::AfPacket => {
                 let dpdk_iface = format!("sgd-{vni}");
-                if kernel::link_exists(&bridge_iface) {
-                    kernel::ip(&["link", "del", &bridge_iface])?;
-                }
                 kernel::ip(&[
                     "link",
                     "add",
@@ -94,9 +115,9 @@ impl LocalPort {
         let devargs = match kind {
             LocalPortKind::Tap => format!("{},iface={}", port.name, port.bridge_iface),
             // Rings of 2048 frames of 2048 bytes (a frame never exceeds an mbuf's data
-            // room), a block per pair of frames.
+            // room), in blocks of a page (the PMD's default block size).
             LocalPortKind::AfPacket => format!(
-                "{},iface={},framesz=2048,blocksz=4096,framecnt=2048",
+                "{},iface={},framesz=2048,framecnt=2048",
                 port.name,
                 port.dpdk_iface.as_deref().expect("a veth")
             ),
@@ -113,6 +134,13 @@ impl LocalPort {
     /// Once its DPDK port has started: the bridge's end into `bridge` (created if
     /// missing) with `mtu`, and up.
     pub fn attach(&self, bridge: &str, mtu: u16) -> anyhow::Result<()> {
+        if mtu > self.kind.max_mtu() {
+            anyhow::bail!(
+                "MTU {mtu} does not fit a {:?} local port (at most {})",
+                self.kind,
+                self.kind.max_mtu()
+            );
+        }
         if let Some(d) = &self.dpdk_iface {
             kernel::ip(&["link", "set", "dev", d, "mtu", &mtu.to_string()])?;
         }
@@ -129,9 +157,22 @@ impl LocalPort {
     }
 
     /// A TAP goes with its device; a veth pair is deleted (both ends).
-    fn remove_kernel_side(&self) {
+    pub(crate) fn remove_kernel_side(&self) {
         if self.kind == LocalPortKind::AfPacket {
             let _ = kernel::ip(&["link", "del", &self.bridge_iface]);
+        }
+    }
+}
+
+/// Local ports made while a gateway starts: their kernel sides are deleted if the start
+/// fails before the gateway owns them.
+#[derive(Default)]
+pub(crate) struct Unfinished(pub(crate) Vec<LocalPort>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        for l in &self.0 {
+            l.remove_kernel_side();
         }
     }
 }

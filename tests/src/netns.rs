@@ -82,11 +82,12 @@ pub fn try_run(cmd: &str) -> (bool, String) {
 pub enum Side {
     /// The Linux kernel's vxlan device, as Docker sets it up.
     Kernel,
-    /// A swarmgate gateway on a DPDK `net_af_packet` port (its local port a veth polled
-    /// with `net_af_packet`, the default).
+    /// A swarmgate gateway on a DPDK `net_af_packet` port (its local port a TAP, the
+    /// default).
     Swarmgate,
-    /// The same with a TAP as its local port (`[dpdk] local_ports = "tap"`).
-    SwarmgateTap,
+    /// The same with a veth polled with `net_af_packet` as its local port
+    /// (`[dpdk] local_ports = "af_packet"`).
+    SwarmgateAfPacket,
     /// Nothing but the VTEP address on the underlay interface: the test itself plays the
     /// host, sending what an independent implementation builds.
     Bare,
@@ -258,7 +259,7 @@ impl Topology {
             run(&format!("ip -n {h} link set {u} up"));
             let (br, mtu) = match sides[i - 1] {
                 Side::Kernel => ("br0".to_string(), 1450),
-                Side::Swarmgate | Side::SwarmgateTap | Side::Bare => {
+                Side::Swarmgate | Side::SwarmgateAfPacket | Side::Bare => {
                     (format!("br-{VNI}"), if encrypted { 1424 } else { 1450 })
                 }
             };
@@ -285,7 +286,7 @@ impl Topology {
         for i in 1..=2 {
             match sides[i - 1] {
                 Side::Kernel => t.setup_kernel(i),
-                Side::Swarmgate | Side::SwarmgateTap => t.start_gateway(i),
+                Side::Swarmgate | Side::SwarmgateAfPacket => t.start_gateway(i),
                 Side::Bare => {
                     run(&format!(
                         "ip -n {} addr add {}/24 dev {}",
@@ -370,11 +371,11 @@ docker = {docker}
             pep = Self::ep(o),
             // The kernel and bare sides stand for Docker hosts (the bare one sends the
             // kernel's IVs).
-            docker = !matches!(self.sides[o - 1], Side::Swarmgate | Side::SwarmgateTap),
-            local_ports = if self.sides[i - 1] == Side::SwarmgateTap {
-                "tap"
-            } else {
+            docker = !matches!(self.sides[o - 1], Side::Swarmgate | Side::SwarmgateAfPacket),
+            local_ports = if self.sides[i - 1] == Side::SwarmgateAfPacket {
                 "af_packet"
+            } else {
+                "tap"
             },
         );
         let config_path = self.dir.join(format!("gw{i}.toml"));

@@ -435,6 +435,12 @@ fn a_reused_client_port_is_a_new_connection_that_outlives_the_closing_timeout() 
         if round == 0 {
             run1(&mut w, &t, UNDERLAY_PORT, &from_client(0x11, b""));
             assert_eq!(w.flows().state(&fwd), Some(FlowState::Closing));
+            // Half-closed: the task may still answer for a while.
+            assert_eq!(
+                w.flows().state(&FlowKey::new(6, to, 80, client(), 50000)),
+                Some(FlowState::Established),
+                "a FIN closes only its own direction"
+            );
         }
         if round == 1 {
             let rst = tcp_with_flags(mac_of(to), R, to, client(), 80, 50000, 0x14, b"");
