@@ -343,3 +343,90 @@ impl Drop for Lan {
         try_run(&format!("ip netns del {}", self.lan));
     }
 }
+
+/// Keep-alive HTTP connections from client namespace `ns` to `addr:8080`, `n` of them, from
+/// ports `base` + 0.. (0: any): asks once on each, then again each time [`KeepAlive::ask`]
+/// is called. An answer is the first word of the body (the task's ID), or "-" where the
+/// connection failed.
+pub struct KeepAlive {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl KeepAlive {
+    /// Opens the connections and returns with the first answers.
+    pub fn open(ns: &str, addr: &str, n: usize, base: u16) -> (KeepAlive, Vec<String>) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", KEEPALIVE, addr])
+            .arg(n.to_string())
+            .arg(base.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let stdin = child.stdin.take();
+        let mut k = KeepAlive { child, out, stdin };
+        let first = k.read();
+        (k, first)
+    }
+
+    /// Asks again on every connection.
+    pub fn ask(&mut self) -> Vec<String> {
+        use std::io::Write;
+        writeln!(self.stdin.as_mut().unwrap()).unwrap();
+        self.read()
+    }
+
+    fn read(&mut self) -> Vec<String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("keep-alive client: {e}: {line:?}"))
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const KEEPALIVE: &str = r#"
+import json, socket, sys
+addr, n, base = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def ask(s):
+    try:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        d = b""
+        while b"\r\n\r\n" not in d:
+            c = s.recv(4096)
+            if not c:
+                return "-"
+            d += c
+        head, body = d.split(b"\r\n\r\n", 1)
+        n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
+        while len(body) < n:
+            c = s.recv(4096)
+            if not c:
+                return "-"
+            body += c
+        return body.decode().split()[0]
+    except Exception:
+        return "-"
+conns = []
+for i in range(n):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(3)
+    if base:
+        s.bind(("0.0.0.0", base + i))
+    s.connect((addr, 8080))
+    conns.append(s)
+print(json.dumps([ask(s) for s in conns]), flush=True)
+while sys.stdin.readline():
+    print(json.dumps([ask(s) for s in conns]), flush=True)
+"#;

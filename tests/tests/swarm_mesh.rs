@@ -6,11 +6,10 @@
 //!
 //! Needs root (namespaces, DPDK).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use swarmgate_tests::netns;
-use swarmgate_tests::swarm::{wait_until, Lan};
+use swarmgate_tests::swarm::{wait_until, KeepAlive, Lan};
 
 /// Answers every request with the task's ID and the address the client came from.
 const SERVER: &str = r#"
@@ -179,18 +178,7 @@ fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes() {
     // closing), as a busy client's ports come round again: each must be tracked as a new
     // connection, and so outlive the closing timeout (10 s) idle.
     assert!(get(&client, &m.ip, 8, 42000).iter().all(|a| a != "-"));
-    let mut conns = Command::new("ip")
-        .args([
-            "netns", "exec", &client, "python3", "-c", KEEPALIVE, &m.ip, "42000",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(conns.stdout.take().unwrap());
-    let mut before = String::new();
-    out.read_line(&mut before).unwrap();
-    let before: Vec<String> = serde_json::from_str(&before).unwrap();
+    let (mut conns, before) = KeepAlive::open(&client, &m.ip, 8, 42000);
     let on_w1 = tasks.iter().find(|t| t.1 == "w1").unwrap().0.clone();
     assert!(before.contains(&on_w1), "{before:?}");
     let mut lan = lan;
@@ -198,11 +186,8 @@ fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes() {
     // Gossip withdraws w2's task on m within seconds; the connections sit idle past the
     // closing timeout.
     std::thread::sleep(std::time::Duration::from_secs(12));
-    writeln!(conns.stdin.take().unwrap()).unwrap();
-    let mut after = String::new();
-    out.read_line(&mut after).unwrap();
-    let after: Vec<String> = serde_json::from_str(&after).unwrap();
-    let _ = conns.wait();
+    let after = conns.ask();
+    drop(conns);
     println!("mesh: connections before w2 died {before:?}, after {after:?}");
     for h in &lan.hosts[..2] {
         let st: serde_json::Value = serde_json::from_str(&h.ok("stats")).unwrap_or_default();
@@ -245,43 +230,6 @@ fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes() {
         !std::path::Path::new(&format!("/run/netns/sgt-{on_w2}")).exists()
     });
 }
-
-/// Opens 8 keep-alive connections to `argv[1]:8080` from ports `argv[2]` + 0..8, prints which task answered on each
-/// (JSON), waits for a line on stdin, asks again on the same connections and prints the
-/// answers ("-" where the connection failed).
-const KEEPALIVE: &str = r#"
-import json, socket, sys
-def ask(s):
-    try:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        d = b""
-        while b"\r\n\r\n" not in d:
-            c = s.recv(4096)
-            if not c:
-                return "-"
-            d += c
-        head, body = d.split(b"\r\n\r\n", 1)
-        n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
-        while len(body) < n:
-            c = s.recv(4096)
-            if not c:
-                return "-"
-            body += c
-        return body.decode().split()[0]
-    except Exception:
-        return "-"
-conns = []
-for i in range(8):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.settimeout(3)
-    s.bind(("0.0.0.0", int(sys.argv[2]) + i))
-    s.connect((sys.argv[1], 8080))
-    conns.append(s)
-print(json.dumps([ask(s) for s in conns]), flush=True)
-sys.stdin.readline()
-print(json.dumps([ask(s) for s in conns]), flush=True)
-"#;
 
 /// Requests per second (one connection each, sequential, 3 s) and latency percentiles
 /// from the client to `addr:8080`.

@@ -7,11 +7,10 @@
 //! Needs root (namespaces, DPDK).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use swarmgate_tests::netns;
-use swarmgate_tests::swarm::{wait_for, wait_until, Host, Lan};
+use swarmgate_tests::swarm::{wait_for, wait_until, Host, KeepAlive, Lan};
 
 /// Answers every UDP datagram on port 5300 with the task's ID and the sender's address.
 const UDP_ECHO: &str = r#"
@@ -284,15 +283,7 @@ fn custom_ingress_udp_host_mode_and_scaling_across_nodes() {
     wait_for("web answers through m", 30, || {
         http(&client, &m.ip, 8080, 1) != ["-"]
     });
-    let mut conns = Command::new("ip")
-        .args(["netns", "exec", &client, "python3", "-c", KEEPALIVE, &m.ip])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(conns.stdout.take().unwrap());
-    let mut before = String::new();
-    out.read_line(&mut before).unwrap();
+    let (mut conns, before) = KeepAlive::open(&client, &m.ip, 12, 0);
     m.ok("service scale web=6");
     wait_for("six web tasks", 60, || m.running("web").len() == 6);
     // Every node's routing mesh now knows the new tasks: new connections reach them.
@@ -307,14 +298,8 @@ fn custom_ingress_udp_host_mode_and_scaling_across_nodes() {
             .filter(|_| got.len() > 2)
             .ok_or(format!("{got:?} of {all:?}"))
     });
-    let mut stdin = conns.stdin.take().unwrap();
-    writeln!(stdin).unwrap();
-    let mut after = String::new();
-    out.read_line(&mut after).unwrap();
-    drop(stdin);
-    let _ = conns.wait();
-    let before: Vec<String> = serde_json::from_str(&before).unwrap();
-    let after: Vec<String> = serde_json::from_str(&after).unwrap();
+    let after = conns.ask();
+    drop(conns);
     println!("publish: keep-alive connections before scaling {before:?}, after {after:?}");
     assert!(before.iter().all(|t| t != "-"), "{before:?}");
     assert_eq!(
@@ -322,33 +307,3 @@ fn custom_ingress_udp_host_mode_and_scaling_across_nodes() {
         "every connection kept its task while tasks were added"
     );
 }
-
-/// Opens 12 keep-alive connections to `argv[1]:8080`, prints which task answered on each
-/// (JSON), waits for a line on stdin, asks again on the same connections and prints the
-/// answers ("-" where the connection failed).
-const KEEPALIVE: &str = r#"
-import json, socket, sys
-def ask(s):
-    try:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        d = b""
-        while b"\r\n\r\n" not in d:
-            c = s.recv(4096)
-            if not c:
-                return "-"
-            d += c
-        head, body = d.split(b"\r\n\r\n", 1)
-        n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
-        while len(body) < n:
-            c = s.recv(4096)
-            if not c:
-                return "-"
-            body += c
-        return body.decode()
-    except Exception:
-        return "-"
-conns = [socket.create_connection((sys.argv[1], 8080), timeout=3) for i in range(12)]
-print(json.dumps([ask(s) for s in conns]), flush=True)
-sys.stdin.readline()
-print(json.dumps([ask(s) for s in conns]), flush=True)
-"#;
