@@ -50,6 +50,33 @@ impl Mempool {
         })
     }
 
+    /// The same pool with its mbufs packed back to back in virtual memory, none kept inside
+    /// one page and no padding between them (`RTE_MEMPOOL_F_NO_IOVA_CONTIG |
+    /// RTE_MEMPOOL_F_NO_SPREAD`).
+    ///
+    /// DPDK 22.11's `net_af_xdp` registers its XDP socket's UMEM as the pool's first memory
+    /// chunk, `populated_size` objects long (`xdp_umem_configure` in
+    /// `drivers/net/af_xdp/rte_eth_af_xdp.c`). A default pool without hugepages keeps every
+    /// object inside a 4 KiB page, leaving gaps, so the last mbufs lie beyond the UMEM and
+    /// the kernel silently refuses the frames that use them. Only for ports nothing DMAs into
+    /// with physical addresses (virtual devices): an mbuf may now straddle two pages.
+    pub fn packed(
+        eal: &Eal,
+        name: &str,
+        n: u32,
+        cache: u32,
+        data_room: u16,
+    ) -> Result<Mempool, DpdkError> {
+        let c = CString::new(name).map_err(|_| DpdkError::InvalidArgument(name.to_owned()))?;
+        // SAFETY: `c` is valid for the call; socket -1 (SOCKET_ID_ANY) lets DPDK choose.
+        let p = unsafe { sys::sg_pktmbuf_pool_create_packed(c.as_ptr(), n, cache, data_room, -1) };
+        Ok(Mempool {
+            raw: non_null(p, "rte_mempool_create_empty (packed mbufs)")?,
+            size: n,
+            _eal: eal.guard(),
+        })
+    }
+
     /// Allocates one mbuf.
     pub fn alloc(&self) -> Option<Mbuf> {
         // SAFETY: the pool is live; the returned mbuf (if any) is ours.

@@ -1,3 +1,4 @@
+#include <rte_mbuf_pool_ops.h>
 #include "shim.h"
 
 int sg_errno(void) { return rte_errno; }
@@ -11,6 +12,33 @@ uint16_t sg_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint
 }
 
 struct rte_mbuf *sg_pktmbuf_alloc(struct rte_mempool *mp) { return rte_pktmbuf_alloc(mp); }
+
+/* rte_pktmbuf_pool_create_by_ops (lib/mbuf/rte_mbuf.c), with the pool's objects packed back
+ * to back: RTE_MEMPOOL_F_NO_IOVA_CONTIG (no object kept inside one page) and
+ * RTE_MEMPOOL_F_NO_SPREAD (no padding across memory channels). */
+struct rte_mempool *sg_pktmbuf_pool_create_packed(const char *name, unsigned n, unsigned cache,
+                                                  uint16_t data_room, int socket)
+{
+    struct rte_pktmbuf_pool_private priv = { .mbuf_data_room_size = data_room,
+                                             .mbuf_priv_size = 0 };
+    struct rte_mempool *mp = rte_mempool_create_empty(
+        name, n, sizeof(struct rte_mbuf) + data_room, cache, sizeof(priv), socket,
+        RTE_MEMPOOL_F_NO_IOVA_CONTIG | RTE_MEMPOOL_F_NO_SPREAD);
+    if (mp == NULL)
+        return NULL;
+    int ret = rte_mempool_set_ops_byname(mp, rte_mbuf_best_mempool_ops(), NULL);
+    if (ret == 0) {
+        rte_pktmbuf_pool_init(mp, &priv);
+        ret = rte_mempool_populate_default(mp);
+    }
+    if (ret < 0) {
+        rte_mempool_free(mp);
+        rte_errno = -ret;
+        return NULL;
+    }
+    rte_mempool_obj_iter(mp, rte_pktmbuf_init, NULL);
+    return mp;
+}
 void sg_pktmbuf_free(struct rte_mbuf *m) { rte_pktmbuf_free(m); }
 uint8_t *sg_mbuf_data(struct rte_mbuf *m) { return rte_pktmbuf_mtod(m, uint8_t *); }
 uint16_t sg_mbuf_data_len(const struct rte_mbuf *m) { return rte_pktmbuf_data_len(m); }

@@ -22,6 +22,8 @@ uint16_t sg_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint
 uint16_t sg_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 
 struct rte_mbuf *sg_pktmbuf_alloc(struct rte_mempool *mp);
+struct rte_mempool *sg_pktmbuf_pool_create_packed(const char *name, unsigned n, unsigned cache,
+                                                  uint16_t data_room, int socket);
 void sg_pktmbuf_free(struct rte_mbuf *m);
 uint8_t *sg_mbuf_data(struct rte_mbuf *m);
 uint16_t sg_mbuf_data_len(const struct rte_mbuf *m);

@@ -70,8 +70,8 @@ pub struct DpdkConfig {
     /// Extra EAL arguments, passed as they are.
     #[serde(default)]
     pub extra_args: Vec<String>,
-    /// The ports towards each network's bridge: `af_packet` (a veth pair, the default) or
-    /// `tap` (see `local_port`).
+    /// The ports towards each network's bridge: `tap` (the default), or a veth pair polled
+    /// with `af_packet` or `af_xdp` (see `local_port`).
     #[serde(default)]
     pub local_ports: crate::local_port::LocalPortKind,
 }
@@ -319,6 +319,16 @@ impl Config {
         if self.dpdk.cores.is_empty() {
             return inv("dpdk.cores must name at least one CPU".into());
         }
+        if self.dpdk.local_ports == crate::local_port::LocalPortKind::AfXdp
+            && !self.underlay.device.starts_with("net_")
+        {
+            // The af_xdp PMD's UMEM needs the packed mbuf pool, which a NIC's DMA cannot
+            // use (see `Mempool::packed`).
+            return inv(format!(
+                "dpdk.local_ports = \"af_xdp\" needs a virtual underlay device (net_...), not {}",
+                self.underlay.device
+            ));
+        }
         if !(1024..=49151).contains(&self.underlay.vxlan_port) {
             return inv(format!(
                 "underlay.vxlan_port {} is outside 1024-49151",
@@ -465,6 +475,16 @@ keys = [{ key = "000102030405060708090a0b0c0d0e0f", tag = 1 }]
         assert_eq!(c.underlay.vxlan_port, 4789);
         assert_eq!(c.peers[0].sender_ivs(), SenderIvs::Epochs);
         assert_eq!(c.peers[1].sender_ivs(), SenderIvs::KernelSeqiv);
+    }
+
+    #[test]
+    fn af_xdp_local_ports_need_a_virtual_underlay() {
+        let text = GOOD.replacen("cores = [0]", "cores = [0]\nlocal_ports = \"af_xdp\"", 1);
+        Config::parse(&text).expect("af_xdp over a virtual underlay");
+        let text = text.replacen("net_af_packet0,iface=b0", "0000:3b:00.0", 1);
+        let e = Config::parse(&text).unwrap_err().to_string();
+        assert!(e.contains("needs a virtual underlay device"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct PortInfo {
     pub role: String,
     /// Kernel interface name, for TAPs.
     pub iface: Option<String>,
+    /// The DPDK device's name (`net_af_xdp_sg4097`, `0000:3b:00.0`).
+    pub device: String,
 }
 
 /// A running gateway. Dropping it stops the workers, then the ports, then DPDK.
@@ -167,8 +169,14 @@ impl Gateway {
                 .with_context(|| format!("taking {iface} from the kernel"))?;
         }
         let eal = Eal::init(&args).context("DPDK EAL initialisation")?;
-        let pool = Mempool::new(&eal, "sg-mbufs", config.dpdk.mbufs, 256, 2048 + 128)
-            .context("mbuf pool")?;
+        // With only virtual devices, nothing DMAs into the mbufs with physical addresses:
+        // pack them, as the af_xdp PMD's UMEM assumes (see `Mempool::packed`).
+        let pool = if underlay_is_vdev {
+            Mempool::packed(&eal, "sg-mbufs", config.dpdk.mbufs, 256, 2048 + 128)
+        } else {
+            Mempool::new(&eal, "sg-mbufs", config.dpdk.mbufs, 256, 2048 + 128)
+        }
+        .context("mbuf pool")?;
 
         let mut ports = Vec::new();
         let mut port_info = Vec::new();
@@ -830,6 +838,7 @@ fn open_port(
         id: p.id(),
         role: role.to_owned(),
         iface,
+        device: name.to_owned(),
     });
     Ok(p)
 }

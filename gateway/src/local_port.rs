@@ -31,6 +31,8 @@ pub enum LocalPortKind {
     Tap,
     /// A veth pair whose DPDK end is polled with `net_af_packet`.
     AfPacket,
+    /// A veth pair whose DPDK end is an XDP socket (`net_af_xdp`).
+    AfXdp,
 }
 
 impl LocalPortKind {
@@ -40,6 +42,7 @@ impl LocalPortKind {
         match self {
             LocalPortKind::Tap => 2048 - 14,
             LocalPortKind::AfPacket => 2048 - 66 - 14,
+            LocalPortKind::AfXdp => 2048 - 14,
         }
     }
 }
@@ -84,17 +87,28 @@ impl LocalPort {
                 bridge_iface,
                 dpdk_iface: None,
             },
-            LocalPortKind::AfPacket => {
+            LocalPortKind::AfPacket | LocalPortKind::AfXdp => {
                 let dpdk_iface = format!("sgd-{vni}");
+                // As many queues on the veth as the DPDK device polls (an XDP socket binds
+                // one queue each).
+                let q = queues.max(1).to_string();
                 kernel::ip(&[
                     "link",
                     "add",
                     &bridge_iface,
+                    "numtxqueues",
+                    &q,
+                    "numrxqueues",
+                    &q,
                     "type",
                     "veth",
                     "peer",
                     "name",
                     &dpdk_iface,
+                    "numtxqueues",
+                    &q,
+                    "numrxqueues",
+                    &q,
                 ])
                 .with_context(|| format!("creating the veth pair {bridge_iface}/{dpdk_iface}"))?;
                 let setup = kernel::offloads_off(&bridge_iface)
@@ -104,9 +118,14 @@ impl LocalPort {
                     let _ = kernel::ip(&["link", "del", &bridge_iface]);
                     return Err(e);
                 }
+                let driver = if kind == LocalPortKind::AfXdp {
+                    "net_af_xdp"
+                } else {
+                    "net_af_packet"
+                };
                 LocalPort {
                     kind,
-                    name: format!("net_af_packet_sg{vni}"),
+                    name: format!("{driver}_sg{vni}"),
                     bridge_iface,
                     dpdk_iface: Some(dpdk_iface),
                 }
@@ -120,6 +139,14 @@ impl LocalPort {
                 "{},iface={},framesz=2048,framecnt=2048",
                 port.name,
                 port.dpdk_iface.as_deref().expect("a veth")
+            ),
+            // One XDP socket per queue, from queue 0; the PMD loads libxdp's default
+            // program, which redirects every frame of a bound queue to its socket.
+            LocalPortKind::AfXdp => format!(
+                "{},iface={},start_queue=0,queue_count={},busy_budget=0",
+                port.name,
+                port.dpdk_iface.as_deref().expect("a veth"),
+                queues.max(1)
             ),
         };
         if let Err(e) = hotplug::probe(eal, &crate::with_queues(&devargs, queues)) {
@@ -158,7 +185,7 @@ impl LocalPort {
 
     /// A TAP goes with its device; a veth pair is deleted (both ends).
     pub(crate) fn remove_kernel_side(&self) {
-        if self.kind == LocalPortKind::AfPacket {
+        if self.kind != LocalPortKind::Tap {
             let _ = kernel::ip(&["link", "del", &self.bridge_iface]);
         }
     }

@@ -40,6 +40,7 @@ pub fn collect(
             json!({
                 "port": id,
                 "iface": i.iface,
+                "device": i.device,
                 "rx_packets": sum(&|c| c.port(id).rx_packets.get()),
                 "rx_bytes": sum(&|c| c.port(id).rx_bytes.get()),
                 "tx_packets": sum(&|c| c.port(id).tx_packets.get()),

@@ -88,6 +88,8 @@ pub enum Side {
     /// The same with a veth polled with `net_af_packet` as its local port
     /// (`[dpdk] local_ports = "af_packet"`).
     SwarmgateAfPacket,
+    /// The same with an XDP socket on a veth as its local port (`local_ports = "af_xdp"`).
+    SwarmgateAfXdp,
     /// Nothing but the VTEP address on the underlay interface: the test itself plays the
     /// host, sending what an independent implementation builds.
     Bare,
@@ -259,7 +261,7 @@ impl Topology {
             run(&format!("ip -n {h} link set {u} up"));
             let (br, mtu) = match sides[i - 1] {
                 Side::Kernel => ("br0".to_string(), 1450),
-                Side::Swarmgate | Side::SwarmgateAfPacket | Side::Bare => {
+                Side::Swarmgate | Side::SwarmgateAfPacket | Side::SwarmgateAfXdp | Side::Bare => {
                     (format!("br-{VNI}"), if encrypted { 1424 } else { 1450 })
                 }
             };
@@ -286,7 +288,7 @@ impl Topology {
         for i in 1..=2 {
             match sides[i - 1] {
                 Side::Kernel => t.setup_kernel(i),
-                Side::Swarmgate | Side::SwarmgateAfPacket => t.start_gateway(i),
+                Side::Swarmgate | Side::SwarmgateAfPacket | Side::SwarmgateAfXdp => t.start_gateway(i),
                 Side::Bare => {
                     run(&format!(
                         "ip -n {} addr add {}/24 dev {}",
@@ -371,11 +373,11 @@ docker = {docker}
             pep = Self::ep(o),
             // The kernel and bare sides stand for Docker hosts (the bare one sends the
             // kernel's IVs).
-            docker = !matches!(self.sides[o - 1], Side::Swarmgate | Side::SwarmgateAfPacket),
-            local_ports = if self.sides[i - 1] == Side::SwarmgateAfPacket {
-                "af_packet"
-            } else {
-                "tap"
+            docker = !matches!(self.sides[o - 1], Side::Swarmgate | Side::SwarmgateAfPacket | Side::SwarmgateAfXdp),
+            local_ports = match self.sides[i - 1] {
+                Side::SwarmgateAfPacket => "af_packet",
+                Side::SwarmgateAfXdp => "af_xdp",
+                _ => "tap",
             },
         );
         let config_path = self.dir.join(format!("gw{i}.toml"));

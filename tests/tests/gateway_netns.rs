@@ -61,6 +61,31 @@ fn kernel_vxlan_and_swarmgate_interoperate() {
 }
 
 #[test]
+fn af_xdp_local_port_against_the_kernel() {
+    let Some(_g) = guard() else { return };
+    let mut t = Topology::new([Side::Kernel, Side::SwarmgateAfXdp], false);
+    exercise(&t);
+    // An XDP socket sees frames before the stack: IPv4 fragments cross one by one both ways.
+    for (a, b) in [(1, 2), (2, 1)] {
+        let (ok, out) = t.exec(
+            &t.endpoint(a),
+            &format!("ping -c 2 -i 0.2 -s 3000 -W 2 {}", Topology::ep(b)),
+        );
+        assert!(ok, "fragmented ping {a}->{b} through the XDP socket: {out}");
+    }
+    let s = t.gateways[1].as_mut().unwrap().stop();
+    assert!(
+        s["ports"]["test-overlay"]["device"]
+            .as_str()
+            .unwrap()
+            .starts_with("net_af_xdp"),
+        "{s}"
+    );
+    let net = &s["networks"]["test-overlay"];
+    assert!(net["encap_packets"].as_u64().unwrap() > 1000, "{s}");
+}
+
+#[test]
 fn swarmgate_on_both_sides() {
     let Some(_g) = guard() else { return };
     // Each kind of local port: a veth polled with af_packet on host 1, a TAP on host 2.
