@@ -41,7 +41,7 @@ rx() { cat /sys/class/net/s0$ID/statistics/rx_packets 2>/dev/null || ip netns ex
 measure() { # label size
   local before after gen
   before=$(ip netns exec $S cat /sys/class/net/s0$ID/statistics/rx_packets)
-  gen=$(ip netns exec $G $BIN/pktgen "net_af_packet0,iface=g0$ID" "cmpgen$ID" 02:42:0a:00:00:01 02:42:0a:00:00:02 10.0.0.1 10.0.0.2 "$2" "$SECS" 2>/dev/null | grep -o '[0-9.]* Mpps' | cut -d' ' -f1)
+  gen=$(ip netns exec $G $BIN/pktgen --tx "net_af_packet0,iface=g0$ID" --file-prefix "cmpgen$ID" --size "$2" --seconds "$SECS" --warmup 0 2>/dev/null | python3 -c 'import json,sys; print(f"{json.load(sys.stdin)["offered_mpps"]:.3f}")')
   sleep 0.5
   after=$(ip netns exec $S cat /sys/class/net/s0$ID/statistics/rx_packets)
   local mpps; mpps=$(python3 -c "print(f'{($after-$before)/$SECS/1e6:.3f}')")
@@ -64,7 +64,7 @@ for size in 64 1400; do
   measure "Linux kernel vxlan" $size
 
   # swarmgate on the same topology: af_packet underlay, each kind of local port.
-  for kind in tap af_packet; do
+  for kind in ${KINDS:-tap af_packet af_xdp}; do
   topo
   ip -n $H link add br-4097 type bridge; ip -n $H link set g1$ID master br-4097; ip -n $H link set br-4097 up
   cat > $TMP/gw.toml <<EOT

@@ -92,9 +92,9 @@ measure "Linux kernel vxlan"
 
 # Each swarmgate row: local port kind, worker idle sleep in µs (0: pure polling, a whole
 # core; the daemon's default is 50).
-for row in "tap 0" "af_packet 0" "af_packet 50"; do
-  set -- $row
-  kind=$1 idle=$2
+# ROWS="kind:idle ..." picks them.
+for row in ${ROWS:-tap:0 af_packet:0 af_xdp:0 af_xdp:50}; do
+  kind=${row%%:*} idle=${row##*:}
   topo segment
   ip -n $B link add br-4097 type bridge; ip -n $B link set ebb$ID master br-4097; ip -n $B link set br-4097 up
   cat > $TMP/gw.toml <<EOT

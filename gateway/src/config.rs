@@ -71,7 +71,7 @@ pub struct DpdkConfig {
     #[serde(default)]
     pub extra_args: Vec<String>,
     /// The ports towards each network's bridge: `tap` (the default), or a veth pair polled
-    /// with `af_packet` or `af_xdp` (see `local_port`).
+    /// with `af_xdp` or `af_packet` (see `local_port`).
     #[serde(default)]
     pub local_ports: crate::local_port::LocalPortKind,
 }
@@ -313,6 +313,11 @@ impl Config {
             .collect()
     }
 
+    /// True when the underlay is a DPDK virtual device (`net_...`), not a NIC.
+    pub fn underlay_is_vdev(&self) -> bool {
+        self.underlay.device.starts_with("net_")
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         let inv = |s: String| Err(ConfigError::Invalid(s));
         self.address()?;
@@ -320,7 +325,7 @@ impl Config {
             return inv("dpdk.cores must name at least one CPU".into());
         }
         if self.dpdk.local_ports == crate::local_port::LocalPortKind::AfXdp
-            && !self.underlay.device.starts_with("net_")
+            && !self.underlay_is_vdev()
         {
             // The af_xdp PMD's UMEM needs the packed mbuf pool, which a NIC's DMA cannot
             // use (see `Mempool::packed`).

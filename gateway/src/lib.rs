@@ -151,7 +151,7 @@ impl Gateway {
         // The main lcore is not a worker: workers are registered threads pinned to `cores`.
         args.extend(["-l".into(), config.dpdk.cores[0].to_string()]);
         let underlay_dev = &config.underlay.device;
-        let underlay_is_vdev = underlay_dev.starts_with("net_");
+        let underlay_is_vdev = config.underlay_is_vdev();
         if underlay_is_vdev {
             args.push(format!("--vdev={}", with_queues(underlay_dev, nq)));
             args.push("--no-pci".into());
@@ -830,6 +830,16 @@ fn open_port(
             "{role} port {name} has DPDK port id {}, above the {} ports a worker handles",
             p.id(),
             swarmgate_dataplane::counters::MAX_PORTS
+        );
+    }
+    // net_af_xdp fills each socket's fill ring with 2048 mbufs (ETH_AF_XDP_DFLT_NUM_DESCS in
+    // `xsk_configure`) and fails with a bare EINVAL when the pool cannot give them.
+    let xdp_need = 2048 * nq as u32 + 1024;
+    if name.starts_with("net_af_xdp") && pool.available() < xdp_need {
+        anyhow::bail!(
+            "{role} port {name}: an af_xdp port holds 2048 mbufs per queue and only {} of the \
+             pool are free (raise [dpdk] mbufs)",
+            pool.available()
         );
     }
     p.configure(nq as u16, 1024, pool)

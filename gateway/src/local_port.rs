@@ -1,16 +1,23 @@
 //! The port between the data plane and a network's kernel bridge, behind which the node's
 //! local endpoints (tasks, containers) sit.
 //!
-//! Two kinds, chosen with `[dpdk] local_ports` (see the README's "The DPDK gateway" for the
-//! numbers):
-//! * `tap` (default): DPDK's `net_tap`, one `read`/`write` system call per packet.
-//! * `af_packet`: a veth pair per network, `sg-<vni>` in the bridge and `sgd-<vni>` polled by
-//!   DPDK's `net_af_packet` through `PACKET_RX_RING`/`PACKET_TX_RING` — memory-mapped rings,
-//!   no system call per received packet and one `sendto` kick per transmitted burst; 2.7×
-//!   the TAP's packet rate here. Not the default because DPDK 22.11's PMD always joins its
-//!   sockets to a fanout group with `PACKET_FANOUT_FLAG_DEFRAG`: the kernel reassembles the
-//!   IPv4 fragments a task sends, and the datagram no longer fits the network's MTU (or the
-//!   ring's 2048-byte frames), so fragmented traffic from tasks is lost.
+//! Three kinds, chosen with `[dpdk] local_ports` (see the README's "The DPDK gateway" for the
+//! numbers and the choice):
+//! * `tap` (the default): DPDK's `net_tap`, one `read`/`write` system call per packet.
+//! * `af_xdp`: a veth pair per network, `sg-<vni>` in the bridge and `sgd-<vni>` an XDP
+//!   socket (`net_af_xdp`): memory-mapped rings filled before the kernel's stack sees a
+//!   frame, 2.9× the TAP's packet rate here, IPv4 fragments crossing one by one. Not the
+//!   default because DPDK 22.11's PMD parks 2048 mbufs of the gateway's pool in each
+//!   socket's fill ring and never gives them back when the port is removed
+//!   (`xdp_umem_destroy` frees only its bookkeeping): a daemon that creates and removes
+//!   networks would drain the pool. Needs a virtual underlay device (the packed pool, see
+//!   `Mempool::packed`) and `[dpdk] mbufs` of at least 2048 per network and queue beyond
+//!   the default's share.
+//! * `af_packet`: the same veth polled by `net_af_packet` through
+//!   `PACKET_RX_RING`/`PACKET_TX_RING`. DPDK 22.11's PMD always joins its sockets to a fanout
+//!   group with `PACKET_FANOUT_FLAG_DEFRAG`: the kernel reassembles the IPv4 fragments a task
+//!   sends, and the datagram no longer fits the network's MTU (or the ring's 2048-byte
+//!   frames), so fragmented traffic from tasks is lost.
 //!
 //! On the veth, the bridge's end has no segmentation or checksum offload: the kernel then
 //! hands the data plane MTU-sized frames with complete checksums, as it does to a TAP
@@ -37,12 +44,14 @@ pub enum LocalPortKind {
 
 impl LocalPortKind {
     /// The largest network MTU whose frames fit: the mbuf's 2048 data bytes for a TAP; for
-    /// af_packet, the ring's 2048-byte frame less the PMD's 66-byte frame header.
+    /// af_packet, the ring's 2048-byte frame less the PMD's 66-byte frame header; for an
+    /// XDP socket, the mbuf's data room less the 256 bytes the kernel keeps in front of a
+    /// received frame (`XDP_PACKET_HEADROOM`).
     pub fn max_mtu(self) -> u16 {
         match self {
             LocalPortKind::Tap => 2048 - 14,
             LocalPortKind::AfPacket => 2048 - 66 - 14,
-            LocalPortKind::AfXdp => 2048 - 14,
+            LocalPortKind::AfXdp => 2048 - 256 - 14,
         }
     }
 }

@@ -1,67 +1,265 @@
-//! A pktgen-style traffic generator on a DPDK port: sends one UDP frame shape as fast as the
-//! port takes it for a fixed time, then prints the rate. Used by `bench/netns-compare.sh`.
+//! A pktgen-style generator and sink on DPDK ports, for `bench/compare.py` and
+//! `bench/netns-compare.sh`.
 //!
-//! `pktgen <devargs> <file-prefix> <src-mac> <dst-mac> <src-ip> <dst-ip> <frame-bytes> <seconds>`
+//! It sends one Ethernet/IPv4/UDP frame shape on `--tx` (over `--flows` UDP source ports, so
+//! RSS and the outer source port spread them), at `--rate` Mpps or as fast as the port takes
+//! frames, for a warm-up and then a measured window. The last 16 bytes of every frame carry a
+//! magic number and the time it was sent. With `--rx`, it polls a second port for the frames
+//! coming back (encapsulated or not: the stamp is found at the frame's end) and records the
+//! one-way latency of each in an hdrhistogram.
+//!
+//! A received frame counts for the window its stamp says it was sent in, so frames in
+//! flight at the window's edges are neither lost nor counted twice; after the window the
+//! sink drains for `--drain-ms`.
+//!
+//! One JSON object on stdout:
+//! `{"size", "flows", "rate_mpps" (asked, 0 = unlimited), "seconds", "sent", "received",
+//!   "offered_mpps", "delivered_mpps", "offered_gbps", "delivered_gbps",
+//!   "latency_us": {"samples", "min", "p50", "p99", "p999", "max"}}` (Gb/s count the
+//! generated frame, without the 20 bytes of preamble and gap).
+//!
+//! One core does both: it alternates a transmit burst and a receive poll. The transports:
+//! `net_af_xdp` towards a kernel interface (fastest here; needs the packed mbuf pool),
+//! `net_memif` towards another DPDK process, `net_af_packet`, `net_ring`.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use clap::Parser;
+use hdrhistogram::Histogram;
 use swarmgate_dataplane::wire::EthernetAddress;
 use swarmgate_dataplane::PacketBuf;
-use swarmgate_ffi::{Eal, Mempool, Port, TxBatch, BURST_MAX};
+use swarmgate_ffi::{Eal, Mempool, Port, RxBurst, TxBatch};
+
+/// The stamp's magic number ("sgbench!").
+const MAGIC: u64 = u64::from_be_bytes(*b"sgbench!");
+
+#[derive(Parser, Debug)]
+#[command(about = "A DPDK packet generator and latency sink")]
+struct Args {
+    /// The transmitting port's devargs (`net_af_xdp0,iface=g0`).
+    #[arg(long)]
+    tx: String,
+    /// A receiving port's devargs: counts the frames that come back, with their latency.
+    #[arg(long)]
+    rx: Option<String>,
+    /// DPDK `--file-prefix` (one per process).
+    #[arg(long, default_value = "pktgen")]
+    file_prefix: String,
+    /// The frame's source MAC.
+    #[arg(long, default_value = "02:42:0a:00:00:01")]
+    src_mac: String,
+    /// The frame's destination MAC.
+    #[arg(long, default_value = "02:42:0a:00:00:02")]
+    dst_mac: String,
+    /// The frame's source IPv4 address.
+    #[arg(long, default_value = "10.0.0.1")]
+    src_ip: Ipv4Addr,
+    /// The frame's destination IPv4 address.
+    #[arg(long, default_value = "10.0.0.2")]
+    dst_ip: Ipv4Addr,
+    /// Frame size in bytes, Ethernet header included (60-1514).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Offered rate in Mpps; 0 sends as fast as the port takes frames.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// The measured window, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Sending before the window (queues, caches and neighbour tables settle), in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// How long the sink keeps polling after the window, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    drain_ms: u64,
+    /// UDP source ports used, one flow each (1-4096).
+    #[arg(long, default_value_t = 64)]
+    flows: u16,
+    /// The CPU to run on.
+    #[arg(long, default_value_t = 0)]
+    core: usize,
+}
 
 fn main() -> anyhow::Result<()> {
-    let a: Vec<String> = std::env::args().collect();
-    if a.len() != 9 {
-        anyhow::bail!("usage: pktgen <devargs> <file-prefix> <src-mac> <dst-mac> <src-ip> <dst-ip> <frame-bytes> <seconds>");
+    let a = Args::parse();
+    anyhow::ensure!((60..=1514).contains(&a.size), "--size must be 60-1514 bytes");
+    anyhow::ensure!((1..=4096).contains(&a.flows), "--flows must be 1-4096");
+    anyhow::ensure!(
+        a.rate >= 0.0 && a.rate <= 100.0,
+        "--rate must be 0 (unlimited) to 100 Mpps"
+    );
+    anyhow::ensure!(
+        a.seconds > 0.0 && a.seconds <= 3600.0 && a.warmup >= 0.0 && a.warmup <= 60.0,
+        "--seconds must be in (0, 3600] and --warmup in [0, 60]"
+    );
+    let src_mac: EthernetAddress = a.src_mac.parse().map_err(|_| anyhow::anyhow!("bad --src-mac"))?;
+    let dst_mac: EthernetAddress = a.dst_mac.parse().map_err(|_| anyhow::anyhow!("bad --dst-mac"))?;
+
+    let mut vdevs = vec![a.tx.as_str()];
+    vdevs.extend(a.rx.as_deref());
+    let mut eal_args = swarmgate_bench::eal_args(&a.file_prefix, &vdevs);
+    if let Some(l) = eal_args.iter().position(|x| x == "-l") {
+        eal_args[l + 1] = a.core.to_string();
     }
-    let (devargs, prefix) = (&a[1], &a[2]);
-    let src_mac: EthernetAddress = a[3].parse().map_err(|_| anyhow::anyhow!("bad src MAC"))?;
-    let dst_mac: EthernetAddress = a[4].parse().map_err(|_| anyhow::anyhow!("bad dst MAC"))?;
-    let (src, dst): (Ipv4Addr, Ipv4Addr) = (a[5].parse()?, a[6].parse()?);
-    let len: usize = a[7].parse()?;
-    let secs: f64 = a[8].parse()?;
-    anyhow::ensure!((60..=1514).contains(&len), "frame bytes must be 60..=1514");
-    let eal = Eal::init(&swarmgate_bench::eal_args(prefix, &[devargs]))?;
-    let pool = Mempool::new(&eal, "gen-pool", 8191, 256, 2048 + 128)?;
-    let name = devargs.split(',').next().unwrap_or(devargs);
-    let mut port = Port::by_name(&eal, name)?;
-    port.configure(1, 1024, &pool)?;
-    let (_rx, mut tx) = port.queues().pop().expect("queue");
-    port.start()?;
-    // Varying source ports spread the flows (outer UDP source port entropy, RSS).
-    let payload = vec![0x61u8; len - 42];
-    let frames: Vec<Vec<u8>> = (0..64u16)
+    let eal = Eal::init(&eal_args).context("DPDK EAL")?;
+    // Packed: net_af_xdp registers the pool as its UMEM (see `Mempool::packed`).
+    let pool = Mempool::packed(&eal, "gen-pool", 16383, 256, 2048 + 128)?;
+    let open = |devargs: &str| -> anyhow::Result<Port> {
+        let name = devargs.split(',').next().unwrap_or(devargs);
+        let mut p = Port::by_name(&eal, name).with_context(|| format!("port {name}"))?;
+        p.configure(1, 2048, &pool)?;
+        Ok(p)
+    };
+    let mut tx_port = open(&a.tx)?;
+    let (_tx_rx, mut txq) = tx_port.queues().pop().expect("one queue");
+    tx_port.start()?;
+    let mut rx_port = a.rx.as_deref().map(open).transpose()?;
+    let mut rxq = match rx_port.as_mut() {
+        Some(p) => {
+            let (rxq, _) = p.queues().pop().expect("one queue");
+            p.start()?;
+            p.promiscuous()?;
+            Some(rxq)
+        }
+        None => None,
+    };
+
+    let payload = vec![0x61u8; a.size - 42];
+    let frames: Vec<Vec<u8>> = (0..a.flows)
         .map(|i| {
-            swarmgate_tests::frames::udp(src_mac, dst_mac, src, dst, 40000 + i, 5000, &payload)
+            swarmgate_tests::frames::udp(
+                src_mac,
+                dst_mac,
+                a.src_ip,
+                a.dst_ip,
+                40000 + i,
+                5000,
+                &payload,
+            )
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs);
-    let (mut sent, mut k) = (0u64, 0usize);
+    // Ports (XDP programs, links) come up.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let epoch = Instant::now();
+    let ns = |t: Instant| t.duration_since(epoch).as_nanos() as u64;
+    let win_start = epoch + Duration::from_secs_f64(a.warmup);
+    let win_end = win_start + Duration::from_secs_f64(a.seconds);
+    let (w0, w1) = (ns(win_start), ns(win_end));
+    let (mut sent_total, mut sent_win, mut received) = (0u64, 0u64, 0u64);
+    let mut k = 0usize;
     let mut batch = TxBatch::default();
-    while Instant::now() < end {
-        while !batch.is_full() {
+    let mut burst = RxBurst::default();
+    let mut sink = |rxq: &mut Option<swarmgate_ffi::RxQueue>, hist: &mut Histogram<u64>| {
+        let Some(q) = rxq.as_mut() else { return 0 };
+        let n = q.rx(&mut burst);
+        let now = ns(Instant::now());
+        let mut got = 0;
+        for m in burst.drain() {
+            let d = m.data();
+            if d.len() < 16 {
+                continue;
+            }
+            let t = &d[d.len() - 16..];
+            if u64::from_be_bytes(t[..8].try_into().unwrap()) != MAGIC {
+                continue;
+            }
+            let sent_at = u64::from_be_bytes(t[8..].try_into().unwrap());
+            if (w0..w1).contains(&sent_at) {
+                got += 1;
+                let _ = hist.record(now.saturating_sub(sent_at).max(1));
+            }
+        }
+        let _ = n;
+        got
+    };
+    loop {
+        let now = Instant::now();
+        if now >= win_end {
+            break;
+        }
+        // How many the rate allows by now (all of a burst when unlimited).
+        let allowed = if a.rate > 0.0 {
+            let due = (now.duration_since(epoch).as_secs_f64() * a.rate * 1e6) as u64;
+            due.saturating_sub(sent_total + batch.len() as u64) as usize
+        } else {
+            usize::MAX
+        };
+        let stamp = ns(now);
+        let mut added = 0;
+        while !batch.is_full() && added < allowed {
             let Some(mut m) = pool.alloc() else { break };
             let f = &frames[k % frames.len()];
             k += 1;
-            m.append(f.len()).expect("room").copy_from_slice(f);
+            let buf = m.append(f.len()).expect("room");
+            buf.copy_from_slice(f);
+            let l = buf.len();
+            buf[l - 16..l - 8].copy_from_slice(&MAGIC.to_be_bytes());
+            buf[l - 8..].copy_from_slice(&stamp.to_be_bytes());
             let _ = batch.push(m);
+            added += 1;
         }
-        sent += tx.tx(&mut batch) as u64;
-        if batch.len() == BURST_MAX {
-            std::hint::spin_loop();
+        let s = txq.tx(&mut batch) as u64;
+        sent_total += s;
+        if stamp >= w0 {
+            sent_win += s;
         }
+        received += sink(&mut rxq, &mut hist);
     }
-    let el = start.elapsed().as_secs_f64();
+    // Frames still in the batch were never offered.
     batch.free_all();
-    println!(
-        "pktgen: sent {sent} frames of {len} B in {el:.2} s: {:.3} Mpps",
-        sent as f64 / el / 1e6
+    let drain_end = Instant::now() + Duration::from_millis(a.drain_ms);
+    while Instant::now() < drain_end {
+        received += sink(&mut rxq, &mut hist);
+    }
+
+    let secs = a.seconds;
+    let mpps = |n: u64| n as f64 / secs / 1e6;
+    let gbps = |n: u64| n as f64 * a.size as f64 * 8.0 / secs / 1e9;
+    let us = |v: u64| v as f64 / 1e3;
+    let latency = if hist.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({
+            "samples": hist.len(),
+            "min": us(hist.min()),
+            "p50": us(hist.value_at_quantile(0.50)),
+            "p99": us(hist.value_at_quantile(0.99)),
+            "p999": us(hist.value_at_quantile(0.999)),
+            "max": us(hist.max()),
+        })
+    };
+    let out = serde_json::json!({
+        "size": a.size,
+        "flows": a.flows,
+        "rate_mpps": a.rate,
+        "seconds": secs,
+        "sent": sent_win,
+        "received": if rxq.is_some() { serde_json::json!(received) } else { serde_json::Value::Null },
+        "offered_mpps": mpps(sent_win),
+        "delivered_mpps": if rxq.is_some() { serde_json::json!(mpps(received)) } else { serde_json::Value::Null },
+        "offered_gbps": gbps(sent_win),
+        "delivered_gbps": if rxq.is_some() { serde_json::json!(gbps(received)) } else { serde_json::Value::Null },
+        "latency_us": latency,
+    });
+    eprintln!(
+        "pktgen: sent {sent_win} frames of {} B in {secs:.2} s: {:.3} Mpps{}",
+        a.size,
+        mpps(sent_win),
+        if rxq.is_some() {
+            format!(", received {received}: {:.3} Mpps", mpps(received))
+        } else {
+            String::new()
+        }
     );
-    drop(tx);
-    drop(port);
+    println!("{out}");
+    drop(rxq);
+    drop(txq);
+    drop(rx_port);
+    drop(tx_port);
     drop(pool);
     drop(eal);
     Ok(())
