@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """The VXLAN data paths side by side, in one run, on one topology: the Linux kernel's
 bridge + vxlan (Docker's data path), Open vSwitch with DPDK, and swarmgate.
 
@@ -11,19 +11,24 @@ the data path encapsulates them in VXLAN (VNI 4097) towards 192.168.88.2 out of 
 generator receives them on s0, counts them and records their latency (bench/src/bin/pktgen.rs).
 
   * kernel:    g1 and vxlan0 in a Linux bridge, static FDB and neighbour (as Docker sets
-               them); RPS moves g1's receive processing to CPU 1.
+               them); the kernel's work runs on the sending CPU (CPU 0, with the generator),
+               as it does for a task's own traffic. kernel-rps: RPS moves it to CPU 1.
   * ovs-dpdk:  ovs-vswitchd (OVS 3.1, DPDK 22.11) in the namespace, no hugepages; g1 and h0
                as DPDK af_packet ports; br-int: g1 -> vxlan0; br-phy carries the underlay
                (the setup of ../shared/peers/ovs-dpdk-peer.sh); one PMD thread on CPU 1.
-  * swarmgate: the gateway with one worker on CPU 1; h0 as its af_packet underlay, g1 in the
-               network's bridge behind its default local port (an XDP socket on a veth).
+  * swarmgate: the gateway with one worker on CPU 1, h0 as its af_packet underlay, g1 in
+               the network's bridge behind an XDP socket on a veth (local_ports = "af_xdp");
+               the bridge's work stays on the sending CPU (RPS would put it under the
+               worker's busy poll, which starves it). swarmgate-tap: the same behind the
+               default TAP.
 
 For each path and frame size: the saturation run (the generator as fast as it can), then a
 sweep of offered rates (fractions of that path's saturation), each with latency. Writes
 bench/results/compare.json, compare.md (the table for BENCHMARKS.md), compare-rate.png and
 compare-latency.png.
 
-Usage (root): bench/compare.py [--seconds 2] [--sizes 64,1400] [--paths kernel,ovs-dpdk,swarmgate]
+Usage (root): bench/compare.py [--seconds 2] [--sizes 64,1400]
+                              [--paths kernel,kernel-rps,ovs-dpdk,swarmgate,swarmgate-tap]
 Installs what it lacks (openvswitch-switch-dpdk, python3-matplotlib). Everything it starts
 is killed by PID and every namespace it made is removed, on errors too.
 """
@@ -40,7 +45,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
-RESULTS = os.path.join(ROOT, "bench", "results")
+RESULTS = os.path.join(ROOT, "bench", "results")  # --out changes it
 ID = str(os.getpid())
 GEN, DUT = "cmpgen" + ID, "cmpdut" + ID
 VNI = 4097
@@ -104,8 +109,11 @@ class Process:
 
 
 class Kernel:
-    name = "kernel"
-    label = "Linux kernel bridge + vxlan (RPS to CPU 1)"
+    def __init__(self, rps):
+        self.rps = rps
+        self.name = "kernel-rps" if rps else "kernel"
+        self.label = ("Linux kernel bridge + vxlan, RPS to CPU 1" if rps
+                      else "Linux kernel bridge + vxlan, on the sending CPU")
 
     def up(self, topo, tmp):
         n = DUT
@@ -118,7 +126,8 @@ class Kernel:
         sh("ip link set br0 up", ns=n)
         sh(f"bridge fdb add {INNER_DST_MAC} dev vxlan0 dst {REMOTE}", ns=n)
         sh(f"ip neigh replace {REMOTE} lladdr {topo.s0_mac} dev h0 nud permanent", ns=n)
-        sh("sh -c 'echo 2 > /sys/class/net/g1/queues/rx-0/rps_cpus'", ns=n)
+        if self.rps:
+            sh("sh -c 'echo 2 > /sys/class/net/g1/queues/rx-0/rps_cpus'", ns=n)
 
     def down(self):
         n = DUT
@@ -130,11 +139,11 @@ class Kernel:
 
 
 class Swarmgate:
-    name = "swarmgate"
-    label = "swarmgate (1 worker on CPU 1)"
-
-    def __init__(self):
+    def __init__(self, local_ports="af_xdp"):
         self.gw = None
+        self.local_ports = local_ports
+        self.name = "swarmgate" if local_ports == "af_xdp" else f"swarmgate-{local_ports}"
+        self.label = f"swarmgate, {local_ports} local port (1 worker on CPU 1)"
 
     def up(self, topo, tmp):
         n = DUT
@@ -143,10 +152,13 @@ class Swarmgate:
         sh("ip link set br-4097 up", ns=n)
         cfg = os.path.join(tmp, "gw.toml")
         self.stats = os.path.join(tmp, "gw.json")
+        if os.path.exists(self.stats):
+            os.remove(self.stats)
         with open(cfg, "w") as f:
             f.write(f"""[dpdk]
 cores = [1]
 file_prefix = "cmpgw{ID}"
+local_ports = "{self.local_ports}"
 
 [underlay]
 device = "net_af_packet0,iface=h0"
@@ -163,18 +175,15 @@ endpoints = [{{ network = "bench", ip = "10.0.0.2" }}]
 """)
         self.gw = Process(n, [os.path.join(BIN, "swarmgate"), "gateway", "-c", cfg,
                               "--stats", self.stats], os.path.join(tmp, "gw.log"))
-        for _ in range(100):
-            if sh("ip link show sg-exc", ns=n, check=False):
-                break
+        # The sink answers no ARP (DPDK owns s0): a static neighbour, as for the others,
+        # added once the gateway runs (setting up its exception TAP flushes the table).
+        for _ in range(150):
             if not self.gw.alive():
                 raise RuntimeError("the gateway exited: " + open(os.path.join(tmp, "gw.log")).read())
-            time.sleep(0.1)
-        # The sink answers no ARP (DPDK owns s0): a static neighbour, as for the others.
-        sh(f"ip neigh replace {REMOTE} lladdr {topo.s0_mac} dev sg-exc nud permanent", ns=n)
-        for _ in range(100):
             try:
                 if REMOTE in json.load(open(self.stats)).get("neighbours", {}):
                     return
+                sh(f"ip neigh replace {REMOTE} lladdr {topo.s0_mac} dev sg-exc nud permanent", ns=n)
             except (OSError, ValueError):
                 pass
             time.sleep(0.1)
@@ -184,6 +193,12 @@ endpoints = [{{ network = "bench", ip = "10.0.0.2" }}]
         if self.gw:
             self.gw.stop()
             self.gw = None
+            try:
+                st = json.load(open(self.stats))
+                log(f"{self.name}: drops {st['drops']}, ports " + ", ".join(
+                    f"{k} rx {v['rx_packets']} tx {v['tx_packets']}" for k, v in st["ports"].items()))
+            except (OSError, ValueError, KeyError):
+                pass
         sh("ip link del br-4097", ns=DUT, check=False)
         sh("ip link set g1 nomaster", ns=DUT, check=False)
 
@@ -352,19 +367,38 @@ def table(results, sizes, cmd):
 
 
 def main():
+    global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--sizes", default="64,1400")
-    ap.add_argument("--paths", default="kernel,ovs-dpdk,swarmgate")
+    ap.add_argument("--paths", default="kernel,kernel-rps,ovs-dpdk,swarmgate,swarmgate-tap")
+    ap.add_argument("--sweep", default=",".join(str(f) for f in FRACTIONS),
+                    help="offered rates, as fractions of each path's saturation rate")
+    ap.add_argument("--out", default=RESULTS, help="where the JSON, table and plots go")
     a = ap.parse_args()
+    RESULTS = os.path.abspath(a.out)
+    try:
+        fractions = [float(f) for f in a.sweep.split(",")]
+    except ValueError:
+        sys.exit(f"compare.py: --sweep {a.sweep!r} is not a list of numbers")
+    if not fractions or not all(0 < f <= 4 for f in fractions):
+        sys.exit("compare.py: --sweep fractions must be in (0, 4]")
+    if not 0.2 <= a.seconds <= 600:
+        sys.exit("compare.py: --seconds must be 0.2-600")
     if os.geteuid() != 0:
         sys.exit("compare.py: needs root (network namespaces, DPDK)")
-    sizes = [int(s) for s in a.sizes.split(",")]
+    try:
+        sizes = [int(s) for s in a.sizes.split(",")]
+    except ValueError:
+        sys.exit(f"compare.py: --sizes {a.sizes!r} is not a list of frame sizes")
+    if not all(60 <= s <= 1464 for s in sizes):
+        sys.exit("compare.py: --sizes must be 60-1464 bytes (the overlay's MTU)")
     paths = a.paths.split(",")
-    known = {"kernel": Kernel, "ovs-dpdk": OvsDpdk, "swarmgate": Swarmgate}
+    known = {"kernel": lambda: Kernel(False), "kernel-rps": lambda: Kernel(True), "ovs-dpdk": OvsDpdk, "swarmgate": Swarmgate,
+             "swarmgate-tap": lambda: Swarmgate("tap")}
     for p in paths:
         if p not in known:
-            sys.exit(f"compare.py: unknown path {p} (kernel, ovs-dpdk, swarmgate)")
+            sys.exit(f"compare.py: unknown path {p} ({', '.join(known)})")
     ensure_tools(paths)
     os.makedirs(RESULTS, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="sg-compare-")
@@ -383,7 +417,7 @@ def main():
                 r["saturation"][str(size)] = sat
                 log(f"{current.name} {size} B: offered {sat['offered_mpps']:.3f}, delivered {sat['delivered_mpps']:.3f} Mpps")
                 top = max(sat["delivered_mpps"], 0.001)
-                for f in FRACTIONS:
+                for f in fractions:
                     rate = min(f * top, sat["offered_mpps"])
                     pt = pktgen(size, rate, a.seconds, 0.5)
                     pt["size"], pt["fraction"] = size, f
@@ -404,7 +438,7 @@ def main():
             "seconds_per_point": a.seconds}
     with open(os.path.join(RESULTS, "compare.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
-    cmd = "bench/compare.py" + ("" if a.seconds == 2.0 else f" --seconds {a.seconds}")
+    cmd = "bench/compare.py " + " ".join(sys.argv[1:])
     md = table(results, sizes, cmd)
     with open(os.path.join(RESULTS, "compare.md"), "w") as f:
         f.write(md)
