@@ -216,100 +216,126 @@ impl Worker {
         pc.rx_packets.add(n as u64);
         pc.rx_bytes.add(rx_bytes);
 
-        // 2. esp-decrypt
-        for i in 0..n {
-            if let Step::EspOpen { src } = steps[i] {
-                steps[i] = match esp_open(&mut self.replay, t, src, &mut pkts[i]) {
-                    Ok(()) => Step::Decap { via_esp: true, src },
-                    Err(r) => Step::Done(Next::Drop(r)),
-                };
+        // 2-3 only for bursts from the underlay: only `input_underlay` yields ESP and
+        // VXLAN steps (a burst from a local port skips two passes over its steps).
+        if rx_port == t.underlay.port {
+            // 2. esp-decrypt
+            for i in 0..n {
+                if let Step::EspOpen { src } = steps[i] {
+                    steps[i] = match esp_open(&mut self.replay, t, src, &mut pkts[i]) {
+                        Ok(()) => Step::Decap { via_esp: true, src },
+                        Err(r) => Step::Done(Next::Drop(r)),
+                    };
+                }
             }
-        }
 
-        // 3. vxlan-decap
-        for i in 0..n {
-            if let Step::Decap { via_esp, src } = steps[i] {
-                steps[i] = match vxlan::decapsulate(&mut pkts[i], t, via_esp) {
-                    Ok(d) => {
-                        let net = &t.networks()[d.network];
-                        let nc = c.network(net.spec.slot);
-                        nc.decap_packets.add(1);
-                        nc.decap_bytes.add(d.inner_len as u64);
-                        match &net.router {
-                            Some(r) => from_remote(
-                                &mut self.flows,
-                                self.now,
-                                net,
-                                r,
-                                &t.underlay,
-                                src,
-                                pkts[i].data_mut(),
-                            ),
-                            None => Step::Done(Next::Tx(net.spec.local_port)),
+            // 3. vxlan-decap
+            for i in 0..n {
+                if let Step::Decap { via_esp, src } = steps[i] {
+                    steps[i] = match vxlan::decapsulate(&mut pkts[i], t, via_esp) {
+                        Ok(d) => {
+                            let net = &t.networks()[d.network];
+                            let nc = c.network(net.spec.slot);
+                            nc.decap_packets.add(1);
+                            nc.decap_bytes.add(d.inner_len as u64);
+                            match &net.router {
+                                Some(r) => from_remote(
+                                    &mut self.flows,
+                                    self.now,
+                                    net,
+                                    r,
+                                    &t.underlay,
+                                    src,
+                                    pkts[i].data_mut(),
+                                ),
+                                None => Step::Done(Next::Tx(net.spec.local_port)),
+                            }
                         }
-                    }
-                    Err(r) => Step::Done(Next::Drop(r)),
-                };
+                        Err(r) => Step::Done(Next::Drop(r)),
+                    };
+                }
             }
         }
 
-        // 4. vxlan-encap, with a one-entry next-hop cache in front of the neighbour table
-        //    (consecutive packets mostly go to the same VTEP).
-        let mut last_hop: Option<(Ipv4Addr, EthernetAddress)> = None;
+        // 4-5. vxlan-encap and output, in one pass. Encapsulation keeps the outer headers
+        //    (and so the neighbour lookup) of the last destination: consecutive packets
+        //    mostly go to the same (network, VTEP). Counters are summed per run of packets
+        //    (to one port, of one network) and written once per run, not once per packet.
+        let mut last: Option<(u16, Ipv4Addr, &Network, vxlan::OuterHeaders)> = None;
+        let (mut tx_port, mut tx_pkts, mut tx_bytes) = (0 as PortId, 0u64, 0u64);
+        let (mut enc_slot, mut enc_pkts, mut enc_bytes) = (0u16, 0u64, 0u64);
         for i in 0..n {
-            if let Step::Encap { net, vtep, sport } = steps[i] {
-                let next_hop = match last_hop {
-                    Some((ip, mac)) if ip == vtep => Some(mac),
-                    _ => t.neighbours.get(&vtep).copied(),
-                };
-                let decision = match next_hop {
-                    Some(mac) => {
-                        last_hop = Some((vtep, mac));
-                        let net = &t.networks()[net as usize];
-                        match encap(t, net, vtep, mac, sport, &mut pkts[i], c) {
-                            Ok(()) => Next::Tx(t.underlay.port),
-                            Err(r) => Next::Drop(r),
-                        }
-                    }
-                    None => Next::Drop(DropReason::NoNeighbour),
-                };
-                steps[i] = Step::Done(decision);
-            }
-        }
-
-        // 5. output: counters are summed per run of packets to the same port and written
-        //    once per run, not once per packet.
-        let mut run: Option<(PortId, u64, u64)> = None;
-        let flush = |run: Option<(PortId, u64, u64)>| {
-            if let Some((port, pkts, bytes)) = run {
-                let pc = c.port(port);
-                pc.tx_packets.add(pkts);
-                pc.tx_bytes.add(bytes);
-            }
-        };
-        for i in 0..n {
+            // The frame's length as it leaves (an encapsulated frame's is read again).
+            let mut len = pkts[i].len() as u64;
             let decision = match steps[i] {
                 Step::Done(x) => x,
+                Step::Encap { net, vtep, sport } => {
+                    if !matches!(&last, Some((n, ip, _, _)) if *n == net && *ip == vtep) {
+                        let network = &t.networks()[net as usize];
+                        last = t.neighbours.get(&vtep).map(|mac| {
+                            let h = vxlan::OuterHeaders::new(
+                                &t.underlay,
+                                network.spec.vni,
+                                vtep,
+                                *mac,
+                                network.spec.encrypted,
+                            );
+                            (net, vtep, network, h)
+                        });
+                    }
+                    match &last {
+                        Some((_, _, network, h)) => {
+                            match encap(t, network, vtep, h, sport, &mut pkts[i]) {
+                                Ok(()) => {
+                                    let slot = network.spec.slot;
+                                    if slot != enc_slot && enc_pkts > 0 {
+                                        let nc = c.network(enc_slot);
+                                        nc.encap_packets.add(enc_pkts);
+                                        nc.encap_bytes.add(enc_bytes);
+                                        (enc_pkts, enc_bytes) = (0, 0);
+                                    }
+                                    enc_slot = slot;
+                                    enc_pkts += 1;
+                                    enc_bytes += len;
+                                    len = pkts[i].len() as u64;
+                                    Next::Tx(t.underlay.port)
+                                }
+                                Err(r) => Next::Drop(r),
+                            }
+                        }
+                        None => Next::Drop(DropReason::NoNeighbour),
+                    }
+                }
                 // Every other step was resolved by its stage.
                 _ => Next::Drop(DropReason::Unsupported),
             };
             match decision {
                 Next::Tx(port) => {
-                    let len = pkts[i].len() as u64;
-                    run = match run {
-                        Some((p, k, b)) if p == port => Some((p, k + 1, b + len)),
-                        other => {
-                            flush(other);
-                            Some((port, 1, len))
-                        }
-                    };
+                    if port != tx_port && tx_pkts > 0 {
+                        let pc = c.port(tx_port);
+                        pc.tx_packets.add(tx_pkts);
+                        pc.tx_bytes.add(tx_bytes);
+                        (tx_pkts, tx_bytes) = (0, 0);
+                    }
+                    tx_port = port;
+                    tx_pkts += 1;
+                    tx_bytes += len;
                 }
                 Next::Drop(r) => c.count_drop(r, 1),
                 Next::Exception => c.exception.add(1),
             }
             next[i] = decision;
         }
-        flush(run);
+        if tx_pkts > 0 {
+            let pc = c.port(tx_port);
+            pc.tx_packets.add(tx_pkts);
+            pc.tx_bytes.add(tx_bytes);
+        }
+        if enc_pkts > 0 {
+            let nc = c.network(enc_slot);
+            nc.encap_packets.add(enc_pkts);
+            nc.encap_bytes.add(enc_bytes);
+        }
     }
 }
 
@@ -341,29 +367,16 @@ fn encap<B: PacketBuf>(
     t: &Tables,
     net: &Network,
     vtep: Ipv4Addr,
-    next_hop: EthernetAddress,
+    headers: &vxlan::OuterHeaders,
     src_port: u16,
     buf: &mut B,
-    c: &Counters,
 ) -> Result<(), DropReason> {
     let sa = if net.spec.encrypted {
         Some(&**t.esp.tx.get(&vtep).ok_or(DropReason::NoOutboundSa)?)
     } else {
         None
     };
-    let inner_len = buf.len() as u64;
-    let p = vxlan::EncapParams {
-        vni: net.spec.vni,
-        vtep,
-        next_hop,
-        src_port,
-        sa,
-    };
-    vxlan::encapsulate(buf, &t.underlay, &p)?;
-    let nc = c.network(net.spec.slot);
-    nc.encap_packets.add(1);
-    nc.encap_bytes.add(inner_len);
-    Ok(())
+    vxlan::encapsulate_with(buf, headers, src_port, sa)
 }
 
 /// A frame from a network's local port (the node's bridge for that network).
