@@ -288,7 +288,9 @@ impl Topology {
         for i in 1..=2 {
             match sides[i - 1] {
                 Side::Kernel => t.setup_kernel(i),
-                Side::Swarmgate | Side::SwarmgateAfPacket | Side::SwarmgateAfXdp => t.start_gateway(i),
+                Side::Swarmgate | Side::SwarmgateAfPacket | Side::SwarmgateAfXdp => {
+                    t.start_gateway(i)
+                }
                 Side::Bare => {
                     run(&format!(
                         "ip -n {} addr add {}/24 dev {}",
@@ -373,7 +375,10 @@ docker = {docker}
             pep = Self::ep(o),
             // The kernel and bare sides stand for Docker hosts (the bare one sends the
             // kernel's IVs).
-            docker = !matches!(self.sides[o - 1], Side::Swarmgate | Side::SwarmgateAfPacket | Side::SwarmgateAfXdp),
+            docker = !matches!(
+                self.sides[o - 1],
+                Side::Swarmgate | Side::SwarmgateAfPacket | Side::SwarmgateAfXdp
+            ),
             local_ports = match self.sides[i - 1] {
                 Side::SwarmgateAfPacket => "af_packet",
                 Side::SwarmgateAfXdp => "af_xdp",

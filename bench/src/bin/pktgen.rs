@@ -84,7 +84,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    anyhow::ensure!((60..=1514).contains(&a.size), "--size must be 60-1514 bytes");
+    anyhow::ensure!(
+        (60..=1514).contains(&a.size),
+        "--size must be 60-1514 bytes"
+    );
     anyhow::ensure!((1..=4096).contains(&a.flows), "--flows must be 1-4096");
     anyhow::ensure!(
         a.rate >= 0.0 && a.rate <= 100.0,
@@ -94,8 +97,14 @@ fn main() -> anyhow::Result<()> {
         a.seconds > 0.0 && a.seconds <= 3600.0 && a.warmup >= 0.0 && a.warmup <= 60.0,
         "--seconds must be in (0, 3600] and --warmup in [0, 60]"
     );
-    let src_mac: EthernetAddress = a.src_mac.parse().map_err(|_| anyhow::anyhow!("bad --src-mac"))?;
-    let dst_mac: EthernetAddress = a.dst_mac.parse().map_err(|_| anyhow::anyhow!("bad --dst-mac"))?;
+    let src_mac: EthernetAddress = a
+        .src_mac
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad --src-mac"))?;
+    let dst_mac: EthernetAddress = a
+        .dst_mac
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad --dst-mac"))?;
 
     let mut vdevs = vec![a.tx.as_str()];
     vdevs.extend(a.rx.as_deref());
