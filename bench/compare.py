@@ -6,9 +6,11 @@ bridge + vxlan (Docker's data path), Open vSwitch with DPDK, and swarmgate.
                g0 ──veth── g1   ns dut: one data path               (CPU 1)
                s0 ──veth── h0   (the underlay; s0 is the remote VTEP 192.168.88.2)
 
-The generator sends inner Ethernet/IPv4/UDP frames, stamped with their send time, into g1;
-the data path encapsulates them in VXLAN (VNI 4097) towards 192.168.88.2 out of h0; the
-generator receives them on s0, counts them and records their latency (bench/src/bin/pktgen.rs).
+Encapsulation: the generator sends inner Ethernet/IPv4/UDP frames, stamped with their send
+time, into g1; the data path encapsulates them in VXLAN (VNI 4097) towards 192.168.88.2 out
+of h0; the generator receives them on s0, counts them and records their latency
+(bench/src/bin/pktgen.rs). Decapsulation: the generator sends the VXLAN frames the remote
+VTEP would into h0 and receives the inner frames on g0.
 
   * kernel:    g1 and vxlan0 in a Linux bridge, static FDB and neighbour (as Docker sets
                them); the kernel's work runs on the sending CPU (CPU 0, with the generator),
@@ -22,12 +24,12 @@ generator receives them on s0, counts them and records their latency (bench/src/
                worker's busy poll, which starves it). swarmgate-tap: the same behind the
                default TAP.
 
-For each path and frame size: the saturation run (the generator as fast as it can), then a
+For each path, direction and frame size: the saturation run (the generator as fast as it can), then a
 sweep of offered rates (fractions of that path's saturation), each with latency. Writes
 bench/results/compare.json, compare.md (the table for BENCHMARKS.md), compare-rate.png and
 compare-latency.png.
 
-Usage (root): bench/compare.py [--seconds 2] [--sizes 64,1400]
+Usage (root): bench/compare.py [--seconds 2] [--sizes 64,1400] [--directions encap,decap]
                               [--paths kernel,kernel-rps,ovs-dpdk,swarmgate,swarmgate-tap]
 Installs what it lacks (openvswitch-switch-dpdk, python3-matplotlib). Everything it starts
 is killed by PID and every namespace it made is removed, on errors too.
@@ -50,7 +52,8 @@ ID = str(os.getpid())
 GEN, DUT = "cmpgen" + ID, "cmpdut" + ID
 VNI = 4097
 LOCAL, REMOTE = "192.168.88.1", "192.168.88.2"
-INNER_DST_MAC = "02:42:0a:00:00:02"
+REMOTE_EP_MAC = "02:42:0a:00:00:02"  # 10.0.0.2, behind the remote VTEP
+LOCAL_EP_MAC = "02:42:0a:00:00:01"   # 10.0.0.1, behind g1
 FRACTIONS = [0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.25]
 
 
@@ -67,6 +70,19 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+ALTERNATIVE = None  # ovs-vswitchd's alternative before this run, once it was changed
+
+
+def restore_alternative():
+    if ALTERNATIVE:
+        sh(f"update-alternatives --set ovs-vswitchd {ALTERNATIVE}", check=False)
+
+
+def close_topology():
+    for ns in (GEN, DUT):
+        sh(f"ip netns del {ns}", check=False)
+
+
 class Topology:
     def __init__(self):
         for ns in (GEN, DUT):
@@ -80,10 +96,6 @@ class Topology:
             sh(f"sysctl -qw net.ipv6.conf.{i}.disable_ipv6=1", ns=ns)
             sh(f"ip link set {i} up", ns=ns)
         self.s0_mac = "02:00:c0:a8:58:02"
-
-    def close(self):
-        for ns in (GEN, DUT):
-            sh(f"ip netns del {ns}", check=False)
 
 
 class Process:
@@ -124,14 +136,21 @@ class Kernel:
         sh("ip link set vxlan0 master br0", ns=n)
         sh("ip link set vxlan0 up", ns=n)
         sh("ip link set br0 up", ns=n)
-        sh(f"bridge fdb add {INNER_DST_MAC} dev vxlan0 dst {REMOTE}", ns=n)
+        sh(f"bridge fdb add {REMOTE_EP_MAC} dev vxlan0 dst {REMOTE}", ns=n)
+        # The decapsulation direction's endpoint, as Docker's bridge learns it.
+        sh(f"bridge fdb replace {LOCAL_EP_MAC} dev g1 master static", ns=n)
         sh(f"ip neigh replace {REMOTE} lladdr {topo.s0_mac} dev h0 nud permanent", ns=n)
         if self.rps:
-            sh("sh -c 'echo 2 > /sys/class/net/g1/queues/rx-0/rps_cpus'", ns=n)
+            for i in ("g1", "h0"):
+                sh(f"sh -c 'echo 2 > /sys/class/net/{i}/queues/rx-0/rps_cpus'", ns=n)
+
+    def underlay_mac(self):
+        return mac_of(DUT, "h0")
 
     def down(self):
         n = DUT
-        sh("sh -c 'echo 0 > /sys/class/net/g1/queues/rx-0/rps_cpus'", ns=n, check=False)
+        for i in ("g1", "h0"):
+            sh(f"sh -c 'echo 0 > /sys/class/net/{i}/queues/rx-0/rps_cpus'", ns=n, check=False)
         sh("ip link del br0", ns=n, check=False)
         sh("ip link del vxlan0", ns=n, check=False)
         sh("ip addr flush dev h0", ns=n, check=False)
@@ -168,6 +187,7 @@ address = "{LOCAL}/24"
 name = "bench"
 vni = {VNI}
 bridge = "br-4097"
+local = [{{ ip = "10.0.0.1" }}]
 
 [[peer]]
 vtep = "{REMOTE}"
@@ -188,6 +208,9 @@ endpoints = [{{ network = "bench", ip = "10.0.0.2" }}]
                 pass
             time.sleep(0.1)
         raise RuntimeError("the gateway never learnt the sink's neighbour entry")
+
+    def underlay_mac(self):
+        return mac_of(DUT, "h0")
 
     def down(self):
         if self.gw:
@@ -217,7 +240,11 @@ class OvsDpdk:
     def up(self, topo, tmp):
         self.d = os.path.join(tmp, "ovs")
         os.makedirs(self.d)
-        if shutil.which("update-alternatives"):
+        # The DPDK build of ovs-vswitchd, for this run only (restore_alternative).
+        global ALTERNATIVE
+        if shutil.which("update-alternatives") and ALTERNATIVE is None:
+            q = sh("update-alternatives --query ovs-vswitchd", check=False, capture=True)
+            ALTERNATIVE = next((l.split(": ", 1)[1] for l in q.splitlines() if l.startswith("Value: ")), "")
             sh("update-alternatives --set ovs-vswitchd /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk",
                check=False)
         db = os.path.join(self.d, "conf.db")
@@ -266,6 +293,7 @@ class OvsDpdk:
         o(f"ovs-appctl tnl/arp/set br-phy {REMOTE} {topo.s0_mac}")
         o("ovs-ofctl del-flows br-int")
         o("ovs-ofctl add-flow br-int in_port=dpdk-g1,actions=output:vxlan0")
+        o("ovs-ofctl add-flow br-int in_port=vxlan0,actions=output:dpdk-g1")
         o("ovs-ofctl del-flows br-phy")
         o("ovs-ofctl add-flow br-phy in_port=LOCAL,actions=output:dpdk-h0")
         o("ovs-ofctl add-flow br-phy in_port=dpdk-h0,actions=LOCAL")
@@ -273,6 +301,10 @@ class OvsDpdk:
             if o("ovs-vsctl get Interface dpdk-g1 link_state", check=False).strip() == "up":
                 break
             time.sleep(0.25)
+
+    def underlay_mac(self):
+        # Userspace tunnelling pops the VXLAN header of what is addressed to br-phy.
+        return mac_of(DUT, "br-phy")
 
     def down(self):
         if self.vsd:
@@ -288,11 +320,23 @@ class OvsDpdk:
         shutil.rmtree(f"/var/run/dpdk/cmpovs{ID}", ignore_errors=True)
 
 
-def pktgen(size, rate, seconds, warmup):
-    out = sh(f"{BIN}/pktgen --tx net_af_xdp0,iface=g0 --rx net_af_xdp1,iface=s0 "
-             f"--file-prefix cmpgen{ID} --core 0 --size {size} --rate {rate:.6f} "
-             f"--seconds {seconds} --warmup {warmup}", ns=GEN, capture=True)
+def pktgen(direction, dut, size, rate, seconds, warmup):
+    """One run: `encap` sends 10.0.0.1 -> 10.0.0.2 into g1 and receives it in VXLAN on s0;
+    `decap` sends 10.0.0.2 -> 10.0.0.1 in VXLAN (VNI 4097, from the remote VTEP to the data
+    path's underlay MAC) into h0 and receives the inner frames on g0."""
+    if direction == "encap":
+        ports = "--tx net_af_xdp0,iface=g0 --rx net_af_xdp1,iface=s0"
+    else:
+        ports = (f"--tx net_af_xdp0,iface=s0 --rx net_af_xdp1,iface=g0 --vxlan-vni {VNI} "
+                 f"--src-mac {REMOTE_EP_MAC} --dst-mac {LOCAL_EP_MAC} --src-ip 10.0.0.2 --dst-ip 10.0.0.1 "
+                 f"--outer-src-ip {REMOTE} --outer-dst-ip {LOCAL} --outer-dst-mac {dut.underlay_mac()}")
+    out = sh(f"{BIN}/pktgen {ports} --file-prefix cmpgen{ID} --core 0 --size {size} "
+             f"--rate {rate:.6f} --seconds {seconds} --warmup {warmup}", ns=GEN, capture=True)
     return json.loads(out.strip().splitlines()[-1])
+
+
+def mac_of(ns, iface):
+    return json.loads(sh(f"ip -j link show {iface}", ns=ns, capture=True))[0]["address"]
 
 
 def ensure_tools(paths):
@@ -306,62 +350,73 @@ def ensure_tools(paths):
     if need:
         log("installing " + " ".join(need))
         sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq " + " ".join(need) + " >/dev/null")
-    if not (os.access(f"{BIN}/pktgen", os.X_OK) and os.access(f"{BIN}/swarmgate", os.X_OK)):
-        sh(f"cd {ROOT} && cargo build --release --locked -p swarmgate-bench --bin pktgen "
-           f"-p swarmgate-gateway --bin swarmgate >&2")
+    # Up to date in a second when nothing changed; a stale pktgen would lack flags.
+    log("building pktgen and swarmgate (release)")
+    sh(f"cd {ROOT} && cargo build --release --locked -p swarmgate-bench --bin pktgen "
+       f"-p swarmgate-gateway --bin swarmgate")
 
 
-def plots(results, sizes):
+def plots(results, cases):
+    """compare-rate.png (delivered vs offered) and compare-latency.png (p50 and p99 vs
+    offered), one panel per (direction, size)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
+
+    def panel_points(r, d, size, need_latency=False):
+        pts = [p for p in r["sweep"] if p["direction"] == d and p["size"] == size
+               and (p["latency_us"] or not need_latency)]
+        return sorted(pts, key=lambda p: p["offered_mpps"])
+
+    w = len(cases)
+    fig, axes = plt.subplots(1, w, figsize=(5.5 * w, 4.5), squeeze=False)
+    for ax, (d, size) in zip(axes[0], cases):
+        lim = 0.01
         for r in results:
-            pts = sorted((p for p in r["sweep"] if p["size"] == size), key=lambda p: p["offered_mpps"])
+            pts = panel_points(r, d, size)
+            lim = max([lim] + [p["offered_mpps"] for p in pts])
             ax.plot([p["offered_mpps"] for p in pts], [p["delivered_mpps"] for p in pts], "o-", label=r["label"])
-        lim = max([p["offered_mpps"] for r in results for p in r["sweep"] if p["size"] == size] + [0.01])
         ax.plot([0, lim], [0, lim], ":", color="grey", label="delivered = offered")
-        ax.set_title(f"{size} B inner frames, encapsulation")
+        ax.set_title(f"{d}, {size} B inner frames")
         ax.set_xlabel("offered (Mpps)")
         ax.set_ylabel("delivered (Mpps)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "compare-rate.png"), dpi=110)
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.5), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
+    fig.savefig(os.path.join(RESULTS, "compare-rate.png"), dpi=100)
+    fig, axes = plt.subplots(1, w, figsize=(5.5 * w, 4.5), squeeze=False)
+    for ax, (d, size) in zip(axes[0], cases):
         for i, r in enumerate(results):
-            pts = sorted((p for p in r["sweep"] if p["size"] == size and p["latency_us"]),
-                         key=lambda p: p["offered_mpps"])
+            pts = panel_points(r, d, size, need_latency=True)
             c = f"C{i}"
             ax.plot([p["offered_mpps"] for p in pts], [p["latency_us"]["p50"] for p in pts], "o-", color=c,
                     label=r["label"] + " p50")
             ax.plot([p["offered_mpps"] for p in pts], [p["latency_us"]["p99"] for p in pts], "^--", color=c,
                     label=r["label"] + " p99")
         ax.set_yscale("log")
-        ax.set_title(f"{size} B inner frames: one-way latency vs load")
+        ax.set_title(f"{d}, {size} B: one-way latency vs load")
         ax.set_xlabel("offered (Mpps)")
         ax.set_ylabel("latency (µs, log)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=5)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "compare-latency.png"), dpi=110)
+    fig.savefig(os.path.join(RESULTS, "compare-latency.png"), dpi=100)
 
 
-def table(results, sizes, cmd):
+def table(results, cases, cmd):
     lines = [f"`{cmd}`", "",
-             "| data path | inner frame | offered at saturation (Mpps) | delivered (Mpps) | delivered inner Gb/s "
-             "| latency at 50 % of saturation p50 / p99 / p99.9 / max (µs) |",
-             "|---|---|---|---|---|---|"]
-    for size in sizes:
+             "| data path | direction | inner frame | offered at saturation (Mpps) | delivered (Mpps) "
+             "| delivered inner Gb/s | latency at 50 % of saturation p50 / p99 / p99.9 / max (µs) |",
+             "|---|---|---|---|---|---|---|"]
+    for d, size in cases:
         for r in results:
-            s = r["saturation"][str(size)]
-            h = r["half_load"].get(str(size))
+            key = f"{d} {size}"
+            s = r["saturation"][key]
+            h = r["half_load"].get(key)
             lat = (f"{h['latency_us']['p50']:.0f} / {h['latency_us']['p99']:.0f} / "
                    f"{h['latency_us']['p999']:.0f} / {h['latency_us']['max']:.0f}"
                    if h and h["latency_us"] else "—")
-            lines.append(f"| {r['label']} | {size} B | {s['offered_mpps']:.3f} | {s['delivered_mpps']:.3f} "
+            lines.append(f"| {r['label']} | {d} | {size} B | {s['offered_mpps']:.3f} | {s['delivered_mpps']:.3f} "
                          f"| {s['delivered_gbps']:.2f} | {lat} |")
     return "\n".join(lines) + "\n"
 
@@ -372,6 +427,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--sizes", default="64,1400")
     ap.add_argument("--paths", default="kernel,kernel-rps,ovs-dpdk,swarmgate,swarmgate-tap")
+    ap.add_argument("--directions", default="encap,decap")
     ap.add_argument("--sweep", default=",".join(str(f) for f in FRACTIONS),
                     help="offered rates, as fractions of each path's saturation rate")
     ap.add_argument("--out", default=RESULTS, help="where the JSON, table and plots go")
@@ -394,6 +450,9 @@ def main():
     if not all(60 <= s <= 1464 for s in sizes):
         sys.exit("compare.py: --sizes must be 60-1464 bytes (the overlay's MTU)")
     paths = a.paths.split(",")
+    directions = a.directions.split(",")
+    if not directions or not set(directions) <= {"encap", "decap"}:
+        sys.exit("compare.py: --directions is a list of encap, decap")
     known = {"kernel": lambda: Kernel(False), "kernel-rps": lambda: Kernel(True), "ovs-dpdk": OvsDpdk, "swarmgate": Swarmgate,
              "swarmgate-tap": lambda: Swarmgate("tap")}
     for p in paths:
@@ -402,35 +461,47 @@ def main():
     ensure_tools(paths)
     os.makedirs(RESULTS, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="sg-compare-")
-    topo = Topology()
+    topo = None
     results = []
     current = None
     try:
+        topo = Topology()
         for p in paths:
             current = known[p]()
             log(f"{current.name}: setting up")
             current.up(topo, tmp)
             r = {"path": current.name, "label": current.label, "saturation": {}, "half_load": {}, "sweep": []}
-            for size in sizes:
-                sat = pktgen(size, 0, a.seconds, 1.0)
-                sat["size"] = size
-                r["saturation"][str(size)] = sat
-                log(f"{current.name} {size} B: offered {sat['offered_mpps']:.3f}, delivered {sat['delivered_mpps']:.3f} Mpps")
-                top = max(sat["delivered_mpps"], 0.001)
-                for f in fractions:
-                    rate = min(f * top, sat["offered_mpps"])
-                    pt = pktgen(size, rate, a.seconds, 0.5)
-                    pt["size"], pt["fraction"] = size, f
-                    r["sweep"].append(pt)
-                    if f == 0.5:
-                        r["half_load"][str(size)] = pt
+            for d in directions:
+                for size in sizes:
+                    key = f"{d} {size}"
+                    sat = pktgen(d, current, size, 0, a.seconds, 1.0)
+                    sat["size"], sat["direction"] = size, d
+                    r["saturation"][key] = sat
+                    log(f"{current.name} {key} B: offered {sat['offered_mpps']:.3f}, "
+                        f"delivered {sat['delivered_mpps']:.3f} Mpps")
+                    top = max(sat["delivered_mpps"], 0.001)
+                    if sat["offered_mpps"] < 1e-6 or sat["delivered_mpps"] < 1e-6:
+                        log(f"{current.name} {key} B: nothing got through, no sweep")
+                        continue
+                    for f in fractions:
+                        rate = min(f * top, sat["offered_mpps"])
+                        pt = pktgen(d, current, size, rate, a.seconds, 0.5)
+                        pt["size"], pt["direction"], pt["fraction"] = size, d, f
+                        r["sweep"].append(pt)
+                        if f == 0.5:
+                            r["half_load"][key] = pt
             results.append(r)
             current.down()
             current = None
     finally:
-        if current:
-            current.down()
-        topo.close()
+        try:
+            if current:
+                current.down()
+        finally:
+            close_topology()
+            for prefix in ("cmpgen", "cmpgw", "cmpovs"):
+                shutil.rmtree(f"/var/run/dpdk/{prefix}{ID}", ignore_errors=True)
+            restore_alternative()
     meta = {"machine": sh("uname -srm", capture=True).strip(),
             "cpus": os.cpu_count(),
             "commit": sh(f"git -C {ROOT} rev-parse --short HEAD", check=False, capture=True).strip(),
@@ -438,11 +509,12 @@ def main():
             "seconds_per_point": a.seconds}
     with open(os.path.join(RESULTS, "compare.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
-    cmd = "bench/compare.py " + " ".join(sys.argv[1:])
-    md = table(results, sizes, cmd)
+    cmd = " ".join(["bench/compare.py"] + sys.argv[1:])
+    cases = [(d, size) for d in directions for size in sizes]
+    md = table(results, cases, cmd)
     with open(os.path.join(RESULTS, "compare.md"), "w") as f:
         f.write(md)
-    plots(results, sizes)
+    plots(results, cases)
     shutil.rmtree(tmp, ignore_errors=True)
     print(md)
 

@@ -41,7 +41,7 @@ rx() { cat /sys/class/net/s0$ID/statistics/rx_packets 2>/dev/null || ip netns ex
 measure() { # label size
   local before after gen
   before=$(ip netns exec $S cat /sys/class/net/s0$ID/statistics/rx_packets)
-  gen=$(ip netns exec $G $BIN/pktgen --tx "net_af_packet0,iface=g0$ID" --file-prefix "cmpgen$ID" --size "$2" --seconds "$SECS" --warmup 0 2>/dev/null | python3 -c 'import json,sys; print(f"{json.load(sys.stdin)["offered_mpps"]:.3f}")')
+  gen=$(ip netns exec $G $BIN/pktgen --tx "net_af_packet0,iface=g0$ID" --file-prefix "cmpgen$ID" --size "$2" --seconds "$SECS" --warmup 0 2>/dev/null | tail -n1 | python3 -c 'import json,sys; print("%.3f" % json.load(sys.stdin)["offered_mpps"])')
   sleep 0.5
   after=$(ip netns exec $S cat /sys/class/net/s0$ID/statistics/rx_packets)
   local mpps; mpps=$(python3 -c "print(f'{($after-$before)/$SECS/1e6:.3f}')")

@@ -218,8 +218,14 @@ impl Gateway {
         let mut network_ports = Vec::new();
         let mut static_locals = local_port::Unfinished::default();
         for n in &config.networks {
-            let local = LocalPort::create(&eal, config.dpdk.local_ports, n.vni, nq)
-                .with_context(|| format!("the local port of network {}", n.name))?;
+            let local = LocalPort::create(
+                &eal,
+                config.dpdk.local_ports,
+                n.vni,
+                nq,
+                n.mtu(config.underlay.mtu),
+            )
+            .with_context(|| format!("the local port of network {}", n.name))?;
             static_locals.0.push(local.clone());
             let mut p = open(&local.name, &n.name, Some(local.bridge_iface.clone()))?;
             p.start()
@@ -480,7 +486,7 @@ impl Gateway {
         let slot = (self.config.networks.len() as u16..)
             .find(|s| self.dynamic.values().all(|d| d.slot != *s))
             .expect("slots");
-        let local = LocalPort::create(&self._eal, self.config.dpdk.local_ports, n.vni, nq)
+        let local = LocalPort::create(&self._eal, self.config.dpdk.local_ports, n.vni, nq, n.mtu)
             .with_context(|| format!("the local port of network {}", n.name))?;
         let mut p = match open_port(
             &self._eal,

@@ -54,6 +54,18 @@ impl LocalPortKind {
             LocalPortKind::AfXdp => 2048 - 256 - 14,
         }
     }
+
+    /// An error when a network's `mtu` does not fit this kind's frames.
+    pub fn check_mtu(self, mtu: u16) -> anyhow::Result<()> {
+        if mtu > self.max_mtu() {
+            anyhow::bail!(
+                "MTU {mtu} does not fit a {:?} local port (at most {})",
+                self,
+                self.max_mtu()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// One network's local port: its DPDK device and the kernel interface in its bridge.
@@ -69,7 +81,8 @@ pub struct LocalPort {
 }
 
 impl LocalPort {
-    /// Creates network `vni`'s local port with `queues` queue pairs: the kernel side, then
+    /// Creates network `vni`'s local port with `queues` queue pairs for a network MTU of `mtu`
+    /// (refused first if it does not fit the kind): the kernel side, then
     /// the DPDK device (hot-plugged). A veth pair of ours left behind by a gateway that was
     /// killed is replaced; another interface of the name is an error.
     pub fn create(
@@ -77,7 +90,11 @@ impl LocalPort {
         kind: LocalPortKind,
         vni: u32,
         queues: usize,
+        mtu: u16,
     ) -> anyhow::Result<LocalPort> {
+        // Before anything is made: a refused network must leave nothing behind (an XDP
+        // socket's port keeps 2048 mbufs of the pool for good once probed).
+        kind.check_mtu(mtu)?;
         let bridge_iface = format!("sg-{vni}");
         // A veth of ours left behind by a gateway that was killed (a TAP goes with its
         // process); any other interface of that name is not ours to delete.
@@ -170,13 +187,7 @@ impl LocalPort {
     /// Once its DPDK port has started: the bridge's end into `bridge` (created if
     /// missing) with `mtu`, and up.
     pub fn attach(&self, bridge: &str, mtu: u16) -> anyhow::Result<()> {
-        if mtu > self.kind.max_mtu() {
-            anyhow::bail!(
-                "MTU {mtu} does not fit a {:?} local port (at most {})",
-                self.kind,
-                self.kind.max_mtu()
-            );
-        }
+        self.kind.check_mtu(mtu)?;
         if let Some(d) = &self.dpdk_iface {
             kernel::ip(&["link", "set", "dev", d, "mtu", &mtu.to_string()])?;
         }

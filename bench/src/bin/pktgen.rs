@@ -12,15 +12,19 @@
 //! flight at the window's edges are neither lost nor counted twice; after the window the
 //! sink drains for `--drain-ms`.
 //!
+//! With `--vxlan-vni` the frames leave VXLAN-encapsulated (towards a VTEP, for the
+//! decapsulation direction); the stamp is still the frame's last 16 bytes.
+//!
 //! One JSON object on stdout:
 //! `{"size", "flows", "rate_mpps" (asked, 0 = unlimited), "seconds", "sent", "received",
 //!   "offered_mpps", "delivered_mpps", "offered_gbps", "delivered_gbps",
-//!   "latency_us": {"samples", "min", "p50", "p99", "p999", "max"}}` (Gb/s count the
-//! generated frame, without the 20 bytes of preamble and gap).
+//!   "latency_us": {"samples", "min", "p50", "p99", "p999", "max"}}` (Gb/s count the inner
+//! frame of `--size` bytes, without the 20 bytes of preamble and gap).
 //!
 //! One core does both: it alternates a transmit burst and a receive poll. The transports:
 //! `net_af_xdp` towards a kernel interface (fastest here; needs the packed mbuf pool),
-//! `net_memif` towards another DPDK process, `net_af_packet`, `net_ring`.
+//! `net_memif` towards another DPDK process, `net_af_packet`, `net_ring` (`--rx` equal to
+//! `--tx`: one port that sends and receives, a loopback).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -30,7 +34,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use swarmgate_dataplane::wire::EthernetAddress;
 use swarmgate_dataplane::PacketBuf;
-use swarmgate_ffi::{Eal, Mempool, Port, RxBurst, TxBatch};
+use swarmgate_ffi::{Eal, Mempool, Port, RxBurst, TxBatch, BURST_MAX};
 
 /// The stamp's magic number ("sgbench!").
 const MAGIC: u64 = u64::from_be_bytes(*b"sgbench!");
@@ -80,6 +84,22 @@ struct Args {
     /// The CPU to run on.
     #[arg(long, default_value_t = 0)]
     core: usize,
+    /// Send the frames VXLAN-encapsulated with this VNI (towards a VTEP: the decapsulation
+    /// direction), outer UDP checksum zero as the kernel sends it.
+    #[arg(long)]
+    vxlan_vni: Option<u32>,
+    /// The outer source MAC (with `--vxlan-vni`).
+    #[arg(long, default_value = "02:00:c0:a8:58:02")]
+    outer_src_mac: String,
+    /// The outer destination MAC: the VTEP's (with `--vxlan-vni`).
+    #[arg(long, default_value = "02:00:c0:a8:58:01")]
+    outer_dst_mac: String,
+    /// The outer source IPv4 address (with `--vxlan-vni`).
+    #[arg(long, default_value = "192.168.88.2")]
+    outer_src_ip: Ipv4Addr,
+    /// The outer destination IPv4 address: the VTEP's (with `--vxlan-vni`).
+    #[arg(long, default_value = "192.168.88.1")]
+    outer_dst_ip: Ipv4Addr,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +117,22 @@ fn main() -> anyhow::Result<()> {
         a.seconds > 0.0 && a.seconds <= 3600.0 && a.warmup >= 0.0 && a.warmup <= 60.0,
         "--seconds must be in (0, 3600] and --warmup in [0, 60]"
     );
+    anyhow::ensure!(
+        a.vxlan_vni.is_none_or(|v| (1..1 << 24).contains(&v)),
+        "--vxlan-vni must be 1-16777215"
+    );
+    anyhow::ensure!(
+        a.vxlan_vni.is_none() || a.size <= 1464,
+        "--size must be at most 1464 bytes with --vxlan-vni (the outer frame is 50 more)"
+    );
+    let outer_src_mac: EthernetAddress = a
+        .outer_src_mac
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad --outer-src-mac"))?;
+    let outer_dst_mac: EthernetAddress = a
+        .outer_dst_mac
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad --outer-dst-mac"))?;
     let src_mac: EthernetAddress = a
         .src_mac
         .parse()
@@ -106,8 +142,12 @@ fn main() -> anyhow::Result<()> {
         .parse()
         .map_err(|_| anyhow::anyhow!("bad --dst-mac"))?;
 
+    // `--rx` the same as `--tx`: one port, sending and receiving (a `net_ring` loopback).
+    let loopback = a.rx.as_deref() == Some(a.tx.as_str());
     let mut vdevs = vec![a.tx.as_str()];
-    vdevs.extend(a.rx.as_deref());
+    if !loopback {
+        vdevs.extend(a.rx.as_deref());
+    }
     let mut eal_args = swarmgate_bench::eal_args(&a.file_prefix, &vdevs);
     if let Some(l) = eal_args.iter().position(|x| x == "-l") {
         eal_args[l + 1] = a.core.to_string();
@@ -122,9 +162,13 @@ fn main() -> anyhow::Result<()> {
         Ok(p)
     };
     let mut tx_port = open(&a.tx)?;
-    let (_tx_rx, mut txq) = tx_port.queues().pop().expect("one queue");
+    let (tx_rx, mut txq) = tx_port.queues().pop().expect("one queue");
     tx_port.start()?;
-    let mut rx_port = a.rx.as_deref().map(open).transpose()?;
+    let mut rx_port = if loopback {
+        None
+    } else {
+        a.rx.as_deref().map(open).transpose()?
+    };
     let mut rxq = match rx_port.as_mut() {
         Some(p) => {
             let (rxq, _) = p.queues().pop().expect("one queue");
@@ -132,13 +176,14 @@ fn main() -> anyhow::Result<()> {
             p.promiscuous()?;
             Some(rxq)
         }
+        None if loopback => Some(tx_rx),
         None => None,
     };
 
     let payload = vec![0x61u8; a.size - 42];
     let frames: Vec<Vec<u8>> = (0..a.flows)
         .map(|i| {
-            swarmgate_tests::frames::udp(
+            let inner = swarmgate_tests::frames::udp(
                 src_mac,
                 dst_mac,
                 a.src_ip,
@@ -146,7 +191,26 @@ fn main() -> anyhow::Result<()> {
                 40000 + i,
                 5000,
                 &payload,
-            )
+            );
+            let Some(vni) = a.vxlan_vni else {
+                return inner;
+            };
+            // RFC 7348: flags with I set, the VNI in the upper 24 bits of the second word.
+            let mut vxlan = vec![0x08, 0, 0, 0];
+            vxlan.extend_from_slice(&(vni << 8).to_be_bytes());
+            vxlan.extend_from_slice(&inner);
+            let mut outer = swarmgate_tests::frames::udp(
+                outer_src_mac,
+                outer_dst_mac,
+                a.outer_src_ip,
+                a.outer_dst_ip,
+                49152 + i,
+                4789,
+                &vxlan,
+            );
+            // The stamp changes the payload per frame: no UDP checksum (RFC 7348 §5).
+            outer[40..42].fill(0);
+            outer
         })
         .collect();
     // Ports (XDP programs, links) come up.
@@ -158,7 +222,7 @@ fn main() -> anyhow::Result<()> {
     let win_start = epoch + Duration::from_secs_f64(a.warmup);
     let win_end = win_start + Duration::from_secs_f64(a.seconds);
     let (w0, w1) = (ns(win_start), ns(win_end));
-    let (mut sent_total, mut sent_win, mut received) = (0u64, 0u64, 0u64);
+    let (mut paced, mut sent_win, mut received) = (0u64, 0u64, 0u64);
     let mut k = 0usize;
     let mut batch = TxBatch::default();
     let mut burst = RxBurst::default();
@@ -190,10 +254,13 @@ fn main() -> anyhow::Result<()> {
         if now >= win_end {
             break;
         }
-        // How many the rate allows by now (all of a burst when unlimited).
+        // How many the rate allows by now (all of a burst when unlimited). A generator that
+        // fell behind (the port pushed back) does not catch up faster than the rate plus
+        // one burst.
         let allowed = if a.rate > 0.0 {
             let due = (now.duration_since(epoch).as_secs_f64() * a.rate * 1e6) as u64;
-            due.saturating_sub(sent_total + batch.len() as u64) as usize
+            paced = paced.max(due.saturating_sub(BURST_MAX as u64));
+            due.saturating_sub(paced) as usize
         } else {
             usize::MAX
         };
@@ -212,14 +279,15 @@ fn main() -> anyhow::Result<()> {
             added += 1;
         }
         let s = txq.tx(&mut batch) as u64;
-        sent_total += s;
+        paced += s;
         if stamp >= w0 {
             sent_win += s;
         }
+        // What the port did not take is not offered: freed, so every frame sent carries the
+        // stamp of the round it was sent in (and no time queued in the generator).
+        batch.free_all();
         received += sink(&mut rxq, &mut hist);
     }
-    // Frames still in the batch were never offered.
-    batch.free_all();
     let drain_end = Instant::now() + Duration::from_millis(a.drain_ms);
     while Instant::now() < drain_end {
         received += sink(&mut rxq, &mut hist);
@@ -227,6 +295,7 @@ fn main() -> anyhow::Result<()> {
 
     let secs = a.seconds;
     let mpps = |n: u64| n as f64 / secs / 1e6;
+    // Gb/s of the inner frames, in both directions.
     let gbps = |n: u64| n as f64 * a.size as f64 * 8.0 / secs / 1e9;
     let us = |v: u64| v as f64 / 1e3;
     let latency = if hist.is_empty() {
