@@ -262,8 +262,18 @@ impl Worker {
         //    mostly go to the same (network, VTEP). Counters are summed per run of packets
         //    (to one port, of one network) and written once per run, not once per packet.
         let mut last: Option<(u16, Ipv4Addr, &Network, vxlan::OuterHeaders)> = None;
-        let (mut tx_port, mut tx_pkts, mut tx_bytes) = (0 as PortId, 0u64, 0u64);
-        let (mut enc_slot, mut enc_pkts, mut enc_bytes) = (0u16, 0u64, 0u64);
+        let mut tx = Run::<PortId>::default();
+        let mut encapsulated = Run::<u16>::default();
+        let tx_count = |port: PortId, pkts: u64, bytes: u64| {
+            let pc = c.port(port);
+            pc.tx_packets.add(pkts);
+            pc.tx_bytes.add(bytes);
+        };
+        let encap_count = |slot: u16, pkts: u64, bytes: u64| {
+            let nc = c.network(slot);
+            nc.encap_packets.add(pkts);
+            nc.encap_bytes.add(bytes);
+        };
         for i in 0..n {
             // The frame's length as it leaves (an encapsulated frame's is read again).
             let mut len = pkts[i].len() as u64;
@@ -287,16 +297,7 @@ impl Worker {
                         Some((_, _, network, h)) => {
                             match encap(t, network, vtep, h, sport, &mut pkts[i]) {
                                 Ok(()) => {
-                                    let slot = network.spec.slot;
-                                    if slot != enc_slot && enc_pkts > 0 {
-                                        let nc = c.network(enc_slot);
-                                        nc.encap_packets.add(enc_pkts);
-                                        nc.encap_bytes.add(enc_bytes);
-                                        (enc_pkts, enc_bytes) = (0, 0);
-                                    }
-                                    enc_slot = slot;
-                                    enc_pkts += 1;
-                                    enc_bytes += len;
+                                    encapsulated.add(network.spec.slot, len, encap_count);
                                     len = pkts[i].len() as u64;
                                     Next::Tx(t.underlay.port)
                                 }
@@ -310,31 +311,44 @@ impl Worker {
                 _ => Next::Drop(DropReason::Unsupported),
             };
             match decision {
-                Next::Tx(port) => {
-                    if port != tx_port && tx_pkts > 0 {
-                        let pc = c.port(tx_port);
-                        pc.tx_packets.add(tx_pkts);
-                        pc.tx_bytes.add(tx_bytes);
-                        (tx_pkts, tx_bytes) = (0, 0);
-                    }
-                    tx_port = port;
-                    tx_pkts += 1;
-                    tx_bytes += len;
-                }
+                Next::Tx(port) => tx.add(port, len, tx_count),
                 Next::Drop(r) => c.count_drop(r, 1),
                 Next::Exception => c.exception.add(1),
             }
             next[i] = decision;
         }
-        if tx_pkts > 0 {
-            let pc = c.port(tx_port);
-            pc.tx_packets.add(tx_pkts);
-            pc.tx_bytes.add(tx_bytes);
+        tx.finish(tx_count);
+        encapsulated.finish(encap_count);
+    }
+}
+
+/// The packets and bytes of a run of packets with one key (a port, a network's counter
+/// slot), handed to the shared counters once per run rather than once per packet.
+#[derive(Default)]
+struct Run<K> {
+    key: K,
+    pkts: u64,
+    bytes: u64,
+}
+
+impl<K: Copy + PartialEq> Run<K> {
+    /// Counts one packet of `bytes` for `key`, flushing the run before if its key differs.
+    #[inline]
+    fn add(&mut self, key: K, bytes: u64, flush: impl Fn(K, u64, u64)) {
+        if key != self.key && self.pkts > 0 {
+            flush(self.key, self.pkts, self.bytes);
+            (self.pkts, self.bytes) = (0, 0);
         }
-        if enc_pkts > 0 {
-            let nc = c.network(enc_slot);
-            nc.encap_packets.add(enc_pkts);
-            nc.encap_bytes.add(enc_bytes);
+        self.key = key;
+        self.pkts += 1;
+        self.bytes += bytes;
+    }
+
+    /// Flushes what is left.
+    #[inline]
+    fn finish(&self, flush: impl Fn(K, u64, u64)) {
+        if self.pkts > 0 {
+            flush(self.key, self.pkts, self.bytes);
         }
     }
 }

@@ -40,13 +40,9 @@ impl Mempool {
         cache: u32,
         data_room: u16,
     ) -> Result<Mempool, DpdkError> {
-        let c = CString::new(name).map_err(|_| DpdkError::InvalidArgument(name.to_owned()))?;
-        // SAFETY: `c` is valid for the call; socket -1 (SOCKET_ID_ANY) lets DPDK choose.
-        let p = unsafe { sys::rte_pktmbuf_pool_create(c.as_ptr(), n, cache, 0, data_room, -1) };
-        Ok(Mempool {
-            raw: non_null(p, "rte_pktmbuf_pool_create")?,
-            size: n,
-            _eal: eal.guard(),
+        Mempool::create(eal, name, n, "rte_pktmbuf_pool_create", |c| {
+            // SAFETY: `c` is valid for the call; socket -1 (SOCKET_ID_ANY) lets DPDK choose.
+            unsafe { sys::rte_pktmbuf_pool_create(c.as_ptr(), n, cache, 0, data_room, -1) }
         })
     }
 
@@ -67,11 +63,30 @@ impl Mempool {
         cache: u32,
         data_room: u16,
     ) -> Result<Mempool, DpdkError> {
+        Mempool::create(
+            eal,
+            name,
+            n,
+            "rte_mempool_create_empty (packed mbufs)",
+            |c| {
+                // SAFETY: `c` is valid for the call; socket -1 (SOCKET_ID_ANY) lets DPDK choose.
+                unsafe { sys::sg_pktmbuf_pool_create_packed(c.as_ptr(), n, cache, data_room, -1) }
+            },
+        )
+    }
+
+    /// A pool of `n` mbufs that `make` creates from the name (null on failure, the reason in
+    /// `rte_errno`).
+    fn create(
+        eal: &Eal,
+        name: &str,
+        n: u32,
+        what: &'static str,
+        make: impl FnOnce(&CString) -> *mut sys::rte_mempool,
+    ) -> Result<Mempool, DpdkError> {
         let c = CString::new(name).map_err(|_| DpdkError::InvalidArgument(name.to_owned()))?;
-        // SAFETY: `c` is valid for the call; socket -1 (SOCKET_ID_ANY) lets DPDK choose.
-        let p = unsafe { sys::sg_pktmbuf_pool_create_packed(c.as_ptr(), n, cache, data_room, -1) };
         Ok(Mempool {
-            raw: non_null(p, "rte_mempool_create_empty (packed mbufs)")?,
+            raw: non_null(make(&c), what)?,
             size: n,
             _eal: eal.guard(),
         })
