@@ -10,7 +10,9 @@
 //!    and forwarding lookup; underlay packets are stripped to their UDP or ESP header;
 //! 2. **esp-decrypt** — SA lookup by SPI, anti-replay check, AES-GCM open;
 //! 3. **vxlan-decap** — VNI, encryption policy and inner destination checks;
-//! 4. **vxlan-encap** — outer headers (and ESP for encrypted networks);
+//!    (2 and 3 run only for bursts from the underlay, the only ones with such steps);
+//! 4. **vxlan-encap** — outer headers from a per-burst template (and ESP for encrypted
+//!    networks), in one pass with
 //! 5. **output** — next-hop decisions and counters.
 //!
 //! Nothing here allocates, locks or logs per packet: tables are read from an immutable
