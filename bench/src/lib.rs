@@ -292,3 +292,110 @@ pub fn eal_args(prefix: &str, vdevs: &[&str]) -> Vec<String> {
 pub fn touch(bufs: &[HeapBuf]) -> usize {
     bufs.iter().map(|b| b.len()).sum()
 }
+
+/// Send-time stamps in a frame's last 16 bytes — a magic number ("sgbench!") and the time in
+/// nanoseconds — read back wherever the frame comes out, encapsulated or not (VXLAN keeps
+/// the inner frame's end at the outer frame's end).
+pub mod stamp {
+    /// The stamp's magic number ("sgbench!").
+    pub const MAGIC: u64 = u64::from_be_bytes(*b"sgbench!");
+
+    /// Writes the stamp `ns` into the last 16 bytes of `frame` (at least 16 bytes long).
+    #[inline]
+    pub fn write(frame: &mut [u8], ns: u64) {
+        let l = frame.len();
+        frame[l - 16..l - 8].copy_from_slice(&MAGIC.to_be_bytes());
+        frame[l - 8..].copy_from_slice(&ns.to_be_bytes());
+    }
+
+    /// The stamp at the end of `frame`, if it carries one.
+    #[inline]
+    pub fn read(frame: &[u8]) -> Option<u64> {
+        let t = frame.get(frame.len().checked_sub(16)?..)?;
+        if u64::from_be_bytes(t[..8].try_into().ok()?) != MAGIC {
+            return None;
+        }
+        Some(u64::from_be_bytes(t[8..].try_into().ok()?))
+    }
+}
+
+/// A rate limiter for generators: how many frames may leave by a given time, at `rate`
+/// Mpps from the start. One that fell behind (the port pushed back) does not catch up
+/// faster than the rate plus one burst.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacer {
+    rate_mpps: f64,
+    burst: u64,
+    paced: u64,
+}
+
+impl Pacer {
+    /// A pacer at `rate_mpps` (0: unlimited) that lets at most `burst` frames catch up.
+    pub fn new(rate_mpps: f64, burst: usize) -> Pacer {
+        Pacer {
+            rate_mpps,
+            burst: burst as u64,
+            paced: 0,
+        }
+    }
+
+    /// How many frames may leave now, `elapsed_secs` after the start.
+    #[inline]
+    pub fn allowed(&mut self, elapsed_secs: f64) -> usize {
+        if self.rate_mpps <= 0.0 {
+            return usize::MAX;
+        }
+        let due = (elapsed_secs * self.rate_mpps * 1e6) as u64;
+        self.paced = self.paced.max(due.saturating_sub(self.burst));
+        due.saturating_sub(self.paced) as usize
+    }
+
+    /// Records `n` frames sent.
+    #[inline]
+    pub fn sent(&mut self, n: u64) {
+        self.paced += n;
+    }
+}
+
+/// A latency histogram (nanoseconds) as JSON, in microseconds: samples, min, p50, p99,
+/// p99.9, max; `null` when empty.
+pub fn latency_json(hist: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
+    if hist.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let us = |v: u64| v as f64 / 1e3;
+    serde_json::json!({
+        "samples": hist.len(),
+        "min": us(hist.min()),
+        "p50": us(hist.value_at_quantile(0.50)),
+        "p99": us(hist.value_at_quantile(0.99)),
+        "p999": us(hist.value_at_quantile(0.999)),
+        "max": us(hist.max()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_round_trip_and_foreign_frames_have_none() {
+        let mut f = vec![0u8; 64];
+        assert_eq!(stamp::read(&f), None);
+        stamp::write(&mut f, 123_456_789);
+        assert_eq!(stamp::read(&f), Some(123_456_789));
+        assert_eq!(stamp::read(&f[..15]), None);
+    }
+
+    #[test]
+    fn the_pacer_never_lets_more_than_the_rate_plus_one_burst() {
+        let mut p = Pacer::new(1.0, 32);
+        // 1 ms at 1 Mpps: 1000 due, of which only one burst may go at once after a stall.
+        assert_eq!(p.allowed(0.001), 32);
+        p.sent(32);
+        assert_eq!(p.allowed(0.001), 0);
+        let mut q = Pacer::new(1.0, 32);
+        assert_eq!(q.allowed(0.0000101), 10);
+        assert_eq!(Pacer::new(0.0, 32).allowed(5.0), usize::MAX);
+    }
+}

@@ -13,7 +13,8 @@
 //!    (2 and 3 run only for bursts from the underlay, the only ones with such steps);
 //! 4. **vxlan-encap** — outer headers from a per-burst template (and ESP for encrypted
 //!    networks), in one pass with
-//! 5. **output** — next-hop decisions and counters.
+//! 5. **output** — next-hop decisions and counters (alone, without 4's arm, for a burst
+//!    with nothing to encapsulate: most bursts from the underlay).
 //!
 //! Nothing here allocates, locks or logs per packet: tables are read from an immutable
 //! snapshot, replay windows live in the worker and are created when a snapshot arrives,
@@ -259,69 +260,114 @@ impl Worker {
             }
         }
 
-        // 4-5. vxlan-encap and output, in one pass. Encapsulation keeps the outer headers
-        //    (and so the neighbour lookup) of the last destination: consecutive packets
-        //    mostly go to the same (network, VTEP). Counters are summed per run of packets
-        //    (to one port, of one network) and written once per run, not once per packet.
-        let mut last: Option<(u16, Ipv4Addr, &Network, vxlan::OuterHeaders)> = None;
-        let mut tx = Run::<PortId>::default();
-        let mut encapsulated = Run::<u16>::default();
-        let tx_count = |port: PortId, pkts: u64, bytes: u64| {
-            let pc = c.port(port);
-            pc.tx_packets.add(pkts);
-            pc.tx_bytes.add(bytes);
-        };
-        let encap_count = |slot: u16, pkts: u64, bytes: u64| {
-            let nc = c.network(slot);
-            nc.encap_packets.add(pkts);
-            nc.encap_bytes.add(bytes);
-        };
-        for i in 0..n {
-            // The frame's length as it leaves (an encapsulated frame's is read again).
-            let mut len = pkts[i].len() as u64;
-            let decision = match steps[i] {
-                Step::Done(x) => x,
-                Step::Encap { net, vtep, sport } => {
-                    if !matches!(&last, Some((n, ip, _, _)) if *n == net && *ip == vtep) {
-                        let network = &t.networks()[net as usize];
-                        last = t.neighbours.get(&vtep).map(|mac| {
-                            let h = vxlan::OuterHeaders::new(
-                                &t.underlay,
-                                network.spec.vni,
-                                vtep,
-                                *mac,
-                                network.spec.encrypted,
-                            );
-                            (net, vtep, network, h)
-                        });
-                    }
-                    match &last {
-                        Some((_, _, network, h)) => {
-                            match encap(t, network, vtep, h, sport, &mut pkts[i]) {
-                                Ok(()) => {
-                                    encapsulated.add(network.spec.slot, len, encap_count);
-                                    len = pkts[i].len() as u64;
-                                    Next::Tx(t.underlay.port)
-                                }
-                                Err(r) => Next::Drop(r),
-                            }
-                        }
-                        None => Next::Drop(DropReason::NoNeighbour),
-                    }
-                }
-                // Every other step was resolved by its stage.
-                _ => Next::Drop(DropReason::Unsupported),
-            };
-            match decision {
-                Next::Tx(port) => tx.add(port, len, tx_count),
-                Next::Drop(r) => c.count_drop(r, 1),
-                Next::Exception => c.exception.add(1),
-            }
-            next[i] = decision;
+        // 4-5. vxlan-encap and output. A burst from a local port is mostly encapsulated;
+        //    one from the underlay rarely (only the routing mesh's forwarded connections),
+        //    and then takes the output pass without the encapsulation's arm in it.
+        let encaps = rx_port != t.underlay.port
+            || steps[..n].iter().any(|s| matches!(s, Step::Encap { .. }));
+        if encaps {
+            encap_output(c, t, &steps[..n], pkts, next);
+        } else {
+            output(c, &steps[..n], pkts, next);
         }
-        tx.finish(tx_count);
-        encapsulated.finish(encap_count);
     }
+}
+
+/// Counts a packet's transmit port once per run of packets to that port.
+fn tx_count(c: &Counters) -> impl Fn(PortId, u64, u64) + '_ {
+    move |port, pkts, bytes| {
+        let pc = c.port(port);
+        pc.tx_packets.add(pkts);
+        pc.tx_bytes.add(bytes);
+    }
+}
+
+/// Output: records each packet's decision and counts it (transmit counters per run of
+/// packets to one port, written once per run, not once per packet).
+#[inline]
+fn emit(c: &Counters, tx: &mut Run<PortId>, decision: Next, len: u64, next: &mut Next) {
+    match decision {
+        Next::Tx(port) => tx.add(port, len, tx_count(c)),
+        Next::Drop(r) => c.count_drop(r, 1),
+        Next::Exception => c.exception.add(1),
+    }
+    *next = decision;
+}
+
+/// 5. output, for a burst whose every step is resolved.
+#[inline(always)]
+fn output<B: PacketBuf>(c: &Counters, steps: &[Step], pkts: &[B], next: &mut [Next]) {
+    let mut tx = Run::<PortId>::default();
+    for (i, step) in steps.iter().enumerate() {
+        let decision = match *step {
+            Step::Done(x) => x,
+            // Every other step was resolved by its stage.
+            _ => Next::Drop(DropReason::Unsupported),
+        };
+        emit(c, &mut tx, decision, pkts[i].len() as u64, &mut next[i]);
+    }
+    tx.finish(tx_count(c));
+}
+
+/// 4-5. vxlan-encap and output, in one pass. Encapsulation keeps the outer headers (and so
+/// the neighbour lookup) of the last destination: consecutive packets mostly go to the same
+/// (network, VTEP). Encapsulation counters are summed per run of packets of one network.
+#[inline(always)]
+fn encap_output<B: PacketBuf>(
+    c: &Counters,
+    t: &Tables,
+    steps: &[Step],
+    pkts: &mut [B],
+    next: &mut [Next],
+) {
+    let mut last: Option<(u16, Ipv4Addr, &Network, vxlan::OuterHeaders)> = None;
+    let mut tx = Run::<PortId>::default();
+    let mut encapsulated = Run::<u16>::default();
+    let encap_count = |slot: u16, pkts: u64, bytes: u64| {
+        let nc = c.network(slot);
+        nc.encap_packets.add(pkts);
+        nc.encap_bytes.add(bytes);
+    };
+    for (i, step) in steps.iter().enumerate() {
+        // The frame's length as it leaves (an encapsulated frame's is read again).
+        let mut len = pkts[i].len() as u64;
+        let decision = match *step {
+            Step::Done(x) => x,
+            Step::Encap { net, vtep, sport } => {
+                if !matches!(&last, Some((n, ip, _, _)) if *n == net && *ip == vtep) {
+                    let network = &t.networks()[net as usize];
+                    last = t.neighbours.get(&vtep).map(|mac| {
+                        let h = vxlan::OuterHeaders::new(
+                            &t.underlay,
+                            network.spec.vni,
+                            vtep,
+                            *mac,
+                            network.spec.encrypted,
+                        );
+                        (net, vtep, network, h)
+                    });
+                }
+                match &last {
+                    Some((_, _, network, h)) => {
+                        match encap(t, network, vtep, h, sport, &mut pkts[i]) {
+                            Ok(()) => {
+                                encapsulated.add(network.spec.slot, len, encap_count);
+                                len = pkts[i].len() as u64;
+                                Next::Tx(t.underlay.port)
+                            }
+                            Err(r) => Next::Drop(r),
+                        }
+                    }
+                    None => Next::Drop(DropReason::NoNeighbour),
+                }
+            }
+            // Every other step was resolved by its stage.
+            _ => Next::Drop(DropReason::Unsupported),
+        };
+        emit(c, &mut tx, decision, len, &mut next[i]);
+    }
+    tx.finish(tx_count(c));
+    encapsulated.finish(encap_count);
 }
 
 /// The packets and bytes of a run of packets with one key (a port, a network's counter

@@ -32,12 +32,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
+use swarmgate_bench::{latency_json, stamp, Pacer};
 use swarmgate_dataplane::wire::EthernetAddress;
 use swarmgate_dataplane::PacketBuf;
 use swarmgate_ffi::{Eal, Mempool, Port, RxBurst, TxBatch, BURST_MAX};
-
-/// The stamp's magic number ("sgbench!").
-const MAGIC: u64 = u64::from_be_bytes(*b"sgbench!");
 
 #[derive(Parser, Debug)]
 #[command(about = "A DPDK packet generator and latency sink")]
@@ -222,7 +220,8 @@ fn main() -> anyhow::Result<()> {
     let win_start = epoch + Duration::from_secs_f64(a.warmup);
     let win_end = win_start + Duration::from_secs_f64(a.seconds);
     let (w0, w1) = (ns(win_start), ns(win_end));
-    let (mut paced, mut sent_win, mut received) = (0u64, 0u64, 0u64);
+    let (mut sent_win, mut received) = (0u64, 0u64);
+    let mut pacer = Pacer::new(a.rate, BURST_MAX);
     let mut k = 0usize;
     let mut batch = TxBatch::default();
     let mut burst = RxBurst::default();
@@ -232,15 +231,9 @@ fn main() -> anyhow::Result<()> {
         let now = ns(Instant::now());
         let mut got = 0;
         for m in burst.drain() {
-            let d = m.data();
-            if d.len() < 16 {
+            let Some(sent_at) = stamp::read(m.data()) else {
                 continue;
-            }
-            let t = &d[d.len() - 16..];
-            if u64::from_be_bytes(t[..8].try_into().unwrap()) != MAGIC {
-                continue;
-            }
-            let sent_at = u64::from_be_bytes(t[8..].try_into().unwrap());
+            };
             if (w0..w1).contains(&sent_at) {
                 got += 1;
                 let _ = hist.record(now.saturating_sub(sent_at).max(1));
@@ -254,17 +247,9 @@ fn main() -> anyhow::Result<()> {
         if now >= win_end {
             break;
         }
-        // How many the rate allows by now (all of a burst when unlimited). A generator that
-        // fell behind (the port pushed back) does not catch up faster than the rate plus
-        // one burst.
-        let allowed = if a.rate > 0.0 {
-            let due = (now.duration_since(epoch).as_secs_f64() * a.rate * 1e6) as u64;
-            paced = paced.max(due.saturating_sub(BURST_MAX as u64));
-            due.saturating_sub(paced) as usize
-        } else {
-            usize::MAX
-        };
-        let stamp = ns(now);
+        // How many the rate allows by now (all of a burst when unlimited).
+        let allowed = pacer.allowed(now.duration_since(epoch).as_secs_f64());
+        let sent_at = ns(now);
         let mut added = 0;
         while !batch.is_full() && added < allowed {
             let Some(mut m) = pool.alloc() else { break };
@@ -272,15 +257,13 @@ fn main() -> anyhow::Result<()> {
             k += 1;
             let buf = m.append(f.len()).expect("room");
             buf.copy_from_slice(f);
-            let l = buf.len();
-            buf[l - 16..l - 8].copy_from_slice(&MAGIC.to_be_bytes());
-            buf[l - 8..].copy_from_slice(&stamp.to_be_bytes());
+            stamp::write(buf, sent_at);
             let _ = batch.push(m);
             added += 1;
         }
         let s = txq.tx(&mut batch) as u64;
-        paced += s;
-        if stamp >= w0 {
+        pacer.sent(s);
+        if sent_at >= w0 {
             sent_win += s;
         }
         // What the port did not take is not offered: freed, so every frame sent carries the
@@ -297,19 +280,7 @@ fn main() -> anyhow::Result<()> {
     let mpps = |n: u64| n as f64 / secs / 1e6;
     // Gb/s of the inner frames, in both directions.
     let gbps = |n: u64| n as f64 * a.size as f64 * 8.0 / secs / 1e9;
-    let us = |v: u64| v as f64 / 1e3;
-    let latency = if hist.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::json!({
-            "samples": hist.len(),
-            "min": us(hist.min()),
-            "p50": us(hist.value_at_quantile(0.50)),
-            "p99": us(hist.value_at_quantile(0.99)),
-            "p999": us(hist.value_at_quantile(0.999)),
-            "max": us(hist.max()),
-        })
-    };
+    let latency = latency_json(&hist);
     let out = serde_json::json!({
         "size": a.size,
         "flows": a.flows,
