@@ -357,6 +357,49 @@ impl Pacer {
     }
 }
 
+/// The generator's side of a latency run: adds to `batch` (up to `max` frames, or until it is
+/// full or the pool is empty) copies of `frames`, round-robin from `*next`, each stamped with
+/// the send time `at_ns`. Returns how many it added. Frames must fit an mbuf of `pool`.
+pub fn fill_stamped(
+    batch: &mut swarmgate_ffi::TxBatch,
+    pool: &swarmgate_ffi::Mempool,
+    frames: &[Vec<u8>],
+    next: &mut usize,
+    max: usize,
+    at_ns: u64,
+) -> usize {
+    let mut added = 0;
+    while !batch.is_full() && added < max {
+        let Some(mut m) = pool.alloc() else { break };
+        let f = &frames[*next % frames.len()];
+        *next += 1;
+        let Some(buf) = m.append(f.len()) else { break };
+        buf.copy_from_slice(f);
+        stamp::write(buf, at_ns);
+        let _ = batch.push(m);
+        added += 1;
+    }
+    added
+}
+
+/// The sink's side: frees the frames of `burst`, recording in `hist` the latency (to
+/// `now_ns`) of each stamped inside `window`. Returns how many were.
+pub fn sink_stamped(
+    burst: &mut swarmgate_ffi::RxBurst,
+    window: std::ops::Range<u64>,
+    now_ns: u64,
+    hist: &mut hdrhistogram::Histogram<u64>,
+) -> u64 {
+    let mut got = 0;
+    for m in burst.drain() {
+        if let Some(at) = stamp::read(m.data()).filter(|at| window.contains(at)) {
+            got += 1;
+            let _ = hist.record(now_ns.saturating_sub(at).max(1));
+        }
+    }
+    got
+}
+
 /// A latency histogram (nanoseconds) as JSON, in microseconds: samples, min, p50, p99,
 /// p99.9, max; `null` when empty.
 pub fn latency_json(hist: &hdrhistogram::Histogram<u64>) -> serde_json::Value {

@@ -34,7 +34,7 @@ use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use swarmgate_bench::{latency_json, stamp, Pacer, Path, Workload};
+use swarmgate_bench::{fill_stamped, latency_json, sink_stamped, Pacer, Path, Workload};
 use swarmgate_dataplane::tables::Tables;
 use swarmgate_dataplane::{Counters, DropReason, Next, PacketBuf, BURST};
 use swarmgate_ffi::{Eal, Mempool, Port, RxBurst, RxQueue, TxBatch, TxQueue};
@@ -409,15 +409,7 @@ fn latency(
     let mut burst = RxBurst::default();
     let mut sink = |drain: &mut RxQueue, hist: &mut Histogram<u64>| {
         drain.rx(&mut burst);
-        let now = ns(Instant::now());
-        let mut got = 0;
-        for m in burst.drain() {
-            if let Some(at) = stamp::read(m.data()).filter(|at| (w0..w1).contains(at)) {
-                got += 1;
-                let _ = hist.record(now.saturating_sub(at).max(1));
-            }
-        }
-        got
+        sink_stamped(&mut burst, w0..w1, ns(Instant::now()), hist)
     };
     loop {
         let now = Instant::now();
@@ -426,17 +418,7 @@ fn latency(
             break;
         }
         let allowed = pacer.allowed(now.duration_since(epoch).as_secs_f64());
-        let mut added = 0;
-        while !batch.is_full() && added < allowed.min(BURST) {
-            let Some(mut m) = pool.alloc() else { break };
-            let f = &frames[k % frames.len()];
-            k += 1;
-            let buf = m.append(f.len()).context("mbuf room")?;
-            buf.copy_from_slice(f);
-            stamp::write(buf, at);
-            let _ = batch.push(m);
-            added += 1;
-        }
+        fill_stamped(&mut batch, pool, frames, &mut k, allowed.min(BURST), at);
         let s = inject.tx(&mut batch) as u64;
         pacer.sent(s);
         if at >= w0 {

@@ -32,9 +32,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use swarmgate_bench::{latency_json, stamp, Pacer};
+use swarmgate_bench::{fill_stamped, latency_json, sink_stamped, Pacer};
 use swarmgate_dataplane::wire::EthernetAddress;
-use swarmgate_dataplane::PacketBuf;
 use swarmgate_ffi::{Eal, Mempool, Port, RxBurst, TxBatch, BURST_MAX};
 
 #[derive(Parser, Debug)]
@@ -227,20 +226,8 @@ fn main() -> anyhow::Result<()> {
     let mut burst = RxBurst::default();
     let mut sink = |rxq: &mut Option<swarmgate_ffi::RxQueue>, hist: &mut Histogram<u64>| {
         let Some(q) = rxq.as_mut() else { return 0 };
-        let n = q.rx(&mut burst);
-        let now = ns(Instant::now());
-        let mut got = 0;
-        for m in burst.drain() {
-            let Some(sent_at) = stamp::read(m.data()) else {
-                continue;
-            };
-            if (w0..w1).contains(&sent_at) {
-                got += 1;
-                let _ = hist.record(now.saturating_sub(sent_at).max(1));
-            }
-        }
-        let _ = n;
-        got
+        q.rx(&mut burst);
+        sink_stamped(&mut burst, w0..w1, ns(Instant::now()), hist)
     };
     loop {
         let now = Instant::now();
@@ -250,17 +237,7 @@ fn main() -> anyhow::Result<()> {
         // How many the rate allows by now (all of a burst when unlimited).
         let allowed = pacer.allowed(now.duration_since(epoch).as_secs_f64());
         let sent_at = ns(now);
-        let mut added = 0;
-        while !batch.is_full() && added < allowed {
-            let Some(mut m) = pool.alloc() else { break };
-            let f = &frames[k % frames.len()];
-            k += 1;
-            let buf = m.append(f.len()).expect("room");
-            buf.copy_from_slice(f);
-            stamp::write(buf, sent_at);
-            let _ = batch.push(m);
-            added += 1;
-        }
+        fill_stamped(&mut batch, &pool, &frames, &mut k, allowed, sent_at);
         let s = txq.tx(&mut batch) as u64;
         pacer.sent(s);
         if sent_at >= w0 {
