@@ -16,19 +16,26 @@ import sys
 
 
 def run(binary, filt, seconds):
-    out = subprocess.run(
-        [binary, "--bench", filt, "--measurement-time", str(seconds), "--warm-up-time", "1",
-         "--noplot", "--discard-baseline"],
-        capture_output=True, text=True, check=True).stdout
+    try:
+        p = subprocess.run(
+            [binary, "--bench", filt, "--measurement-time", str(seconds), "--warm-up-time",
+             "1", "--noplot", "--discard-baseline"],
+            capture_output=True, text=True)
+    except OSError as e:
+        sys.exit(f"ab.py: cannot run {binary}: {e.strerror}")
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        sys.exit(f"ab.py: {binary} failed ({p.returncode}): {last}")
+    out = p.stdout
     got, name = {}, None
     for line in out.splitlines():
         m = re.match(r"^(\S+/\S+)(\s+time:|$)", line)
         if m:
             name = m.group(1)
             continue
-        m = re.search(r"thrpt:\s+\[\S+ \S+ (\S+) (\w)elem/s", line)
+        m = re.search(r"thrpt:\s+\[\S+ \S+ (\S+) ([KMG]?)elem/s", line)
         if m and name and name not in got:
-            scale = {"M": 1.0, "K": 1e-3, "G": 1e3}.get(m.group(2), 1.0)
+            scale = {"M": 1.0, "K": 1e-3, "G": 1e3, "": 1e-6}[m.group(2)]
             got[name] = float(m.group(1)) * scale
     return got
 

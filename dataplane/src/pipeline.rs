@@ -27,7 +27,7 @@ use rustc_hash::FxHashMap;
 
 use crate::buf::PacketBuf;
 use crate::counters::{Counters, DropReason};
-use crate::esp::{self, RxWindow};
+use crate::esp::{self, RxWindow, SeqBlock};
 use crate::flow::{FlowAction, FlowKey, FlowTable, Segment};
 use crate::hash::{flow_hash_v4, fmix64};
 use crate::maglev::VipService;
@@ -311,7 +311,9 @@ fn output<B: PacketBuf>(c: &Counters, steps: &[Step], pkts: &[B], next: &mut [Ne
 
 /// 4-5. vxlan-encap and output, in one pass. Encapsulation keeps the outer headers (and so
 /// the neighbour lookup) of the last destination: consecutive packets mostly go to the same
-/// (network, VTEP). Encapsulation counters are summed per run of packets of one network.
+/// (network, VTEP). For an encrypted network it also keeps the sequence numbers reserved
+/// from the SA for that run of packets: one reservation per run, not per packet.
+/// Encapsulation counters are summed per run of packets of one network.
 #[inline(always)]
 fn encap_output<B: PacketBuf>(
     c: &Counters,
@@ -321,6 +323,7 @@ fn encap_output<B: PacketBuf>(
     next: &mut [Next],
 ) {
     let mut last: Option<(u16, Ipv4Addr, &Network, vxlan::OuterHeaders)> = None;
+    let mut seqs = SeqBlock::default();
     let mut tx = Run::<PortId>::default();
     let mut encapsulated = Run::<u16>::default();
     let encap_count = |slot: u16, pkts: u64, bytes: u64| {
@@ -346,10 +349,24 @@ fn encap_output<B: PacketBuf>(
                         );
                         (net, vtep, network, h)
                     });
+                    // Numbers left from the previous run are never sent: a gap.
+                    seqs = SeqBlock::default();
                 }
                 match &last {
                     Some((_, _, network, h)) => {
-                        match encap(t, network, vtep, h, sport, &mut pkts[i]) {
+                        // This packet and those after it to the same (network, VTEP).
+                        let run = || {
+                            steps[i..]
+                                .iter()
+                                .take_while(|s| {
+                                    matches!(s, Step::Encap { net: n, vtep: v, .. }
+                                        if *n == net && *v == vtep)
+                                })
+                                .count()
+                        };
+                        let pkt = &mut pkts[i];
+                        let done = encap(t, network, vtep, h, sport, (&mut seqs, run), pkt);
+                        match done {
                             Ok(()) => {
                                 encapsulated.add(network.spec.slot, len, encap_count);
                                 len = pkts[i].len() as u64;
@@ -424,6 +441,9 @@ fn esp_open<B: PacketBuf>(
     }
 }
 
+/// Encapsulates one packet behind `headers`; for an encrypted network, with the next
+/// sequence number of `seqs`, which is first refilled from the SA for `run()` packets (this
+/// one and those after it to the same destination) when empty.
 #[inline]
 fn encap<B: PacketBuf>(
     t: &Tables,
@@ -431,10 +451,15 @@ fn encap<B: PacketBuf>(
     vtep: Ipv4Addr,
     headers: &vxlan::OuterHeaders,
     src_port: u16,
+    (seqs, run): (&mut SeqBlock, impl FnOnce() -> usize),
     buf: &mut B,
 ) -> Result<(), DropReason> {
     let sa = if net.spec.encrypted {
-        Some(&**t.esp.tx.get(&vtep).ok_or(DropReason::NoOutboundSa)?)
+        let sa = &**t.esp.tx.get(&vtep).ok_or(DropReason::NoOutboundSa)?;
+        if seqs.is_empty() {
+            *seqs = sa.reserve(run().min(BURST) as u32)?;
+        }
+        Some((sa, seqs.take().ok_or(DropReason::SeqExhausted)?))
     } else {
         None
     };

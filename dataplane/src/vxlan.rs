@@ -12,7 +12,7 @@ use core::net::Ipv4Addr;
 
 use crate::buf::PacketBuf;
 use crate::counters::DropReason;
-use crate::esp::{self, TxSa, ESP_PREFIX_LEN};
+use crate::esp::{self, Reserved, TxSa, ESP_PREFIX_LEN};
 use crate::tables::{Tables, Underlay};
 use crate::wire::{
     checksum, ethernet, ipv4, udp, vxlan as vxlan_wire, EtherType, EthernetAddress, EthernetFrame,
@@ -113,14 +113,15 @@ const IP_CHECKSUM: usize = 10;
 const UDP_LENGTH: usize = 4;
 
 /// Encapsulates the inner frame in `buf` behind `h`, with `src_port` as the outer UDP
-/// source port; with `sa` (which `h` must have been made for), the VXLAN datagram is
-/// protected with ESP before the IPv4 header goes on.
+/// source port; with `sa` (which `h` must have been made for) and a sequence number
+/// reserved from it, the VXLAN datagram is protected with ESP before the IPv4 header goes
+/// on.
 #[inline]
 pub fn encapsulate_with<B: PacketBuf>(
     buf: &mut B,
     h: &OuterHeaders,
     src_port: u16,
-    sa: Option<&TxSa>,
+    sa: Option<(&TxSa, Reserved)>,
 ) -> Result<(), DropReason> {
     let need = if sa.is_some() {
         ENCAP_HEADROOM_ESP
@@ -138,8 +139,8 @@ pub fn encapsulate_with<B: PacketBuf>(
     d[..2].copy_from_slice(&src_port.to_be_bytes());
     let udp_len = (udp::HEADER_LEN + vxlan_wire::HEADER_LEN + inner_len).min(0xffff) as u16;
     d[UDP_LENGTH..UDP_LENGTH + 2].copy_from_slice(&udp_len.to_be_bytes());
-    if let Some(sa) = sa {
-        esp::seal(buf, sa, IpProtocol::UDP.0)?;
+    if let Some((sa, seq)) = sa {
+        esp::seal_reserved(buf, sa, IpProtocol::UDP.0, seq)?;
     }
     let total = (ipv4::HEADER_LEN + buf.len()).min(0xffff) as u16;
     let d = buf

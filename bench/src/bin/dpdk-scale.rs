@@ -5,6 +5,7 @@
 //! `dpdk-scale scale --workers 1,2 --path vxlan_encap --size 64 --seconds 2`
 //!
 //! N workers run at once, as the gateway starts them: each a thread pinned to its own CPU
+//! (the first N this process may use)
 //! and registered with EAL (so it has a per-lcore mempool cache), with its own
 //! `WorkerLoop`, flow table and counters, polling queue i of the input port and sending on
 //! queue i of the output port (a `net_ring` port has 16 queue pairs; queue i's transmit
@@ -13,12 +14,13 @@
 //! number. Each worker injects into its input queue and drains its output queue outside
 //! its timed part, as `dpdk-fwd` does, and times only `WorkerLoop::poll_once`; all run over
 //! the same wall-clock window. A worker's rate is its packets over its busy time; the
-//! total is their sum, and the scaling is the total over N times the one-worker rate.
+//! total is their sum, and the scaling is the total over N times the one-worker rate (the
+//! first run, `--workers` starts with 1).
 //!
 //! `dpdk-scale latency --path vxlan_encap --size 64 --load 0.5 --seconds 2`
 //!
-//! One worker polls on CPU 1 as a gateway worker does (`worker::run`, pure poll mode); the
-//! main thread, on CPU 0, is generator and sink. It first sends unpaced for `--seconds` to
+//! One worker polls on the second allowed CPU as a gateway worker does (`worker::run`, pure
+//! poll mode); the main thread, on the first, is generator and sink. It first sends unpaced for `--seconds` to
 //! find the rate this pair delivers at saturation, then paced at `--load` times that rate,
 //! with a send-time stamp in each frame's last 16 bytes; the sink records each frame's
 //! time through the worker (rings in and out included) in an hdrhistogram. With two CPUs
@@ -95,8 +97,27 @@ fn main() {
     }
 }
 
+/// The CPUs this process may run on (`Cpus_allowed_list` of `/proc/self/status`, e.g.
+/// `0-3,8`), in order: workers and the generator are pinned to these.
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .context("no Cpus_allowed_list in /proc/self/status")?;
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
+        cpus.extend(a..=b.min(a + 4096));
+    }
+    anyhow::ensure!(!cpus.is_empty(), "no CPU allowed");
+    Ok(cpus)
+}
+
 fn run(cmd: Cmd) -> anyhow::Result<()> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let allowed = allowed_cpus()?;
+    let cpus = allowed.len();
     let (path, size, seconds) = match &cmd {
         Cmd::Scale {
             path,
@@ -125,6 +146,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     let queues = match &cmd {
         Cmd::Scale { workers, .. } => {
             let most = workers.iter().copied().max().unwrap_or(0);
+            if workers.first() != Some(&1) {
+                bail!("--workers {workers:?}: must start with 1, the rate the scaling is measured against");
+            }
             if workers.contains(&0) || most > cpus.min(RING_QUEUES) {
                 bail!(
                     "--workers {workers:?}: 1 to {} (one per CPU; this machine has {cpus})",
@@ -150,12 +174,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     let prefix = format!("sg-scale-{}", std::process::id());
     // Port ids follow the fixtures: 0 underlay, 1 plain network, 2 encrypted network.
     let names = ["net_ring0", "net_ring1", "net_ring2"];
-    let mut eal_args = swarmgate_bench::eal_args(&prefix, &names);
-    if let Some(l) = eal_args.iter().position(|a| a == "-l") {
-        // The main lcore is the generator's CPU; workers are registered threads.
-        eal_args[l + 1] = "0".into();
-    }
-    let eal = Eal::init(&eal_args)?;
+    let eal = Eal::init(&swarmgate_bench::eal_args(&prefix, &names))?;
     let pool = Mempool::new(&eal, "scale-pool", 32767, 256, 2048 + 128)?;
     let mut ports = Vec::new();
     // queues[port][q] = (rx, tx)
@@ -199,10 +218,12 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Scale { workers, .. } => {
             let mut one = None;
             for n in workers {
-                let (rates, lanes_back) = scale(&pool, &tables, &frames, lanes, n, seconds)?;
+                let (rates, lanes_back) =
+                    scale(&pool, &tables, &frames, lanes, &allowed[..n], seconds)?;
                 lanes = lanes_back;
                 let total: f64 = rates.iter().sum();
-                let base = *one.get_or_insert(total / n as f64);
+                // The first run is the one-worker run (checked above).
+                let base = *one.get_or_insert(total);
                 let scaling = total / (base * n as f64);
                 eprintln!(
                     "| {} | {size} B | {n} | {total:.2} | {:.2} | {:.2} |",
@@ -222,9 +243,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Latency { load, .. } => {
             let lane = lanes.pop().expect("one lane");
-            let (sat, lane) = latency(&pool, &tables, &frames, lane, 0.0, seconds)?;
+            let cpus = (allowed[0], allowed[1]);
+            let epoch = Instant::now();
+            let run = |lane, rate| latency(&pool, &tables, &frames, lane, cpus, epoch, rate, seconds);
+            let (sat, lane) = run(lane, 0.0)?;
+            anyhow::ensure!(sat.delivered_mpps > 0.0, "nothing came through at saturation");
             let rate = load * sat.delivered_mpps;
-            let (paced, _) = latency(&pool, &tables, &frames, lane, rate, seconds)?;
+            let (paced, lane) = run(lane, rate)?;
+            lanes.push(lane);
             let lat = latency_json(&paced.hist);
             eprintln!(
                 "| {} | {size} B | {:.2} | {:.2} | {:.2} | {} |",
@@ -247,6 +273,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             );
         }
     }
+    drop(lanes);
     drop(qs);
     drop(ports);
     drop(pool);
@@ -268,16 +295,17 @@ fn scale(
     tables: &Arc<Tables>,
     frames: &Arc<Vec<Vec<u8>>>,
     mut lanes: Vec<Lanes>,
-    n: usize,
+    cpus: &[usize],
     secs: f64,
 ) -> anyhow::Result<(Vec<f64>, Vec<Lanes>)> {
+    let n = cpus.len();
     let rest = lanes.split_off(n);
     let barrier = Barrier::new(n);
     let results: Vec<anyhow::Result<(f64, Lanes)>> = std::thread::scope(|s| {
         let handles: Vec<_> = lanes
             .into_iter()
-            .enumerate()
-            .map(|(cpu, lane)| {
+            .zip(cpus.iter().copied())
+            .map(|(lane, cpu)| {
                 let barrier = &barrier;
                 s.spawn(move || scale_worker(cpu, pool, tables, frames, lane, barrier, secs))
             })
@@ -307,8 +335,13 @@ fn scale_worker(
     barrier: &Barrier,
     secs: f64,
 ) -> anyhow::Result<(f64, Lanes)> {
-    swarmgate_ffi::pin_current_thread(cpu)?;
-    swarmgate_ffi::register_thread()?;
+    // Every worker reaches the barrier, even one that failed to start (the others would
+    // wait for it forever); it reports its failure after.
+    let ready = swarmgate_ffi::pin_current_thread(cpu)
+        .and_then(|()| swarmgate_ffi::register_thread())
+        .with_context(|| format!("starting the worker on CPU {cpu}"));
+    barrier.wait();
+    ready?;
     let Lanes {
         mut inject,
         mut drain,
@@ -318,7 +351,6 @@ fn scale_worker(
     let mut worker = WorkerLoop::new(wq, counters.clone());
     let (mut pkts, mut busy, mut out, mut k) = (0u64, Duration::ZERO, 0u64, 0usize);
     let mut r = RxBurst::default();
-    barrier.wait();
     let end = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < end {
         for _ in 0..BATCH_BURSTS {
@@ -345,7 +377,7 @@ fn scale_worker(
     }
     anyhow::ensure!(
         out == pkts,
-        "worker {cpu}: {pkts} in, {out} out; drops {:?}",
+        "worker on CPU {cpu}: {pkts} in, {out} out; drops {:?}",
         counters.nonzero_drops()
     );
     let lane = Lanes {
@@ -363,17 +395,24 @@ struct Measured {
     hist: Histogram<u64>,
 }
 
-/// One worker polling on CPU 1 while this thread (CPU 0) sends at `rate` Mpps (0: as fast as
-/// the input ring takes frames) for `secs`, stamping each frame, and sinks what comes out.
+/// One worker polling on CPU `cpus.1` while this thread (pinned to `cpus.0`) sends at
+/// `rate` Mpps (0: as fast as the input ring takes frames) for `secs` after half a second
+/// of warm-up, stamping each frame with its time since `epoch`, and sinks what comes out.
+/// Runs with one `epoch` have disjoint windows, so a frame left in a ring by one run is
+/// never counted by the next.
+#[allow(clippy::too_many_arguments)]
 fn latency(
     pool: &Mempool,
     tables: &Arc<Tables>,
     frames: &[Vec<u8>],
     lane: Lanes,
+    cpus: (usize, usize),
+    epoch: Instant,
     rate: f64,
     secs: f64,
 ) -> anyhow::Result<(Measured, Lanes)> {
-    swarmgate_ffi::pin_current_thread(0)?;
+    swarmgate_ffi::pin_current_thread(cpus.0)
+        .with_context(|| format!("pinning the generator to CPU {}", cpus.0))?;
     let Lanes {
         mut inject,
         mut drain,
@@ -387,20 +426,35 @@ fn latency(
         idle_polls: 0,
         idle_sleep: Duration::ZERO,
     };
-    let epoch = Instant::now();
+    let (started_tx, started) = std::sync::mpsc::channel();
     let worker = {
         let (snapshot, stop) = (snapshot.clone(), stop.clone());
         std::thread::Builder::new()
             .name("sg-worker-0".into())
             .spawn(move || {
-                let _ = swarmgate_ffi::pin_current_thread(1);
-                let _ = swarmgate_ffi::register_thread();
+                let ready = swarmgate_ffi::pin_current_thread(cpus.1)
+                    .and_then(|()| swarmgate_ffi::register_thread().map(|_| ()))
+                    .map_err(|e| format!("starting the worker on CPU {}: {e}", cpus.1));
+                let ok = ready.is_ok();
+                let _ = started_tx.send(ready);
+                // A worker that could not start hands its loop back without polling.
+                if !ok {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 worker::run(w, snapshot, stop, cfg, epoch)
             })?
     };
+    let ready = started
+        .recv()
+        .unwrap_or_else(|_| Err("the worker ended before it started".into()));
+    if let Err(e) = ready {
+        let _ = worker.join();
+        bail!(e);
+    }
     let ns = |t: Instant| t.duration_since(epoch).as_nanos() as u64;
+    let start = Instant::now();
     // Half a second of warm-up (caches, the worker's first polls), then the window.
-    let w0 = ns(epoch + Duration::from_millis(500));
+    let w0 = ns(start + Duration::from_millis(500));
     let w1 = w0 + (secs * 1e9) as u64;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut pacer = Pacer::new(rate, BURST);
@@ -417,7 +471,7 @@ fn latency(
         if at >= w1 {
             break;
         }
-        let allowed = pacer.allowed(now.duration_since(epoch).as_secs_f64());
+        let allowed = pacer.allowed(now.duration_since(start).as_secs_f64());
         fill_stamped(&mut batch, pool, frames, &mut k, allowed.min(BURST), at);
         let s = inject.tx(&mut batch) as u64;
         pacer.sent(s);
@@ -436,12 +490,17 @@ fn latency(
     let w = worker
         .join()
         .map_err(|_| anyhow::anyhow!("the worker panicked"))?;
-    // A full output ring (the sink fell behind at saturation) is a drop the sink's rate
-    // already shows; any other drop is a broken workload.
+    // What is still in the output ring goes back to the pool (its stamps are this run's).
+    let mut rest = RxBurst::default();
+    while drain.rx(&mut rest) > 0 {
+        rest.drain().for_each(drop);
+    }
+    // At saturation a full output ring (the sink fell behind) is a drop the sink's rate
+    // already shows; any other drop, or that one when paced, is a loss.
     let drops: Vec<_> = counters
         .nonzero_drops()
         .into_iter()
-        .filter(|(r, _)| *r != DropReason::TxQueueFull.name())
+        .filter(|(r, _)| !(rate == 0.0 && *r == DropReason::TxQueueFull.name()))
         .collect();
     anyhow::ensure!(drops.is_empty(), "the worker dropped frames: {drops:?}");
     let lane = Lanes {
