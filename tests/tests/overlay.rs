@@ -199,6 +199,49 @@ fn sequence_numbers_reserved_per_run_stay_consecutive_and_open_in_order() {
     );
 }
 
+/// With two encrypted peers in one burst, in runs of one and several packets, each SA's
+/// sequence numbers on the wire are still 1, 2, 3, … with no gap: a run's reservation
+/// covers exactly that run's packets to that VTEP.
+#[test]
+fn two_peers_interleaved_in_a_burst_each_get_consecutive_numbers() {
+    use swarmgate_aead::IcvLen;
+    use swarmgate_dataplane::esp::{docker_spi, SaDatabase, SenderIvs};
+    use swarmgate_dataplane::wire::Vni;
+    let (k, _, _) = keys();
+    let mut a = Node::new(1, &[k.clone()]);
+    let mut sas = SaDatabase::new(IcvLen::Icv8, node_epochs());
+    for peer in [2, 3] {
+        sas.set_peer_keys(vtep(1), vtep(peer), &[k.clone()], SenderIvs::Epochs)
+            .unwrap();
+    }
+    a.publish(&[k], |t| {
+        t.esp = sas.tables();
+        t.set_neighbour(vtep(3), underlay_mac(3));
+        let secure = Vni::new(SECURE_VNI).unwrap();
+        t.add_remote_endpoint(secure, secure_ep(3), mac_of(secure_ep(3)), vtep(3))
+            .unwrap();
+    });
+    // Runs of 1, 2 and 3 packets, alternating between the peers, over two bursts.
+    let pattern = [2u8, 3, 2, 2, 3, 3, 3, 2, 3, 2, 2, 2, 3];
+    let frames: Vec<Vec<u8>> = (0..40)
+        .map(|i| secure_frame(1, pattern[i % pattern.len()], &(i as u32).to_be_bytes()))
+        .collect();
+    let out = a.run(SECURE_PORT, &frames);
+    let mut seqs: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    for (n, wire) in &out {
+        assert_eq!(*n, Next::Tx(UNDERLAY_PORT));
+        let spi = u32::from_be_bytes(wire[34..38].try_into().unwrap());
+        seqs.entry(spi)
+            .or_default()
+            .push(u32::from_be_bytes(wire[38..42].try_into().unwrap()));
+    }
+    for peer in [2u8, 3] {
+        let to_peer = (0..40).filter(|i| pattern[i % pattern.len()] == peer).count() as u32;
+        let spi = docker_spi(vtep(1), vtep(peer), 1);
+        assert_eq!(seqs[&spi], (1..=to_peer).collect::<Vec<_>>(), "peer {peer}");
+    }
+}
+
 #[test]
 fn cleartext_vxlan_for_an_encrypted_vni_is_dropped() {
     let (k, _, _) = keys();

@@ -174,7 +174,12 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     let prefix = format!("sg-scale-{}", std::process::id());
     // Port ids follow the fixtures: 0 underlay, 1 plain network, 2 encrypted network.
     let names = ["net_ring0", "net_ring1", "net_ring2"];
-    let eal = Eal::init(&swarmgate_bench::eal_args(&prefix, &names))?;
+    let mut eal_args = swarmgate_bench::eal_args(&prefix, &names);
+    if let Some(l) = eal_args.iter().position(|a| a == "-l") {
+        // The main lcore (the generator's thread in `latency`) is the first allowed CPU.
+        eal_args[l + 1] = allowed[0].to_string();
+    }
+    let eal = Eal::init(&eal_args)?;
     let pool = Mempool::new(&eal, "scale-pool", 32767, 256, 2048 + 128)?;
     let mut ports = Vec::new();
     // queues[port][q] = (rx, tx)
@@ -340,8 +345,6 @@ fn scale_worker(
     let ready = swarmgate_ffi::pin_current_thread(cpu)
         .and_then(|()| swarmgate_ffi::register_thread())
         .with_context(|| format!("starting the worker on CPU {cpu}"));
-    barrier.wait();
-    ready?;
     let Lanes {
         mut inject,
         mut drain,
@@ -351,6 +354,8 @@ fn scale_worker(
     let mut worker = WorkerLoop::new(wq, counters.clone());
     let (mut pkts, mut busy, mut out, mut k) = (0u64, Duration::ZERO, 0u64, 0usize);
     let mut r = RxBurst::default();
+    barrier.wait();
+    ready?;
     let end = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < end {
         for _ in 0..BATCH_BURSTS {

@@ -201,7 +201,8 @@ impl TxSa {
         self.key.tag
     }
 
-    /// The current epoch and the last sequence number sent under it (0: none yet).
+    /// The current epoch and the last sequence number reserved under it (0: none yet; a
+    /// worker may not have sent the last few of its reserved run yet).
     pub fn position(&self) -> (u32, u32) {
         let p = self.position.load(Ordering::Relaxed);
         ((p >> 32) as u32, p as u32)
@@ -814,7 +815,10 @@ mod tests {
         let big = sa_with_limit(Arc::new(EpochSource::new(1, 3)), SEQ_LIMIT);
         big.set_position(1, u32::MAX - 2);
         let mut b = big.reserve(32).unwrap();
-        let got: Vec<u32> = std::iter::from_fn(|| b.take()).map(|r| r.seq).collect();
+        let got: Vec<u32> = std::iter::from_fn(|| b.take())
+            .take(4)
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(got, vec![u32::MAX - 1, u32::MAX]);
     }
 
