@@ -6,8 +6,14 @@
 //! failure under `CI=true`).
 
 use std::process::Command;
+use std::sync::Mutex;
+
+/// One run at a time: the runs pin their threads to the same CPUs, and a paced run whose
+/// generator loses its CPU to another run's worker would see its rings overflow.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn dpdk_scale(args: &[&str]) -> std::process::Output {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     Command::new(env!("CARGO_BIN_EXE_dpdk-scale"))
         .args(args)
         .output()
